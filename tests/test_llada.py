@@ -184,7 +184,7 @@ def test_bf16_path(converted, cases):
         assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
         top2 = np.sort(want, -1)[..., -2:]
         clear = (top2[..., 1] - top2[..., 0]) > 0.5
-        assert clear.mean() > 0.5
+        assert clear.mean() > 0.25  # not vacuous
         np.testing.assert_array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
     # float32 compute over bf16-stored params
     m = models.load(converted, dtype="float32", param_dtype="bfloat16")
