@@ -51,7 +51,11 @@ def config_from_dict(family: str, config: dict):
         cls = FAMILIES[family][0]
     except KeyError:
         raise ValueError(f"unknown family {family!r}; use one of {sorted(FAMILIES)}") from None
-    return cls.from_dict(config)
+    try:
+        return cls.from_dict(config)
+    except KeyError as e:
+        raise ValueError(f"config.json has no {e.args[0]!r}, which a {family} config needs "
+                         "(wrong --family?)") from None
 
 
 def abstract_model(family: str, cfg: Any, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,

@@ -1,0 +1,242 @@
+"""The converter: sharded/bf16 sources, strict name tables (missing / unexpected / mis-shaped keys are
+errors naming the key), the CLI, orbax round trip, and models.load's error paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SHARED = ROOT / ".." / "shared" / "reference"
+FAMILIES = ["llada", "dream"]
+
+pytestmark = pytest.mark.skipif(not (SHARED / "llada" / "model.safetensors").is_file(),
+                                reason="../shared/reference is absent")
+
+
+def _weights(family):
+    from safetensors.numpy import load_file
+
+    return load_file(str(SHARED / family / "model.safetensors"))
+
+
+def _hf_folder(tmp_path, family, tensors, name="src"):
+    """A Hugging Face style folder with the fixture's config.json and the given tensors."""
+    from safetensors.numpy import save_file
+
+    d = tmp_path / name
+    d.mkdir()
+    shutil.copyfile(SHARED / family / "config.json", d / "config.json")
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+def _flat(path):
+    import models
+
+    m = models.load(path)
+    from models.common import flat_name
+
+    return {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
+        __import__("flax").nnx.to_pure_dict(m.params))[0]}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_tensor_is_mapped_exactly(tmp_path, family):
+    from convert import convert_checkpoint
+    from convert.mappings import table_for
+    from models import config_from_dict
+
+    dst = convert_checkpoint(SHARED / family, tmp_path / "out")
+    flat = _flat(dst)
+    w = _weights(family)
+    cfg = config_from_dict(family, json.loads((SHARED / family / "config.json").read_text()))
+    table = table_for(family, cfg)
+    assert set(table) == set(w)
+    for name, arr in w.items():
+        path, transform = table[name]
+        np.testing.assert_array_equal(flat[path], transform(arr))  # bit-exact
+    meta = json.loads((dst / "srsmc_checkpoint.json").read_text())
+    assert meta["family"] == family and meta["param_dtype"] == "float32"
+    assert meta["n_params"] == sum(a.size for a in w.values())
+    assert json.loads((dst / "config.json").read_text()) == json.loads((SHARED / family / "config.json").read_text())
+
+
+def test_orbax_round_trip_bit_exact(tmp_path):
+    import orbax.checkpoint as ocp
+
+    import models
+    from convert import convert_checkpoint
+
+    dst = convert_checkpoint(SHARED / "llada", tmp_path / "out")
+    m = models.load(dst)
+    ck = ocp.StandardCheckpointer()
+    ck.save(tmp_path / "again", m.params)
+    ck.wait_until_finished()
+    back = ck.restore(tmp_path / "again", m.params)
+    ck.close()
+    for a, b in zip(jax.tree.leaves(m.params), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and loading twice gives the same arrays
+    for a, b in zip(jax.tree.leaves(m.params), jax.tree.leaves(models.load(dst).params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+    from safetensors.numpy import save_file
+
+    from convert import convert_checkpoint
+
+    w = _weights("dream")
+    names = sorted(w)
+    src = tmp_path / "sharded"
+    src.mkdir()
+    shutil.copyfile(SHARED / "dream" / "config.json", src / "config.json")
+    (src / "tokenizer.json").write_text("{}")
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        fname = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: w[k] for k in part}, str(src / fname))
+        weight_map.update({k: fname for k in part})
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    dst = convert_checkpoint(src, tmp_path / "out")
+    assert (dst / "tokenizer.json").is_file()
+    ref = convert_checkpoint(SHARED / "dream", tmp_path / "ref")
+    a, b = _flat(dst), _flat(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_bf16_source_keeps_bf16(tmp_path):
+    import models
+    from convert import convert_checkpoint
+
+    w = {k: v.astype(ml_dtypes.bfloat16) for k, v in _weights("llada").items()}
+    src = _hf_folder(tmp_path, "llada", w)
+    dst = convert_checkpoint(src, tmp_path / "out")
+    assert json.loads((dst / "srsmc_checkpoint.json").read_text())["param_dtype"] == "bfloat16"
+    m = models.load(dst, dtype="bfloat16")
+    emb = np.asarray(m.params["wte"]["embedding"][...])
+    assert emb.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(emb, w["model.transformer.wte.weight"])
+    # the default float32 load upcasts exactly
+    m32 = models.load(dst)
+    np.testing.assert_array_equal(np.asarray(m32.params["wte"]["embedding"][...]),
+                                  w["model.transformer.wte.weight"].astype(np.float32))
+    # --dtype casts a float32 source
+    dst2 = convert_checkpoint(SHARED / "llada", tmp_path / "out2", dtype="bfloat16")
+    assert json.loads((dst2 / "srsmc_checkpoint.json").read_text())["param_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_missing_key_is_named(tmp_path, family):
+    from convert import convert_checkpoint
+
+    w = _weights(family)
+    victim = sorted(w)[3]
+    del w[victim]
+    src = _hf_folder(tmp_path, family, w)
+    with pytest.raises(ValueError, match=f"missing key.*{victim.replace('.', '[.]')}"):
+        convert_checkpoint(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unexpected_key_is_named(tmp_path, family):
+    from convert import convert_checkpoint
+
+    w = _weights(family)
+    w["model.some_extra.weight"] = np.zeros((2, 2), np.float32)
+    src = _hf_folder(tmp_path, family, w)
+    with pytest.raises(ValueError, match=r"unexpected key 'model[.]some_extra[.]weight'"):
+        convert_checkpoint(src, tmp_path / "out")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_wrong_shape_is_named(tmp_path, family):
+    from convert import convert_checkpoint
+
+    w = _weights(family)
+    victim = [k for k in sorted(w) if w[k].ndim == 2][1]
+    w[victim] = w[victim][:, :-1].copy()
+    src = _hf_folder(tmp_path, family, w)
+    with pytest.raises(ValueError, match=f"key '{victim.replace('.', '[.]')}' has shape"):
+        convert_checkpoint(src, tmp_path / "out")
+
+
+def test_mixed_dtypes_rejected_without_cast(tmp_path):
+    from convert import convert_checkpoint
+
+    w = _weights("llada")
+    victim = sorted(w)[-1]
+    w[victim] = w[victim].astype(ml_dtypes.bfloat16)
+    src = _hf_folder(tmp_path, "llada", w)
+    with pytest.raises(ValueError, match=victim.replace(".", "[.]")):
+        convert_checkpoint(src, tmp_path / "out")
+    convert_checkpoint(src, tmp_path / "out", dtype="float32")  # explicit cast is fine
+
+
+def test_cli_reports_the_key(tmp_path):
+    w = _weights("llada")
+    del w["model.transformer.ln_f.weight"]
+    src = _hf_folder(tmp_path, "llada", w)
+    r = subprocess.run([sys.executable, "-m", "convert", str(src), str(tmp_path / "out"), "--family", "llada"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "model.transformer.ln_f.weight" in r.stderr
+
+
+def test_existing_destination_needs_force(tmp_path):
+    from convert import convert_checkpoint
+
+    convert_checkpoint(SHARED / "llada", tmp_path / "out")
+    with pytest.raises(ValueError, match="--force"):
+        convert_checkpoint(SHARED / "llada", tmp_path / "out")
+    convert_checkpoint(SHARED / "llada", tmp_path / "out", force=True)
+
+
+def test_family_detection_and_wrong_family(tmp_path):
+    from convert import convert_checkpoint
+    from models import detect_family
+
+    assert detect_family(json.loads((SHARED / "llada" / "config.json").read_text())) == "llada"
+    assert detect_family(json.loads((SHARED / "dream" / "config.json").read_text())) == "dream"
+    with pytest.raises(ValueError, match="wrong --family"):
+        convert_checkpoint(SHARED / "llada", tmp_path / "out", family="dream")
+
+
+def test_pytorch_bin_without_torch(tmp_path):
+    try:
+        import torch  # noqa: F401
+
+        pytest.skip("torch is installed")
+    except ImportError:
+        pass
+    from convert import convert_checkpoint
+
+    src = tmp_path / "bin"
+    src.mkdir()
+    shutil.copyfile(SHARED / "llada" / "config.json", src / "config.json")
+    (src / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(RuntimeError, match="PyTorch"):
+        convert_checkpoint(src, tmp_path / "out")
+
+
+def test_load_error_paths(tmp_path):
+    import models
+
+    with pytest.raises(NotImplementedError):
+        models.load(None)
+    with pytest.raises(ValueError, match="python -m convert"):
+        models.load(SHARED / "llada")  # a Hugging Face folder, not converted
