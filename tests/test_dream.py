@@ -254,3 +254,26 @@ def test_sample_traces(model, name):
                              eps=a["eps"], mask_id=a["mask_token_id"])
     np.testing.assert_array_equal(np.stack(hist), tr[info["arrays"]["history"]])
     np.testing.assert_array_equal(out, tr[info["arrays"]["output"]])
+
+
+def test_cached_refresh_equals_no_cache_with_padding(model, cases):
+    tok = jnp.asarray(cases["tokens_padded"][0])
+    valid = cases["attention_mask_padded"][0].astype(bool)
+    L = tok.shape[0]
+    bs, bl = 10, 4
+    seq = _seq(valid, bs)
+    ref = np.asarray(jax.jit(model.as_denoiser().fn)(model.params, tok, seq))[bs:bs + bl]
+    for mode in ("prefix", "dual"):
+        d = model.as_denoiser(cache=mode, gen_length=L - bs)
+        c0 = d.init(model.params, tok, seq)
+        got, cache = jax.jit(d.refresh, static_argnums=5)(model.params, tok, seq, c0, jnp.int32(bs), bl)
+        np.testing.assert_allclose(np.asarray(got), ref, **TOL)
+        got2, _ = jax.jit(d.step, static_argnums=5)(model.params, tok, seq, cache, jnp.int32(bs), bl)
+        np.testing.assert_allclose(np.asarray(got2), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_real_size_param_count():
+    from models import param_count
+    from models.dream import DREAM_7B
+
+    assert param_count("dream", DREAM_7B) == 7_615_616_512  # 7.616B, as published for Dream-v0-*-7B
