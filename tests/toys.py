@@ -1,0 +1,157 @@
+"""Toy denoisers for engine tests, and exact enumeration of the SR-SMC path measure on them.
+
+The exact toy: a random joint distribution p(x) over V^G sequences (tiny V and G). Its denoiser
+predicts, for every masked position, the exact conditional marginal p(x_j | revealed tokens), so
+every trajectory of the sampler can be enumerated in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from srsmc_jax import schedules
+
+
+class ExactToy:
+    """Joint p over ``vocab``^``gen`` (real tokens 0..vocab-1, mask id = vocab)."""
+
+    def __init__(self, vocab: int = 3, gen: int = 3, seed: int = 0, concentration: float = 0.7):
+        rng = np.random.default_rng(seed)
+        self.vocab, self.gen, self.mask_id = vocab, gen, vocab
+        self.states = np.array(list(itertools.product(range(vocab), repeat=gen)), np.int32)  # [S, G]
+        self.joint = rng.dirichlet(np.full(len(self.states), concentration))  # float64[S]
+
+    # ---- the denoiser (jax) --------------------------------------------------------------------
+    def denoiser(self, params, tokens):
+        """tokens: int32[P + G] (the prompt is ignored) -> float32[P + G, vocab + 1]."""
+        del params
+        gen_tokens = tokens[-self.gen:]
+        states = jnp.asarray(self.states)
+        joint = jnp.asarray(self.joint, jnp.float32)
+        observed = gen_tokens != self.mask_id
+        consistent = jnp.all((states == gen_tokens[None]) | ~observed[None], axis=1)  # [S]
+        mass = jnp.where(consistent, joint, 0.0)
+        onehot = jax.nn.one_hot(states, self.vocab)  # [S, G, V]
+        marg = jnp.einsum("s,sgv->gv", mass, onehot)
+        marg = marg / jnp.sum(marg, axis=1, keepdims=True)
+        logits = jnp.concatenate([jnp.log(marg), jnp.full((self.gen, 1), -jnp.inf)], axis=1)
+        prompt_rows = jnp.zeros((tokens.shape[0] - self.gen, self.vocab + 1))
+        return jnp.concatenate([prompt_rows, logits], axis=0)
+
+    # ---- exact enumeration (numpy, float64) ----------------------------------------------------
+    def marginals(self, x):
+        """Conditional marginals float64[G, V] given a partial state (tuple, None = masked)."""
+        ok = np.ones(len(self.states), bool)
+        for j, v in enumerate(x):
+            if v is not None:
+                ok &= self.states[:, j] == v
+        m = np.zeros((self.gen, self.vocab))
+        for j in range(self.gen):
+            np.add.at(m[j], self.states[ok, j], self.joint[ok])
+        return m / m.sum(axis=1, keepdims=True)
+
+    def enumerate(self, select: str, steps: int, weight, schedule: str = "linear", threshold: float = 0.9):
+        """Exact final-state measures for one block covering the whole generation (τ = 1).
+
+        weight(logp_revealed_sum, revealed_fraction) -> log increment.
+        Returns (q, gamma): q[s] = proposal probability of ending in state s, gamma[s] = Σ over
+        paths ending in s of q(path)·exp(Σ log increments). Z = gamma.sum().
+        """
+        q, gamma = defaultdict(float), defaultdict(float)
+        counts = schedules.transfer_counts(self.gen, steps)
+
+        def rec(x, step, prob, logw):
+            masked = [j for j, v in enumerate(x) if v is None]
+            if not masked or step == steps:
+                key = tuple(x)
+                q[key] += prob
+                gamma[key] += prob * math.exp(logw)
+                return
+            marg = self.marginals(x)
+            for draw in itertools.product(range(self.vocab), repeat=len(masked)):
+                p_draw = np.prod([marg[j, v] for j, v in zip(masked, draw)])
+                if p_draw == 0:
+                    continue
+                conf = {j: marg[j, v] for j, v in zip(masked, draw)}
+                for subset, p_sub in _reveal_sets(select, masked, conf, counts, step, steps, schedule, threshold):
+                    if p_sub == 0:
+                        continue
+                    nx = list(x)
+                    for j, v in zip(masked, draw):
+                        if j in subset:
+                            nx[j] = v
+                    lp = sum(math.log(conf[j]) for j in subset)
+                    frac = sum(v is not None for v in nx) / self.gen
+                    rec(tuple(nx), step + 1, prob * p_draw * p_sub, logw + weight(lp, frac))
+
+        rec(tuple([None] * self.gen), 0, 1.0, 0.0)
+        keys = [tuple(int(v) for v in s) for s in self.states]
+        return np.array([q[k] for k in keys]), np.array([gamma[k] for k in keys])
+
+    def state_index(self, gen_tokens: np.ndarray) -> np.ndarray:
+        """Index into ``self.states`` of each row of int[..., G] (−1 if any position is still masked)."""
+        gen_tokens = np.asarray(gen_tokens)
+        idx = np.zeros(gen_tokens.shape[:-1], np.int64)
+        for j in range(self.gen):
+            idx = idx * self.vocab + gen_tokens[..., j]
+        return np.where(np.all(gen_tokens < self.vocab, axis=-1), idx, -1)
+
+
+def _reveal_sets(select, masked, conf, counts, step, steps, schedule, threshold):
+    """Every possible SELECT outcome with its probability, mirroring srsmc_jax.proposal.select."""
+    if select == "topk":
+        order = sorted(masked, key=lambda j: (-conf[j], j))
+        yield set(order[: counts[step]]), 1.0
+    elif select == "threshold":
+        best = sorted(masked, key=lambda j: (-conf[j], j))[0]
+        yield {j for j in masked if conf[j] >= threshold} | {best}, 1.0
+    elif select == "ancestral":
+        p = float(schedules.unmask_probability(schedule, step, steps))
+        for r in range(len(masked) + 1):
+            for sub in itertools.combinations(masked, r):
+                yield set(sub), p ** r * (1 - p) ** (len(masked) - r)
+    elif select == "first_hitting":
+        for j in masked:
+            yield {j}, 1.0 / len(masked)
+    else:
+        raise ValueError(select)
+
+
+def make_attention_denoiser(vocab: int, dim: int = 16, seed: int = 0, padding_aware: bool = False,
+                            never_predict: int | None = None):
+    """A small random bidirectional one-layer attention model (params, tokens[, seq]) -> logits.
+
+    With ``padding_aware`` it masks padded keys and uses positions counted from the first real
+    token, so left padding cannot change its predictions.
+    """
+    k = jax.random.split(jax.random.key(seed), 6)
+    params = {
+        "emb": jax.random.normal(k[0], (vocab, dim)),
+        "pos": jax.random.normal(k[1], (256, dim)) * 0.5,
+        "wq": jax.random.normal(k[2], (dim, dim)) / math.sqrt(dim) * 2,
+        "wk": jax.random.normal(k[3], (dim, dim)) / math.sqrt(dim) * 2,
+        "wv": jax.random.normal(k[4], (dim, dim)) / math.sqrt(dim),
+        "out": jax.random.normal(k[5], (dim, vocab)) / math.sqrt(dim) * 3,
+        "bias": jnp.zeros((vocab,)),
+    }
+
+    def forward(p, tokens, valid):
+        pos = jnp.cumsum(valid) - 1
+        h = p["emb"][tokens] + p["pos"][jnp.maximum(pos, 0)]
+        s = (h @ p["wq"]) @ (h @ p["wk"]).T / math.sqrt(dim)
+        s = jnp.where(valid[None, :], s, -1e30)
+        h = h + jax.nn.softmax(s, axis=-1) @ (h @ p["wv"])
+        return (jnp.tanh(h) @ p["out"] + p["bias"]).astype(jnp.float32)
+
+    if never_predict is not None:  # like a trained model, never predict this id (e.g. [MASK])
+        params["out"] = params["out"].at[:, never_predict].set(0.0)
+        params["bias"] = params["bias"].at[never_predict].set(-30.0)
+    if padding_aware:
+        return params, lambda p, tokens, seq: forward(p, tokens, seq.valid)
+    return params, lambda p, tokens: forward(p, tokens, jnp.ones(tokens.shape, bool))
