@@ -186,6 +186,18 @@ def test_bf16_path(converted, cases):
         clear = (top2[..., 1] - top2[..., 0]) > 0.5
         assert clear.mean() > 0.25  # not vacuous
         np.testing.assert_array_equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+    # the cached denoisers in bf16 (cache stored in bf16, logits float32)
+    bs, be = int(cases["cache_block_start"]), int(cases["cache_block_end"])
+    first, second = jnp.asarray(cases["cache_tokens_first"][0]), jnp.asarray(cases["cache_tokens_second"][0])
+    seq = _seq(np.ones(first.shape[0], bool), bs)
+    for mode, key in (("prefix", "prefix_cache_logits"), ("dual", "dual_cache_logits")):
+        d = m16.as_denoiser(cache=mode)
+        _, cache = d.refresh(m16.params, first, seq, d.init(m16.params, first, seq), jnp.int32(bs), be - bs)
+        assert cache["k"].dtype == jnp.bfloat16
+        got, _ = d.step(m16.params, second, seq, cache, jnp.int32(bs), be - bs)
+        want = cases[key][0, : be - bs]
+        assert got.dtype == jnp.float32
+        assert np.abs(np.asarray(got) - want).max() <= 0.03 * np.abs(want).max()
     # float32 compute over bf16-stored params
     m = models.load(converted, dtype="float32", param_dtype="bfloat16")
     assert np.abs(np.asarray(m.logits(cases["tokens"])) - cases["logits"]).max() <= 0.03 * np.abs(cases["logits"]).max()
