@@ -21,6 +21,9 @@ from flax import nnx
 
 __all__ = [
     "RMSNorm",
+    "linear",
+    "self_attention",
+    "stack_hidden",
     "rope_cos_sin",
     "apply_rope",
     "attention",
@@ -130,6 +133,51 @@ def mix_cached_kv(
     pos = jnp.arange(cached.shape[1])
     sel = (pos >= lo) & (pos < hi)
     return jnp.where(sel[None, :, None, None], written, cached)
+
+
+def linear(din: int, dout: int, bias: bool, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs) -> nnx.Linear:
+    """``nnx.Linear`` with kernel [din, dout] (torch weight transposed) and optional bias [dout]."""
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+
+
+def self_attention(h, q_proj, k_proj, v_proj, n_heads, kv_heads, head_dim, q_rope, k_rope, key_mask, query_valid,
+                   cached=None, mix=None, *, rope_full_precision: bool):
+    """Project ``h`` [B, Q, D] to q/k/v, mix k/v with a cache, apply RoPE and attend.
+
+    q_rope / k_rope: (cos, sin) float32 [B, Q, hd] / [B, L, hd]; cached: optional pre-RoPE (k, v)
+    [B, L, KV, hd]; mix: ``(window_start, lo, hi)`` (see :func:`mix_cached_kv`).
+    Returns (attention output [B, Q, H*hd], (k, v) pre-RoPE [B, Q, KV, hd] of the query tokens).
+    """
+    b, q_len, _ = h.shape
+    q = q_proj(h).reshape(b, q_len, n_heads, head_dim)
+    k = k_proj(h).reshape(b, q_len, kv_heads, head_dim)
+    v = v_proj(h).reshape(b, q_len, kv_heads, head_dim)
+    fresh = (k, v)
+    if cached is not None:
+        ws, lo, hi = mix
+        k = mix_cached_kv(cached[0], k, ws, lo, hi)
+        v = mix_cached_kv(cached[1], v, ws, lo, hi)
+    q = apply_rope(q, *q_rope, full_precision=rope_full_precision)
+    k = apply_rope(k, *k_rope, full_precision=rope_full_precision)
+    att = attention(q, k, v, key_mask, query_valid)
+    return att.reshape(b, q_len, n_heads * head_dim), fresh
+
+
+def stack_hidden(embed, layers, final_norm, dtype, head_dim, theta, tokens, q_pos, k_pos, key_mask=None,
+                 query_valid=None, cache=None, mix=None, collect_kv=False):
+    """Embedding -> layers -> final norm, shared by both families (see ``LLaDAModel.hidden``)."""
+    q_rope = rope_cos_sin(q_pos, head_dim, theta)
+    k_rope = rope_cos_sin(k_pos, head_dim, theta)
+    x = embed(tokens).astype(dtype)
+    ks, vs = [], []
+    for i, layer in enumerate(layers):
+        cached = None if cache is None else (cache["k"][:, i], cache["v"][:, i])
+        x, (k, v) = layer(x, q_rope, k_rope, key_mask, query_valid, cached, mix)
+        if collect_kv:
+            ks.append(k)
+            vs.append(v)
+    kv = {"k": jnp.stack(ks, 1), "v": jnp.stack(vs, 1)} if collect_kv else None
+    return final_norm(x), kv
 
 
 # --------------------------------------------------------------------------------------------

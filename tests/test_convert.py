@@ -43,13 +43,14 @@ def _hf_folder(tmp_path, family, tensors, name="src"):
 
 
 def _flat(path):
-    import models
+    """Flat {param path: numpy array} of a converted checkpoint, loaded with models.load."""
+    from flax import nnx
 
-    m = models.load(path)
+    import models
     from models.common import flat_name
 
-    return {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(
-        __import__("flax").nnx.to_pure_dict(m.params))[0]}
+    pure = nnx.to_pure_dict(models.load(path).params)
+    return {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

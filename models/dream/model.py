@@ -26,14 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.common import RMSNorm, apply_rope, attention, mix_cached_kv, rope_cos_sin
+from models.common import RMSNorm, linear, self_attention, stack_hidden
 from models.dream.config import DreamConfig
 
 __all__ = ["DreamModel", "DreamLayer", "dream_position_ids"]
-
-
-def _linear(din, dout, bias, dtype, param_dtype, precision, rngs):
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
 
 
 def dream_position_ids(valid: jax.Array) -> jax.Array:
@@ -48,7 +44,7 @@ def dream_position_ids(valid: jax.Array) -> jax.Array:
 class DreamAttention(nnx.Module):
     def __init__(self, cfg: DreamConfig, *, dtype, param_dtype, precision, rngs):
         d, hd = cfg.hidden_size, cfg.head_dim
-        mk = lambda i, o, b: _linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o, b: linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
         self.q_proj = mk(d, cfg.num_attention_heads * hd, True)
         self.k_proj = mk(d, cfg.num_key_value_heads * hd, True)
         self.v_proj = mk(d, cfg.num_key_value_heads * hd, True)
@@ -58,7 +54,7 @@ class DreamAttention(nnx.Module):
 
 class DreamMLP(nnx.Module):
     def __init__(self, cfg: DreamConfig, *, dtype, param_dtype, precision, rngs):
-        mk = lambda i, o: _linear(i, o, False, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o: linear(i, o, False, dtype, param_dtype, precision, rngs)  # noqa: E731
         self.gate_proj = mk(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = mk(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = mk(cfg.intermediate_size, cfg.hidden_size)
@@ -80,20 +76,10 @@ class DreamLayer(nnx.Module):
     def __call__(self, x, q_rope, k_rope, key_mask, query_valid, cached=None, mix=None):
         """Same contract as ``LLaDABlock.__call__``."""
         a = self.self_attn
-        b, q_len, _ = x.shape
-        h = self.input_layernorm(x)
-        q = a.q_proj(h).reshape(b, q_len, a.n_heads, a.head_dim)
-        k = a.k_proj(h).reshape(b, q_len, a.kv_heads, a.head_dim)
-        v = a.v_proj(h).reshape(b, q_len, a.kv_heads, a.head_dim)
-        fresh = (k, v)
-        if cached is not None:
-            ws, lo, hi = mix
-            k = mix_cached_kv(cached[0], k, ws, lo, hi)
-            v = mix_cached_kv(cached[1], v, ws, lo, hi)
-        q = apply_rope(q, *q_rope, full_precision=False)
-        k = apply_rope(k, *k_rope, full_precision=False)
-        att = attention(q, k, v, key_mask, query_valid)
-        x = x + a.o_proj(att.reshape(b, q_len, a.n_heads * a.head_dim))
+        att, fresh = self_attention(self.input_layernorm(x), a.q_proj, a.k_proj, a.v_proj, a.n_heads, a.kv_heads,
+                                    a.head_dim, q_rope, k_rope, key_mask, query_valid, cached, mix,
+                                    rope_full_precision=False)
+        x = x + a.o_proj(att)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, fresh
 
@@ -116,7 +102,7 @@ class DreamModel(nnx.Module):
             DreamLayer(cfg, precision=precision, rngs=rngs, **kw) for _ in range(cfg.num_hidden_layers)
         ])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, param_dtype, precision, rngs)
+        self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype, param_dtype, precision, rngs)
 
     def positions(self, valid: jax.Array) -> jax.Array:
         """RoPE positions of a left-padded row: :func:`dream_position_ids`."""
@@ -125,19 +111,9 @@ class DreamModel(nnx.Module):
     def hidden(self, tokens, q_pos, k_pos, key_mask=None, query_valid=None, cache=None, mix=None,
                collect_kv=False):
         """Same contract as ``LLaDAModel.hidden``."""
-        hd, theta = self.config.head_dim, self.config.rope_theta
-        q_rope = rope_cos_sin(q_pos, hd, theta)
-        k_rope = rope_cos_sin(k_pos, hd, theta)
-        x = self.embed_tokens(tokens).astype(self.dtype)
-        ks, vs = [], []
-        for i, layer in enumerate(self.layers):
-            cached = None if cache is None else (cache["k"][:, i], cache["v"][:, i])
-            x, (k, v) = layer(x, q_rope, k_rope, key_mask, query_valid, cached, mix)
-            if collect_kv:
-                ks.append(k)
-                vs.append(v)
-        kv = {"k": jnp.stack(ks, 1), "v": jnp.stack(vs, 1)} if collect_kv else None
-        return self.norm(x), kv
+        c = self.config
+        return stack_hidden(self.embed_tokens, self.layers, self.norm, self.dtype, c.head_dim, c.rope_theta, tokens,
+                            q_pos, k_pos, key_mask, query_valid, cache, mix, collect_kv)
 
     def head(self, h: jax.Array) -> jax.Array:
         """LM head: h [..., D] -> float32 logits [..., V]."""

@@ -26,14 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.common import RMSNorm, apply_rope, attention, mix_cached_kv, rope_cos_sin
+from models.common import RMSNorm, linear, self_attention, stack_hidden
 from models.llada.config import LLaDAConfig
 
 __all__ = ["LLaDAModel", "LLaDABlock"]
-
-
-def _linear(din, dout, bias, dtype, param_dtype, precision, rngs):
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
 
 
 class LLaDABlock(nnx.Module):
@@ -41,7 +37,7 @@ class LLaDABlock(nnx.Module):
 
     def __init__(self, cfg: LLaDAConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         d, hd = cfg.d_model, cfg.head_dim
-        mk = lambda i, o, b: _linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o, b: linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
         self.attn_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.q_proj = mk(d, cfg.n_heads * hd, cfg.qkv_bias)
         self.k_proj = mk(d, cfg.kv_heads * hd, cfg.qkv_bias)
@@ -58,20 +54,10 @@ class LLaDABlock(nnx.Module):
         """x: [B, Q, D]. q_rope / k_rope: (cos, sin) float32 [B, Q, hd] / [B, L, hd].
         cached: optional (k, v) [B, L, KV, hd] pre-RoPE; mix: (window_start, lo, hi) scalars.
         Returns (x [B, Q, D], (k, v) pre-RoPE [B, Q, KV, hd] of this call's tokens)."""
-        b, q_len, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.q_proj(h).reshape(b, q_len, self.n_heads, self.head_dim)
-        k = self.k_proj(h).reshape(b, q_len, self.kv_heads, self.head_dim)
-        v = self.v_proj(h).reshape(b, q_len, self.kv_heads, self.head_dim)
-        fresh = (k, v)
-        if cached is not None:
-            ws, lo, hi = mix
-            k = mix_cached_kv(cached[0], k, ws, lo, hi)
-            v = mix_cached_kv(cached[1], v, ws, lo, hi)
-        q = apply_rope(q, *q_rope, full_precision=self.rope_full_precision)
-        k = apply_rope(k, *k_rope, full_precision=self.rope_full_precision)
-        att = attention(q, k, v, key_mask, query_valid)
-        x = x + self.attn_out(att.reshape(b, q_len, self.n_heads * self.head_dim))
+        att, fresh = self_attention(self.attn_norm(x), self.q_proj, self.k_proj, self.v_proj, self.n_heads,
+                                    self.kv_heads, self.head_dim, q_rope, k_rope, key_mask, query_valid, cached, mix,
+                                    rope_full_precision=self.rope_full_precision)
+        x = x + self.attn_out(att)
         h = self.ff_norm(x)
         x = x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
         return x, fresh
@@ -100,7 +86,7 @@ class LLaDAModel(nnx.Module):
             for _ in range(cfg.n_layers)
         ])
         self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.ff_out = _linear(cfg.d_model, cfg.embedding_size, cfg.include_bias, dtype, param_dtype, precision, rngs)
+        self.ff_out = linear(cfg.d_model, cfg.embedding_size, cfg.include_bias, dtype, param_dtype, precision, rngs)
 
     # -- pieces used by the denoisers ------------------------------------------------------
 
@@ -120,19 +106,9 @@ class LLaDAModel(nnx.Module):
         Returns (h [B, Q, D] in the compute dtype, kv or None) where kv is
         ``{"k","v"}: [B, n_layers, Q, KV, hd]`` (pre-RoPE) when ``collect_kv``.
         """
-        hd, theta = self.config.head_dim, self.config.rope_theta
-        q_rope = rope_cos_sin(q_pos, hd, theta)
-        k_rope = rope_cos_sin(k_pos, hd, theta)
-        x = self.wte(tokens).astype(self.dtype)
-        ks, vs = [], []
-        for i, block in enumerate(self.blocks):
-            cached = None if cache is None else (cache["k"][:, i], cache["v"][:, i])
-            x, (k, v) = block(x, q_rope, k_rope, key_mask, query_valid, cached, mix)
-            if collect_kv:
-                ks.append(k)
-                vs.append(v)
-        kv = {"k": jnp.stack(ks, 1), "v": jnp.stack(vs, 1)} if collect_kv else None
-        return self.ln_f(x), kv
+        c = self.config
+        return stack_hidden(self.wte, self.blocks, self.ln_f, self.dtype, c.head_dim, c.rope_theta, tokens, q_pos,
+                            k_pos, key_mask, query_valid, cache, mix, collect_kv)
 
     def head(self, h: jax.Array) -> jax.Array:
         """LM head: h [..., D] -> float32 logits [..., E]."""
