@@ -13,11 +13,11 @@ from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_denoiser
 from .smc import ParticleState, SMCResult, SMCState, make_sampler
 from .weights import StepInfo
 from .prompts import pad_prompts
-from . import resampling, schedules, proposal, weights
+from . import resampling, schedules, proposal, weights, sharding
 
 __all__ = [
     "SMCConfig", "make_sampler", "SMCResult", "SMCState", "ParticleState", "StepInfo",
     "Denoiser", "CachedDenoiser", "SequenceInfo", "as_denoiser", "pad_prompts",
-    "resampling", "schedules", "proposal", "weights",
+    "resampling", "schedules", "proposal", "weights", "sharding",
 ]
 __version__ = "0.1.0"
