@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint -> orbax converter for LLaDA and Dream (``python -m convert SRC DST``).
+"""Hugging Face checkpoint -> orbax converter for LLaDA, Dream, MDLM and BD3-LM
+(``python -m convert SRC DST``); MDLM / BD3-LM Lightning ``.ckpt`` files too.
 
 See :func:`convert_checkpoint` and ``models/README.md``.
 """
@@ -12,12 +13,16 @@ from typing import Optional
 import numpy as np
 
 from convert.io import iter_tensors, source_files, write_checkpoint
-from convert.mappings import ignored_keys, table_for
+from convert.mappings import DIT_FAMILIES, buffer_checks, ignored_keys, table_for
 
 __all__ = ["convert_checkpoint", "convert_tensors"]
 
 
-def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = None) -> tuple[dict, str]:
+FAMILY_NAMES = ("llada", "dream") + DIT_FAMILIES
+
+
+def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = None, ema: bool = True
+                    ) -> tuple[dict, str]:
     """Stream the tensors of ``src`` through the family's mapping table.
 
     Returns ``(flat params {param path: np.ndarray}, param dtype name)``. Raises ValueError naming
@@ -28,12 +33,16 @@ def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = No
 
     table = table_for(family, cfg)
     ignore = ignored_keys(family, cfg)
+    checks = buffer_checks(family, cfg)
     target = None if dtype is None else np.dtype(dtype_from_name(dtype))
     expected = None
     flat: dict[str, np.ndarray] = {}
     seen: set[str] = set()
-    for name, arr in iter_tensors(src):
+    for name, arr in iter_tensors(src, param_order=list(table), ema=ema):
         if name in ignore:
+            continue
+        if name in checks:
+            checks[name](arr)
             continue
         if name not in table:
             raise ValueError(f"{src}: unexpected key {name!r} (shape {tuple(arr.shape)}) for family {family}")
@@ -67,24 +76,33 @@ def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = No
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, family: Optional[str] = None,
-                       dtype: Optional[str] = None, force: bool = False) -> Path:
-    """Convert a Hugging Face folder ``src`` into ``dst`` (orbax params + config + tokenizer).
+                       dtype: Optional[str] = None, force: bool = False, config: Optional[str | Path] = None,
+                       ema: bool = True) -> Path:
+    """Convert a Hugging Face folder (or a Lightning ``.ckpt``) ``src`` into ``dst`` (orbax params
+    + config + tokenizer).
 
-    family: ``"llada"`` / ``"dream"``; None reads it from ``config.json`` (``model_type`` /
-    ``architectures``). dtype: None keeps the checkpoint's dtype; ``"float32"``/``"bfloat16"``
-    casts. Returns ``dst``.
+    family: ``"llada"`` / ``"dream"`` / ``"mdlm"`` / ``"bd3lm"``; None reads it from
+    ``config.json`` (``model_type`` / ``architectures``). dtype: None keeps the checkpoint's
+    dtype; ``"float32"``/``"bfloat16"`` casts. config: the Hugging Face-style ``config.json``
+    (default: ``src/config.json``, or next to a ``.ckpt`` file). ema: for a Lightning ``.ckpt``,
+    use the EMA shadow weights (default) rather than the raw ``state_dict``. Returns ``dst``.
     """
     from models.load import config_from_dict, detect_family
 
     src = Path(src)
-    cfg_path = src / "config.json"
+    folder = src.parent if src.is_file() else src
+    cfg_path = Path(config) if config is not None else folder / "config.json"
     if not cfg_path.is_file():
-        raise ValueError(f"{src}: no config.json")
+        hint = " (pass --config CONFIG.json for a .ckpt)" if src.suffix == ".ckpt" else ""
+        raise ValueError(f"{src}: no config.json{hint}")
     cfg_dict = json.loads(cfg_path.read_text())
     fam = detect_family(cfg_dict) if family is None else family
-    if fam not in ("llada", "dream"):
-        raise ValueError(f"unknown family {fam!r}; use llada or dream")
-    source_files(src)  # fail early on a folder without weights
+    if fam not in FAMILY_NAMES:
+        raise ValueError(f"unknown family {fam!r}; use one of {', '.join(FAMILY_NAMES)}")
+    kind, _ = source_files(src)  # fail early on a folder without weights
+    if kind == "lightning" and fam not in DIT_FAMILIES:
+        raise ValueError(f"{src}: Lightning .ckpt files are supported for {', '.join(DIT_FAMILIES)} only")
     cfg = config_from_dict(fam, cfg_dict)
-    flat, dtype_name = convert_tensors(src, fam, cfg, dtype)
-    return write_checkpoint(dst, flat, src=src, family=fam, param_dtype=dtype_name, force=force)
+    flat, dtype_name = convert_tensors(src, fam, cfg, dtype, ema=ema)
+    return write_checkpoint(dst, flat, src=folder, family=fam, param_dtype=dtype_name, force=force,
+                            config_path=cfg_path)

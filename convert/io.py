@@ -1,7 +1,8 @@
 """Reading Hugging Face checkpoints shard by shard, and writing the converted orbax checkpoint.
 
 Sources: ``model.safetensors``, sharded ``*.safetensors`` with ``model.safetensors.index.json``,
-or ``pytorch_model*.bin`` (with or without ``pytorch_model.bin.index.json``). Safetensors are
+or ``pytorch_model*.bin`` (with or without ``pytorch_model.bin.index.json``), or a Lightning
+``.ckpt`` (MDLM / BD3-LM training checkpoints: the EMA ``shadow_params`` by default). Safetensors are
 read with the ``safetensors`` numpy API (bfloat16 arrives as ``ml_dtypes.bfloat16``), one tensor
 at a time, so peak host memory is about one copy of the weights. Pickles need torch and are loaded
 with ``weights_only=True`` (and ``mmap=True``) only.
@@ -40,8 +41,11 @@ def _shards_from_index(index_path: Path) -> list[Path]:
 
 
 def source_files(src: str | Path) -> tuple[str, list[Path]]:
-    """Return ``("safetensors" | "torch", [shard paths])`` for a Hugging Face model folder."""
+    """Return ``("safetensors" | "torch" | "lightning", [paths])`` for a Hugging Face model folder
+    or a Lightning ``.ckpt`` file (or a folder holding exactly one ``.ckpt`` and no weights)."""
     src = Path(src)
+    if src.is_file() and src.suffix == ".ckpt":
+        return "lightning", [src]
     if not src.is_dir():
         raise ValueError(f"{src} is not a directory")
     idx = src / "model.safetensors.index.json"
@@ -59,7 +63,12 @@ def source_files(src: str | Path) -> tuple[str, list[Path]]:
     bins = sorted(src.glob("pytorch_model*.bin"))
     if bins:
         return "torch", bins
-    raise ValueError(f"{src}: no model.safetensors, *.safetensors or pytorch_model*.bin found")
+    ckpts = sorted(src.glob("*.ckpt"))
+    if len(ckpts) == 1:
+        return "lightning", ckpts
+    if ckpts:
+        raise ValueError(f"{src}: several .ckpt files ({', '.join(c.name for c in ckpts)}); pass one of them as SRC")
+    raise ValueError(f"{src}: no model.safetensors, *.safetensors, pytorch_model*.bin or *.ckpt found")
 
 
 def _torch_to_numpy(t) -> np.ndarray:
@@ -73,9 +82,76 @@ def _torch_to_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
-def iter_tensors(src: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(name, numpy array)`` for every tensor, one shard open at a time."""
+def _need_torch(src, what: str):
+    try:
+        import torch
+    except ImportError as e:
+        raise RuntimeError(
+            f"{src} holds {what}; reading them needs PyTorch (`pip install torch`), which is not installed. "
+            "Alternatively convert the weights to safetensors first.") from e
+    return torch
+
+
+def load_lightning(path: str | Path) -> dict:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` of a Lightning checkpoint."""
+    torch = _need_torch(path, "a Lightning .ckpt pickle")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses arbitrary Python objects
+        raise RuntimeError(
+            f"{path}: torch.load(weights_only=True) refused the checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Training checkpoints may pickle Python objects "
+            "(hyper_parameters: an omegaconf config, a tokenizer) that a safe load cannot restore. In a trusted "
+            "environment, keep only the tensors: ck = torch.load(p, weights_only=False); "
+            "torch.save({'state_dict': ck['state_dict'], 'ema': ck.get('ema')}, 'weights.ckpt')") from e
+
+
+def iter_lightning(path: str | Path, param_order: list[str], *, ema: bool = True,
+                   prefix: str = "backbone.") -> Iterator[tuple[str, np.ndarray]]:
+    """Yield the network tensors (keys under ``prefix``) of a Lightning checkpoint.
+
+    ``ckpt['state_dict']`` holds the raw weights; ``ckpt['ema']['shadow_params']`` is a list
+    ordered like ``chain(backbone.parameters(), noise.parameters())``. With ``ema`` (default)
+    the shadow params replace the parameters named in ``param_order`` (the backbone's
+    ``named_parameters()`` order), pair by pair with a shape check; buffers (e.g.
+    ``rotary_emb.inv_freq``) come from the state dict. Keys outside ``prefix`` are skipped.
+    """
+    ck = load_lightning(path)
+    if not isinstance(ck, dict) or "state_dict" not in ck:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    sd = ck["state_dict"]
+    ema_state = ck.get("ema") if ema else None
+    if ema and not ema_state:
+        raise ValueError(f"{path}: the checkpoint has no EMA weights ('ema'); pass --no-ema to convert the raw "
+                         "state_dict weights")
+    shadow: dict[str, object] = {}
+    if ema_state:
+        params = list(ema_state["shadow_params"])
+        extra = [k for k in sd if not k.startswith(prefix)]
+        if len(params) < len(param_order) or (len(params) > len(param_order) and not extra):
+            raise ValueError(f"{path}: EMA has {len(params)} shadow params; the backbone has {len(param_order)}")
+        for name, t in zip(param_order, params):
+            if name in sd and tuple(sd[name].shape) != tuple(t.shape):
+                raise ValueError(f"{path}: EMA shadow param for {name!r} has shape {tuple(t.shape)}, the "
+                                 f"state_dict tensor {tuple(sd[name].shape)} (parameter order mismatch?)")
+            shadow[name] = t
+    for name in list(sd.keys()):
+        if not name.startswith(prefix):
+            continue
+        t = shadow.get(name, sd[name])
+        yield name, _torch_to_numpy(t)
+
+
+def iter_tensors(src: str | Path, param_order: list[str] | None = None, ema: bool = True
+                 ) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, numpy array)`` for every tensor, one shard open at a time. A Lightning
+    ``.ckpt`` needs ``param_order`` (see :func:`iter_lightning`)."""
     kind, files = source_files(src)
+    if kind == "lightning":
+        if param_order is None:
+            raise ValueError(f"{src}: a Lightning checkpoint needs the backbone parameter order")
+        yield from iter_lightning(files[0], param_order, ema=ema)
+        return
     if kind == "safetensors":
         from safetensors import safe_open
 
@@ -102,7 +178,7 @@ def iter_tensors(src: str | Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def write_checkpoint(dst: str | Path, flat_params: dict[str, np.ndarray], *, src: str | Path, family: str,
-                     param_dtype: str, force: bool = False) -> Path:
+                     param_dtype: str, force: bool = False, config_path: str | Path | None = None) -> Path:
     """Write ``dst/params`` (orbax StandardCheckpointer, a flat ``{name: array}`` dict),
     ``dst/config.json``, ``dst/srsmc_checkpoint.json`` and any tokenizer files of ``src``."""
     import orbax.checkpoint as ocp
@@ -121,7 +197,7 @@ def write_checkpoint(dst: str | Path, flat_params: dict[str, np.ndarray], *, src
     ckptr.save(params_dir, flat_params)
     ckptr.wait_until_finished()
     ckptr.close()
-    shutil.copyfile(src / "config.json", dst / "config.json")
+    shutil.copyfile(Path(config_path) if config_path is not None else src / "config.json", dst / "config.json")
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)

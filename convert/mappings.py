@@ -12,7 +12,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["identity", "transpose", "llada_table", "dream_table", "ignored_keys", "table_for"]
+__all__ = ["identity", "transpose", "llada_table", "dream_table", "dit_table", "ignored_keys", "buffer_checks",
+           "table_for", "DIT_FAMILIES"]
+
+DIT_FAMILIES = ("mdlm", "bd3lm")
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -70,8 +73,63 @@ def dream_table(cfg: Any) -> dict[str, tuple[str, Transform]]:
     return t
 
 
+def dit_table(cfg: Any) -> dict[str, tuple[str, Transform]]:
+    """MDLM / BD3-LM DiT (``models/dit.py`` ``DIT``, hub ``DITBackbone``): keys ``backbone.*``.
+
+    The insertion order is the order of ``backbone.named_parameters()`` (buffers excluded), which
+    the Lightning EMA ``shadow_params`` list follows.
+    """
+    b = "backbone."
+    t: dict[str, tuple[str, Transform]] = {
+        b + "vocab_embed.embedding": ("vocab_embed.embedding", identity),
+        b + "sigma_map.mlp.0.weight": ("sigma_map.linear1.kernel", transpose),
+        b + "sigma_map.mlp.0.bias": ("sigma_map.linear1.bias", identity),
+        b + "sigma_map.mlp.2.weight": ("sigma_map.linear2.kernel", transpose),
+        b + "sigma_map.mlp.2.bias": ("sigma_map.linear2.bias", identity),
+    }
+    for i in range(cfg.n_blocks):
+        src, dst = f"{b}blocks.{i}.", f"blocks.{i}."
+        t[src + "norm1.weight"] = (dst + "norm1.weight", identity)
+        t[src + "attn_qkv.weight"] = (dst + "attn_qkv.kernel", transpose)
+        t[src + "attn_out.weight"] = (dst + "attn_out.kernel", transpose)
+        t[src + "norm2.weight"] = (dst + "norm2.weight", identity)
+        t[src + "mlp.0.weight"] = (dst + "mlp_in.kernel", transpose)
+        t[src + "mlp.0.bias"] = (dst + "mlp_in.bias", identity)
+        t[src + "mlp.2.weight"] = (dst + "mlp_out.kernel", transpose)
+        t[src + "mlp.2.bias"] = (dst + "mlp_out.bias", identity)
+        t[src + "adaLN_modulation.weight"] = (dst + "adaLN_modulation.kernel", transpose)
+        t[src + "adaLN_modulation.bias"] = (dst + "adaLN_modulation.bias", identity)
+    t[b + "output_layer.norm_final.weight"] = ("output_layer.norm_final.weight", identity)
+    t[b + "output_layer.linear.weight"] = ("output_layer.linear.kernel", transpose)
+    t[b + "output_layer.linear.bias"] = ("output_layer.linear.bias", identity)
+    t[b + "output_layer.adaLN_modulation.weight"] = ("output_layer.adaLN_modulation.kernel", transpose)
+    t[b + "output_layer.adaLN_modulation.bias"] = ("output_layer.adaLN_modulation.bias", identity)
+    return t
+
+
+def buffer_checks(family: str, cfg: Any) -> dict[str, Callable[[np.ndarray], None]]:
+    """Persistent buffers the port recomputes: each is checked against the recomputed value
+    (a mismatch is a ValueError) and not stored."""
+    if family not in DIT_FAMILIES:
+        return {}
+    from models.common import rope_inv_freq
+
+    want = np.asarray(rope_inv_freq(cfg.head_dim, cfg.rope_theta), np.float32)
+
+    def check_inv_freq(arr: np.ndarray) -> None:
+        got = np.asarray(arr, np.float32)
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-6, atol=0):
+            raise ValueError(f"backbone.rotary_emb.inv_freq (shape {got.shape}) is not 1/10000^(arange(0,hd,2)/hd) "
+                             f"for head_dim {cfg.head_dim}: the port's RoPE would differ")
+
+    return {"backbone.rotary_emb.inv_freq": check_inv_freq}
+
+
 def ignored_keys(family: str, cfg: Any) -> set[str]:
     """Non-persistent buffers that some exports still carry; recomputed by the port."""
+    if family == "bd3lm":
+        # 0-dim buffers of the hub BD3LM (also in config.json; used only for training-time t).
+        return {"sampling_eps_min", "sampling_eps_max"}
     if family == "dream":
         keys = {"model.rotary_emb.inv_freq"}
         keys |= {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(cfg.num_hidden_layers)}
@@ -84,4 +142,6 @@ def table_for(family: str, cfg: Any) -> dict[str, tuple[str, Transform]]:
         return llada_table(cfg)
     if family == "dream":
         return dream_table(cfg)
+    if family in DIT_FAMILIES:
+        return dit_table(cfg)
     raise ValueError(f"unknown family {family!r}")

@@ -21,15 +21,18 @@ import numpy as np
 from flax import nnx
 
 from models.common import dtype_from_name, flat_abstract_params, flat_to_state
+from models.dit import BD3LMConfig, BD3LMModel, MDLMConfig, MDLMModel
 from models.dream import DreamConfig, DreamModel
 from models.llada import LLaDAConfig, LLaDAModel
 
 __all__ = ["load", "LoadedModel", "abstract_model", "config_from_dict", "detect_family", "random_model",
-           "CHECKPOINT_META", "PARAMS_DIR", "FAMILIES"]
+           "CHECKPOINT_META", "PARAMS_DIR", "FAMILIES", "DIT_FAMILIES"]
 
 CHECKPOINT_META = "srsmc_checkpoint.json"
 PARAMS_DIR = "params"
-FAMILIES = {"llada": (LLaDAConfig, LLaDAModel), "dream": (DreamConfig, DreamModel)}
+FAMILIES = {"llada": (LLaDAConfig, LLaDAModel), "dream": (DreamConfig, DreamModel),
+            "mdlm": (MDLMConfig, MDLMModel), "bd3lm": (BD3LMConfig, BD3LMModel)}
+DIT_FAMILIES = ("mdlm", "bd3lm")
 
 
 def detect_family(config: dict) -> str:
@@ -42,8 +45,12 @@ def detect_family(config: dict) -> str:
         return "llada"
     if "Dream" in arch:
         return "dream"
+    if "BD3LM" in arch:
+        return "bd3lm"
+    if "MDLM" in arch:
+        return "mdlm"
     raise ValueError(f"cannot tell the model family from config.json (model_type={config.get('model_type')!r}, "
-                     f"architectures={config.get('architectures')!r}); pass --family llada|dream")
+                     f"architectures={config.get('architectures')!r}); pass --family llada|dream|mdlm|bd3lm")
 
 
 def config_from_dict(family: str, config: dict):
@@ -67,7 +74,7 @@ def abstract_model(family: str, cfg: Any, *, dtype: Any = jnp.float32, param_dty
 
 
 class LoadedModel:
-    """A loaded LLaDA or Dream model.
+    """A loaded LLaDA, Dream, MDLM or BD3-LM model.
 
     Attributes: ``model`` (the NNX module), ``params`` (its ``nnx.State``; ``nnx.merge(graphdef,
     params)`` rebuilds the module), ``graphdef``, ``config`` (family config dataclass from the
@@ -99,10 +106,16 @@ class LoadedModel:
     @property
     def tokenizer(self):
         """``tokenizers.Tokenizer`` from ``tokenizer.json`` (offline), or None when the folder has
-        none. Needs the optional ``tokenizers`` package only when the file exists."""
+        none. Needs the optional ``tokenizers`` package only when the file exists. MDLM / BD3-LM:
+        also GPT-2 ``vocab.json`` + ``merges.txt`` (or ``encoder.json`` + ``vocab.bpe``) files."""
         if not self._tokenizer_loaded:
             f = None if self.path is None else self.path / "tokenizer.json"
-            if f is not None and f.is_file():
+            if self.family in DIT_FAMILIES and self.path is not None and not (f is not None and f.is_file()):
+                from models.dit.tokenizer import find_gpt2_files, gpt2_tokenizer
+
+                if find_gpt2_files(self.path) is not None:
+                    self._tokenizer = gpt2_tokenizer(self.path)
+            elif f is not None and f.is_file():
                 try:
                     from tokenizers import Tokenizer
                 except ImportError as e:
@@ -125,12 +138,41 @@ class LoadedModel:
 
         return f
 
-    def logits(self, tokens, attention_mask=None, position_ids=None) -> jax.Array:
-        """Raw forward, exactly as the official forward returns it (Dream: before the shift).
+    @functools.cached_property
+    def _dit_logits_fn(self):
+        gd = self.graphdef
+
+        @functools.partial(jax.jit, static_argnames=("mode",))
+        def f(params, tokens, sigma, mode):
+            m = nnx.merge(gd, params)
+            return m.train_logits(tokens, sigma) if mode == "train" else m(tokens, sigma)
+
+        return f
+
+    def logits(self, tokens, attention_mask=None, position_ids=None, *, sigma=None, mode=None) -> jax.Array:
+        """Raw forward, exactly as the official forward returns it (Dream: before the shift;
+        MDLM / BD3-LM: the backbone output before SUBS).
 
         tokens: int[B, L]; attention_mask: optional {0,1}[B, L] (0 = left pad); position_ids:
         Dream only, optional int[B, L]. Returns float32[B, L, V].
+
+        MDLM / BD3-LM (no attention mask): ``sigma`` float[B] (None = zeros, what the samplers
+        pass with ``time_conditioning=false``). MDLM uses it as given, like the repo's ``DIT``;
+        BD3-LM zeroes it unless ``time_conditioning``, like the hub ``DITBackbone``. ``mode``:
+        None = sampling attention (MDLM bidirectional; BD3-LM block-causal over the window,
+        ``sample_mode=True`` without a cache); ``"train"`` = BD3-LM ``[x_t, x_0]`` input of length
+        2n with the block-diffusion mask, returning the x_t half [B, n, V].
         """
+        if self.family in DIT_FAMILIES:
+            if attention_mask is not None or position_ids is not None:
+                raise ValueError(f"{self.family} takes no attention_mask / position_ids (the DiT has no padding)")
+            if mode not in (None, "train") or (mode == "train" and self.family != "bd3lm"):
+                raise ValueError(f"mode must be None or 'train' (BD3-LM only), got {mode!r}")
+            tokens = jnp.asarray(tokens, jnp.int32)
+            sig = None if sigma is None else jnp.asarray(sigma, jnp.float32)
+            return self._dit_logits_fn(self.params, tokens, sig, mode)
+        if sigma is not None or mode is not None:
+            raise ValueError("sigma / mode are only accepted by MDLM and BD3-LM")
         if position_ids is not None and self.family != "dream":
             raise ValueError("position_ids is only accepted by Dream (LLaDA has no position ids)")
         tokens = jnp.asarray(tokens, jnp.int32)
@@ -140,10 +182,18 @@ class LoadedModel:
 
     def as_denoiser(self, cache: Optional[str] = None, cfg_scale: float = 0.0, gen_length: Optional[int] = None):
         """The engine's denoiser: ``cache=None`` -> ``Denoiser``; ``"prefix"`` / ``"dual"`` ->
-        ``CachedDenoiser`` (Fast-dLLM caches, see ``models/denoise.py``). ``cfg_scale``: LLaDA
+        ``CachedDenoiser`` (Fast-dLLM caches, see ``models/denoise.py``). MDLM / BD3-LM: SUBS x0
+        predictions (``models/dit/denoise.py``); BD3-LM ``cache="block"`` is the exact KV cache of
+        finished blocks. ``cfg_scale``: LLaDA
         classifier-free guidance. ``gen_length`` (prefix cache only, optional): the length of the
         generation region, so cached steps run queries over the last ``gen_length`` positions
         only instead of the whole sequence."""
+        if self.family in DIT_FAMILIES:
+            from models.dit.denoise import build_dit_denoiser
+
+            if cfg_scale or gen_length is not None:
+                raise ValueError(f"{self.family}: cfg_scale / gen_length are not supported")
+            return build_dit_denoiser(self.graphdef, self.config, cache=cache)
         from models.denoise import build_denoiser
 
         if cfg_scale and self.family != "llada":
@@ -202,7 +252,7 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
 
 def random_model(cfg: Any, *, seed: int = 0, dtype: Any = "float32", param_dtype: Any = None) -> LoadedModel:
     """A randomly initialised model for a family config (tests, benchmarks)."""
-    family = "llada" if isinstance(cfg, LLaDAConfig) else "dream" if isinstance(cfg, DreamConfig) else None
+    family = next((f for f, (c, _) in FAMILIES.items() if type(cfg) is c), None)
     if family is None:
         raise ValueError(f"not a family config: {type(cfg).__name__}")
     cdtype = dtype_from_name(dtype)
