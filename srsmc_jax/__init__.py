@@ -13,11 +13,11 @@ from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_denoiser
 from .smc import ParticleState, SMCResult, SMCState, make_sampler
 from .weights import StepInfo
 from .prompts import pad_prompts
-from . import resampling, schedules, proposal, weights, sharding
+from . import resampling, schedules, proposal, weights, sharding, objectives
 
 __all__ = [
     "SMCConfig", "make_sampler", "SMCResult", "SMCState", "ParticleState", "StepInfo",
     "Denoiser", "CachedDenoiser", "SequenceInfo", "as_denoiser", "pad_prompts",
-    "resampling", "schedules", "proposal", "weights", "sharding",
+    "resampling", "schedules", "proposal", "weights", "sharding", "objectives",
 ]
 __version__ = "0.1.0"

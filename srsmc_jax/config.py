@@ -12,6 +12,7 @@ BETA_SCHEDULES = ("constant", "revealed_fraction")
 RESAMPLING = ("multinomial", "systematic", "stratified", "residual")
 CADENCES = ("block", "step")
 SELECTIONS = ("trajectory_confidence", "max_weight", "sample")
+GRADIENT_ESTIMATORS = ("stop_gradient", "soft", "constant")
 NOISE_SCHEDULES = ("linear", "cosine", "loglinear")
 
 
@@ -61,6 +62,18 @@ class SMCConfig:
       resampling: 'multinomial', 'systematic', 'stratified' or 'residual'.
       resample_every: 'block' (at block ends, as the reference), 'step', or an int k (every k steps).
 
+    Gradients (``jax.grad`` of an objective w.r.t. ``weight_params``; see ``srsmc_jax.objectives``)
+      gradient_estimator: how gradients cross a resampling event. 'stop_gradient' (Scibior & Wood
+        2021; default): ancestors from stop_gradient(weights), new log-weights lw[a] − sg(lw[a]) whose
+        value is 0 (the forward pass is bit-identical to plain resampling); 'soft' (Karkus et al.
+        2018): ancestors from q = α·w + (1 − α)/N, new log-weights log w̄[a] − log q[a] (changes the
+        forward pass unless α = 1); 'constant': weights reset to 0, ancestors treated as constants
+        (biased: it ignores how resampling depends on the weights).
+      soft_alpha: α of 'soft'.
+      differentiable: run every block for a fixed number of steps under ``lax.scan`` (no
+        ``while_loop``), so ``select='threshold'`` is reverse-differentiable too; steps after a
+        block is fully revealed reveal nothing but still cost a forward pass.
+
     Output
       selection: 'trajectory_confidence' (Σ_pos log p at reveal time; reference default),
         'max_weight' (highest current log-weight) or 'sample' (a draw from the normalised weights).
@@ -86,6 +99,9 @@ class SMCConfig:
     resampling: str = "multinomial"
     resample_every: Union[str, int] = "block"
     selection: str = "trajectory_confidence"
+    gradient_estimator: str = "stop_gradient"
+    soft_alpha: float = 0.5
+    differentiable: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -165,6 +181,8 @@ class SMCConfig:
                  f"SMCConfig.resample_every: expected 'block', 'step' or an int >= 1, got "
                  f"{self.resample_every!r}")
         choice("selection", self.selection, SELECTIONS)
+        choice("gradient_estimator", self.gradient_estimator, GRADIENT_ESTIMATORS)
+        need(0.0 < self.soft_alpha <= 1.0, f"SMCConfig.soft_alpha: expected a float in (0, 1], got {self.soft_alpha!r}")
 
 
 def _is_int(x) -> bool:

@@ -202,7 +202,7 @@ def _sample_one(den, config: SMCConfig, key, prompt, prompt_valid, *, params, we
     def run_block(state, b):
         block_start = plen + b * lb
         state = step(state, block_start=block_start, step_in_block=0, first=True)
-        if config.select == "threshold":
+        if config.select == "threshold" and not config.differentiable:
             # data-dependent number of steps, bounded by one token per step
             def cond(carry):
                 s, st = carry
@@ -298,12 +298,26 @@ def _maybe_resample(config: SMCConfig, key, state: SMCState, do_check) -> SMCSta
         trigger = do_check & (resampling.ess(lw) < config.ess_threshold * n)
     trigger = trigger & ~degenerate
     resample_key = jax.random.fold_in(jax.random.fold_in(key, t), n)  # disjoint from particle keys
-    ancestors = resampling.resample(resample_key, lw, config.resampling)
+    lw_const = jax.lax.stop_gradient(lw)
+    if config.gradient_estimator == "soft":
+        log_q = jnp.logaddexp(math.log(config.soft_alpha) + jax.nn.log_softmax(lw_const),
+                              math.log1p(-config.soft_alpha) - math.log(n)) if config.soft_alpha < 1 else \
+            jax.nn.log_softmax(lw_const)
+        ancestors = resampling.resample(resample_key, log_q, config.resampling)
+        # importance weights of the soft draw: w̄[a]/q[a] (mean 1 in expectation)
+        new_lw = jnp.take(jax.nn.log_softmax(lw), ancestors) - jnp.take(log_q, ancestors)
+    else:
+        ancestors = resampling.resample(resample_key, lw_const, config.resampling)
+        if config.gradient_estimator == "stop_gradient":
+            picked = jnp.take(lw, ancestors)
+            new_lw = picked - jax.lax.stop_gradient(picked)  # value 0, gradient of lw[a]
+        else:
+            new_lw = jnp.zeros_like(lw)
 
     def do(st):
         return st._replace(
             particles=resampling.gather(st.particles, ancestors),
-            log_weights=jnp.zeros_like(lw),
+            log_weights=new_lw,
             log_z=st.log_z + logsumexp(lw) - math.log(n),
             ancestors=st.ancestors.at[t].set(ancestors),
             resampled=st.resampled.at[t].set(True),

@@ -65,3 +65,47 @@ def make_weight_fn(config: SMCConfig) -> WeightFn:
     if config.weight == "uniform":
         return lambda weight_params, info: jnp.zeros((), jnp.float32)
     raise ValueError(f"SMCConfig.weight: unknown scheme {config.weight!r}")
+
+
+# ---- parameterised weighting schemes: weight(weight_params, info) -> log-increment ---------------
+# Pass one as ``SMCConfig(weight=...)`` and its parameters as ``sample(..., weight_params=...)``; they
+# are traced, so ``jax.grad`` w.r.t. them works (see ``srsmc_jax.objectives``).
+
+FEATURES = ("self_reward", "margin", "neg_entropy", "num_revealed", "revealed_fraction")
+
+
+def step_features(info: StepInfo) -> jax.Array:
+    """float32[5] summary of one step of one particle, in the order of ``FEATURES``:
+    Σ_{S_t} log p(x̂0), Σ_{S_t} (p1 − p2), Σ_{S_t} −H(p), |S_t|, and the revealed fraction."""
+    probs = jnp.exp(info.log_probs)
+    top2 = jax.lax.top_k(info.log_probs, 2)[0]
+    margin = jnp.exp(top2[:, 0]) - jnp.exp(top2[:, 1])
+    neg_entropy = jnp.sum(jnp.where(probs > 0, probs * info.log_probs, 0.0), axis=-1)
+    r = info.revealed.astype(jnp.float32)
+    return jnp.stack([jnp.sum(r * info.logp), jnp.sum(r * margin), jnp.sum(r * neg_entropy),
+                      jnp.sum(r), info.revealed_fraction.astype(jnp.float32)])
+
+
+def tempered_scheme(weight_params, info: StepInfo) -> jax.Array:
+    """β · Σ_{S_t} log p(x̂0), with ``weight_params = {"beta": float}``."""
+    return weight_params["beta"] * self_reward(info)
+
+
+def mixture_scheme(weight_params, info: StepInfo) -> jax.Array:
+    """A linear mixture of confidence measures: ``weight_params = {"coef": float32[5]}`` over
+    ``FEATURES`` (coef = [1, 0, 0, 0, 0] is the self-reward)."""
+    return jnp.dot(weight_params["coef"], step_features(info))
+
+
+def init_mlp_scheme(key: jax.Array, hidden: int = 16) -> dict:
+    """Parameters of :func:`mlp_scheme`: a small network that starts as the plain self-reward."""
+    k1, _ = jax.random.split(key)
+    return {"w1": 0.1 * jax.random.normal(k1, (len(FEATURES), hidden)), "b1": jnp.zeros((hidden,)),
+            "w2": jnp.zeros((hidden,)), "skip": jnp.zeros((len(FEATURES),)).at[0].set(1.0)}
+
+
+def mlp_scheme(weight_params, info: StepInfo) -> jax.Array:
+    """A learned potential: skip · features + w2 · tanh(features W1 + b1) (a user-definable net)."""
+    f = step_features(info)
+    hidden = jnp.tanh(f @ weight_params["w1"] + weight_params["b1"])
+    return jnp.dot(weight_params["skip"], f) + jnp.dot(weight_params["w2"], hidden)

@@ -1,0 +1,3 @@
+from srsmc_jax.cli import main
+
+raise SystemExit(main())
