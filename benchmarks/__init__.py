@@ -1,0 +1,1 @@
+"""Benchmarks of srsmc-jax: speed (`overhead`, `model_sizes`), sample quality (`reasoning`)."""
