@@ -226,13 +226,17 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
 
     dtype: compute dtype (``"float32"`` default, ``"bfloat16"``); param_dtype: storage dtype of
     the params (default: ``dtype``); logits are always float32. ``path=None`` is reserved for
-    the embedded default model (not available yet).
+    the embedded default model shipped with the package (``models/embedded``).
     """
     if path is None:
-        raise NotImplementedError(
-            "models.load(None): the embedded default model is not available yet; pass the folder of a "
-            "checkpoint converted with `python -m convert SRC DST`")
+        from models.embedded import CHECKPOINT, missing_checkpoint_message
+
+        if not (CHECKPOINT / CHECKPOINT_META).is_file():
+            raise FileNotFoundError(missing_checkpoint_message())
+        path = CHECKPOINT
     path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a converted checkpoint folder (it does not exist or is not a folder)")
     meta_f = path / CHECKPOINT_META
     if not meta_f.is_file():
         hint = (" It looks like a Hugging Face folder: convert it first with `python -m convert SRC DST`."

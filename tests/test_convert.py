@@ -237,7 +237,7 @@ def test_pytorch_bin_without_torch(tmp_path):
 def test_load_error_paths(tmp_path):
     import models
 
-    with pytest.raises(NotImplementedError):
-        models.load(None)
+    with pytest.raises(ValueError, match="not a converted checkpoint folder"):
+        models.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="python -m convert"):
         models.load(SHARED / "llada")  # a Hugging Face folder, not converted
