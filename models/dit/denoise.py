@@ -114,7 +114,7 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         keep = seq.prompt[None, :, None, None]
         return {"k": jnp.where(keep, kv["k"][0], 0).astype(m.dtype), "v": jnp.where(keep, kv["v"][0], 0).astype(m.dtype)}
 
-    def query(params, tokens, cache_, ws, width):
+    def query(params, tokens, cache_, ws, width, collect):
         m = nnx.merge(graphdef, params)
         n = tokens.shape[0]
         q_tokens = jax.lax.dynamic_slice_in_dim(tokens, ws, width)
@@ -122,8 +122,9 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         k_pos = jnp.arange(n, dtype=jnp.int32)
         batched = {"k": cache_["k"][None], "v": cache_["v"][None]}
         logits, kv = m.run(q_tokens[None], m.cond(None, 1), q_pos, k_pos, block_causal_mask(q_pos, k_pos, bs),
-                           cache=batched, write_at=ws, collect_kv=True)
-        return subs_log_probs(logits[0], q_tokens, mask_id), {"k": kv["k"][0], "v": kv["v"][0]}
+                           cache=batched, write_at=ws, collect_kv=collect)
+        new = {"k": kv["k"][0], "v": kv["v"][0]} if collect else None
+        return subs_log_probs(logits[0], q_tokens, mask_id), new
 
     def refresh(params, tokens, seq, cache_, block_start, block_length):
         n = tokens.shape[0]
@@ -131,12 +132,12 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         width = min(2 * block_length, n)
         block_start = jnp.asarray(block_start, jnp.int32)
         ws = jnp.clip(block_start - block_length, 0, n - width).astype(jnp.int32)
-        logp, new_cache = query(params, tokens, cache_, ws, width)
+        logp, new_cache = query(params, tokens, cache_, ws, width, True)
         return jax.lax.dynamic_slice_in_dim(logp, block_start - ws, block_length), new_cache
 
     def step(params, tokens, seq, cache_, block_start, block_length):
         checks(tokens.shape[0], block_length)
-        logp, _ = query(params, tokens, cache_, jnp.asarray(block_start, jnp.int32), block_length)
+        logp, _ = query(params, tokens, cache_, jnp.asarray(block_start, jnp.int32), block_length, False)
         return logp, cache_
 
     return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=n_max)
