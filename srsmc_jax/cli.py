@@ -195,7 +195,7 @@ def _sample(args) -> int:
                        f"context length {model.max_length}")
     den = model.as_denoiser() if args.cache == "none" else model.as_denoiser(cache=args.cache, gen_length=config.gen_length)
     sample = make_sampler(den, config)
-    with _Progress("sampling", enabled=not (args.quiet or args.json)):
+    with _Progress("compiling and sampling", enabled=not (args.quiet or args.json) and sys.stderr.isatty()):
         start = time.time()
         result = jax.tree.map(np.asarray, sample(jax.random.key(args.seed), model.params, prompt))
         seconds = time.time() - start
