@@ -1,9 +1,9 @@
 """Parameter counts of LLaDA-8B and Dream-7B at their real sizes, built with ``nnx.eval_shape``
-(nothing is allocated), and an optional denoiser-throughput measurement on a small random LLaDA
+(nothing is allocated), and an optional SR-SMC throughput measurement on a small random LLaDA
 with and without the Fast-dLLM caches.
 
     python -m benchmarks.model_sizes                 # counts only (seconds, no memory)
-    python -m benchmarks.model_sizes --throughput    # + tokens/s of a block-wise greedy loop
+    python -m benchmarks.model_sizes --throughput    # + SR-SMC tokens/s with and without the caches
 
 The presets (``models.llada.LLADA_8B``, ``models.dream.DREAM_7B``) copy the published
 ``config.json`` values:
@@ -43,74 +43,40 @@ def counts() -> dict[str, int]:
 
 
 def throughput(n_particles: int = 8, n_prompts: int = 2, prompt_len: int = 64, gen_length: int = 64,
-               block_length: int = 16, steps_per_block: int = 8, repeats: int = 2) -> None:
-    """Tokens/s of a greedy block-wise loop (one denoiser call per step) over N x prompts sequences,
-    for each cache mode, on a small random LLaDA (float32, whatever backend JAX picks)."""
+               block_length: int = 16, steps_per_block: int = 8, repeats: int = 3) -> list[dict]:
+    """SR-SMC tokens/s (``srsmc_jax.make_sampler``, N particles × prompts, resampling after every step
+    when ESS < N/2) on a small random LLaDA, without a cache and with the Fast-dLLM prefix and dual
+    caches (float32, whatever backend JAX picks)."""
     import jax
-    import jax.numpy as jnp
 
+    import srsmc_jax as sr
     from models import random_model
     from models.llada import LLaDAConfig
-    from srsmc_jax.denoiser import SequenceInfo
 
     cfg = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=704, vocab_size=1024,
                       embedding_size=1024, rope_theta=500000.0, mask_token_id=1000, max_sequence_length=4096)
     lm = random_model(cfg, seed=0)
-    L = prompt_len + gen_length
-    n_blocks = gen_length // block_length
-    per_step = block_length // steps_per_block
-    seq = SequenceInfo(valid=jnp.ones(L, bool), prompt=jnp.arange(L) < prompt_len)
-    key = jax.random.PRNGKey(0)
-    prompts = jax.random.randint(key, (n_prompts, prompt_len), 0, 900)
-    x0 = jnp.concatenate([prompts, jnp.full((n_prompts, gen_length), cfg.mask_token_id)], 1)
-    x0 = jnp.repeat(x0, n_particles, axis=0).astype(jnp.int32)
-
-    def reveal(x, logits, bs):
-        blk = jax.lax.dynamic_slice_in_dim(x, bs, block_length)
-        masked = blk == cfg.mask_token_id
-        conf = jnp.where(masked, jax.nn.softmax(logits).max(-1), -jnp.inf)
-        idx = jnp.argsort(-conf)[:per_step]
-        blk = blk.at[idx].set(jnp.where(masked[idx], logits.argmax(-1)[idx], blk[idx]))
-        return jax.lax.dynamic_update_slice_in_dim(x, blk.astype(x.dtype), bs, 0)
-
-    def run(mode):
-        if mode is None:
-            fn = lm.as_denoiser().fn
-
-            def one(x):
-                for b in range(n_blocks):
-                    bs = prompt_len + b * block_length
-                    for _ in range(steps_per_block):
-                        lg = jax.lax.dynamic_slice_in_dim(fn(lm.params, x, seq), bs, block_length)
-                        x = reveal(x, lg, bs)
-                return x
-        else:
-            d = lm.as_denoiser(cache=mode, gen_length=gen_length)
-
-            def one(x):
-                cache = d.init(lm.params, x, seq)
-                for b in range(n_blocks):
-                    bs = jnp.int32(prompt_len + b * block_length)
-                    for s in range(steps_per_block):
-                        f = d.refresh if s == 0 else d.step
-                        lg, cache = f(lm.params, x, seq, cache, bs, block_length)
-                        x = reveal(x, lg, bs)
-                return x
-
-        return jax.jit(jax.vmap(one))
-
-    print(f"\nthroughput: random LLaDA d=256 x4 layers, N={n_particles} x {n_prompts} prompts, "
+    config = sr.SMCConfig(num_particles=n_particles, gen_length=gen_length, block_length=block_length,
+                          steps=steps_per_block, mask_id=cfg.mask_token_id, resample_every="step")
+    prompts = jax.random.randint(jax.random.key(0), (n_prompts, prompt_len), 0, 900)
+    print(f"\nSR-SMC throughput: random LLaDA d=256 x4 layers, N={n_particles} x {n_prompts} prompts, "
           f"P={prompt_len}, gen={gen_length}, block={block_length}, steps/block={steps_per_block}, "
           f"device={jax.devices()[0].platform}")
+    print("| cache | ms / call | generated tokens/s (N × prompts × gen) | speed-up |\n|---|---|---|---|")
+    rows = []
     for mode in (None, "prefix", "dual"):
-        f = run(mode)
-        jax.block_until_ready(f(x0))  # compile
+        den = lm.as_denoiser() if mode is None else lm.as_denoiser(cache=mode, gen_length=gen_length)
+        sample = sr.make_sampler(den, config)
+        call = lambda: sample(jax.random.key(1), lm.params, prompts).tokens  # noqa: E731
+        jax.block_until_ready(call())  # compile
         t0 = time.perf_counter()
         for _ in range(repeats):
-            jax.block_until_ready(f(x0))
+            jax.block_until_ready(call())
         dt = (time.perf_counter() - t0) / repeats
-        toks = x0.shape[0] * gen_length
-        print(f"  cache={str(mode):6s}  {dt * 1e3:8.1f} ms/run   {toks / dt:10.0f} generated tokens/s")
+        rows.append({"cache": str(mode), "seconds": dt, "tokens_per_s": n_particles * n_prompts * gen_length / dt})
+        r = rows[-1]
+        print(f"| {r['cache']} | {dt * 1e3:.0f} | {r['tokens_per_s']:.0f} | {rows[0]['seconds'] / dt:.2f}x |")
+    return rows
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 import srsmc_jax as sr
 
@@ -94,8 +92,8 @@ def main(argv=None) -> dict:
     }
     print(f"device: {result['device']}  jax {jax.__version__}  N={args.particles}  B={args.prompts}  "
           f"L={args.prompt_length}+{args.gen_length}  LLaDA d={args.d_model} x{args.layers}")
-    print(f"| variant | median wall time (s) | overhead vs independent | generated tokens/s |")
-    print(f"|---|---|---|---|")
+    print("| variant | median wall time (s) | overhead vs independent | generated tokens/s |")
+    print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['median_s']:.3f} | {100 * r['overhead']:+.1f}% | {r['tokens_per_s']:.0f} |")
     if args.json:

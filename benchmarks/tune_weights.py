@@ -67,7 +67,6 @@ def main(argv=None) -> dict:
                        temperature=args.temperature, weight=sr.weights.mixture_scheme, ess_threshold=0.5,
                        resample_every="step", resampling="systematic", selection="max_weight")
     sample = sr.make_sampler(model.as_denoiser(), cfg)
-    tuned = jnp.array([1.0, 1.0, 0.0, 0.0, 0.0])  # which coefficients move: β and the margin's
 
     def coef(theta):
         return jnp.zeros(5).at[0].set(theta["beta"]).at[1].set(theta["margin"])

@@ -184,7 +184,7 @@ def _sample(args) -> int:
 
     if args.plot is not None:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (fail before the expensive work)
         except ImportError:
             raise CLIError("--plot needs matplotlib: pip install 'srsmc-jax[plot]'") from None
     model, task = _load(args)

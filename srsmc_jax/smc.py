@@ -23,7 +23,7 @@ from jax.scipy.special import logsumexp
 from . import proposal as proposal_lib
 from . import resampling
 from .config import SMCConfig
-from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_denoiser
+from .denoiser import CachedDenoiser, SequenceInfo, as_denoiser
 from .weights import StepInfo, make_weight_fn
 
 # Bit flags of ``SMCResult.error``.

@@ -5,7 +5,6 @@ the engine's exact block KV cache vs the no-cache path, and a full SR-SMC run wi
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,19 +29,13 @@ def cases():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("bd3lm") / "ckpt"
-    r = subprocess.run([sys.executable, "-m", "convert", str(REF), str(dst), "--family", "bd3lm"], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return dst
+def converted(reference_checkpoint):
+    return reference_checkpoint("bd3lm")
 
 
 @pytest.fixture(scope="module")
-def model(converted):
-    import models
-
-    return models.load(converted)
+def model(reference_model):
+    return reference_model("bd3lm")
 
 
 def test_config_from_checkpoint(model, cases):

@@ -5,7 +5,6 @@ shift, Fast-dLLM caches, bf16, and the official ``_sample`` traces at temperatur
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,19 +29,13 @@ def cases():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("dream") / "ckpt"
-    r = subprocess.run([sys.executable, "-m", "convert", str(REF), str(dst), "--family", "dream"], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return dst
+def converted(reference_checkpoint):
+    return reference_checkpoint("dream")
 
 
 @pytest.fixture(scope="module")
-def model(converted):
-    import models
-
-    return models.load(converted)
+def model(reference_model):
+    return reference_model("dream")
 
 
 def _seq(valid, prompt_len):

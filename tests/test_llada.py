@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,19 +28,13 @@ def cases():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("llada") / "ckpt"
-    r = subprocess.run([sys.executable, "-m", "convert", str(REF), str(dst)], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return dst
+def converted(reference_checkpoint):
+    return reference_checkpoint("llada")
 
 
 @pytest.fixture(scope="module")
-def model(converted):
-    import models
-
-    return models.load(converted)
+def model(reference_model):
+    return reference_model("llada")
 
 
 def _seq(valid, prompt_len):

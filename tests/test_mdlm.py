@@ -37,19 +37,13 @@ def raw_config():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("mdlm") / "ckpt"
-    r = subprocess.run([sys.executable, "-m", "convert", str(REF), str(dst), "--family", "mdlm"], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return dst
+def converted(reference_checkpoint):
+    return reference_checkpoint("mdlm")
 
 
 @pytest.fixture(scope="module")
-def model(converted):
-    import models
-
-    return models.load(converted)
+def model(reference_model):
+    return reference_model("mdlm")
 
 
 @needs_ref

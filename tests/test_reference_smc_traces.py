@@ -5,8 +5,6 @@ through the converted LLaDA port: final particles, per-position log-probs, log-w
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -23,14 +21,8 @@ pytestmark = pytest.mark.skipif(not (REF / "traces.npz").is_file(), reason="../s
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    import models
-
-    dst = tmp_path_factory.mktemp("llada_smc") / "ckpt"
-    r = subprocess.run([sys.executable, "-m", "convert", str(REF), str(dst)], cwd=ROOT,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return models.load(dst)
+def model(reference_model):
+    return reference_model("llada")
 
 
 def smc_traces():
