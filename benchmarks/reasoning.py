@@ -3,6 +3,7 @@
     python -m benchmarks.reasoning                                  # 200 generated test puzzles
     python -m benchmarks.reasoning --num-problems 500 --particles 1,2,4,8,16 --temperatures 0.5,1.0
     python -m benchmarks.reasoning --problems my.jsonl --json out.json --plot acc.png
+    python -m benchmarks.reasoning --particles 16 --merge out.json --json out.json   # add rows
 
 Methods (all reveal one cell per step over the 36-cell answer; NFE = N × 36):
   greedy      N = 1, τ = 0
@@ -113,7 +114,7 @@ def evaluate(args) -> dict:
                         mask_id=task.mask_id)
     den = model.as_denoiser()
     key = jax.random.key(args.seed)
-    rows, solved_by = [], {}
+    rows = []
     plan = []
     for method in args.methods:
         if method == "greedy":
@@ -135,12 +136,25 @@ def evaluate(args) -> dict:
                "accuracy": float(ok.mean()), "ci95": [lo, hi], "pass_at_n": float(any_ok.mean()),
                "distinct_answers": float(distinct), "nfe_per_problem": int(res.nfe[0]),
                "resampling_events_per_problem": float(res.resampled.sum(axis=1).mean()),
-               "seconds": seconds, "num_problems": len(ok)}
+               "seconds": seconds, "num_problems": len(ok), "solved": ok.astype(int).tolist()}
         rows.append(row)
-        solved_by[(method, cfg.num_particles, cfg.temperature)] = ok
         if not args.quiet:
             print(f"{method:10s} N={cfg.num_particles:<3d} τ={cfg.temperature:<4} acc {row['accuracy']:.3f} "
                   f"[{lo:.3f}, {hi:.3f}] pass@N {row['pass_at_n']:.3f} {seconds:6.1f}s", flush=True)
+    if args.merge is not None and args.merge.is_file():
+        previous = json.loads(args.merge.read_text())
+        if previous["num_problems"] != len(problems) or previous["seed"] != args.seed:
+            raise SystemExit(f"reasoning: error: --merge {args.merge} was run on other problems")
+        done = {(r["method"], r["N"], r["temperature"]) for r in rows}
+        rows = [r for r in previous["rows"] if (r["method"], r["N"], r["temperature"]) not in done] + rows
+    return {"model": str(model.path), "num_problems": len(problems), "seed": args.seed,
+            "problems_file": args.problems, "training_overlap": overlap, "rows": rows,
+            "mcnemar": mcnemar_tests(rows), "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+
+
+def mcnemar_tests(rows: list[dict]) -> list[dict]:
+    """Exact McNemar tests of every SR-SMC row against best-of-N (same N, τ) and against greedy."""
+    solved_by = {(r["method"], r["N"], r["temperature"]): np.array(r["solved"], bool) for r in rows}
     tests = []
     greedy = solved_by.get(("greedy", 1, 0.0))
     for (method, n, tau), ok in solved_by.items():
@@ -152,9 +166,7 @@ def evaluate(args) -> dict:
             a, b = int((ok & ~other).sum()), int((~ok & other).sum())
             tests.append({"sr_smc": {"N": n, "temperature": tau}, "versus": other_name,
                           "only_sr_smc": a, "only_other": b, "p_value": mcnemar_exact(a, b)})
-    return {"model": str(model.path), "num_problems": len(problems), "seed": args.seed,
-            "problems_file": args.problems, "training_overlap": overlap, "rows": rows, "mcnemar": tests,
-            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    return tests
 
 
 def sudoku_cells(tokens):
@@ -221,6 +233,8 @@ def parse_args(argv=None):
     ap.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     ap.add_argument("--batch", type=int, default=50, help="prompts per jitted call")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="a JSON of an earlier run on the same problems: keep its rows (new runs replace equal ones)")
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

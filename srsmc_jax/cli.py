@@ -238,5 +238,5 @@ def _sample(args) -> int:
     if args.plot is not None:
         from .plotting import plot_genealogy
 
-        plot_genealogy(result, args.plot)
+        plot_genealogy(result, args.plot, ess_threshold=config.ess_threshold)
     return 0
