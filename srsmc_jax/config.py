@@ -7,6 +7,7 @@ from typing import Callable, Optional, Union
 
 SELECT_POLICIES = ("topk", "threshold", "ancestral", "first_hitting")
 CONFIDENCES = ("prob", "margin", "neg_entropy")
+TRANSFER_SCHEDULES = ("llada", "dream")
 WEIGHTS = ("self_reward", "tempered", "uniform")
 BETA_SCHEDULES = ("constant", "revealed_fraction")
 RESAMPLING = ("multinomial", "systematic", "stratified", "residual")
@@ -44,6 +45,9 @@ class SMCConfig:
       select: 'topk' (LLaDA schedule), 'threshold' (c >= ``threshold`` plus the most confident one,
         Fast-dLLM), 'ancestral' (MDLM: each mask revealed w.p. (α_s-α_t)/(1-α_t)), or
         'first_hitting' (one uniformly random masked position per step).
+      transfer_schedule: how many tokens a 'topk' step reveals: 'llada' (a block's masks split evenly
+        over its steps, the first ``n % steps`` steps one more) or 'dream' (Dream's ``_sample``:
+        int(n_masked · (1 − s/t)) on linspace(1, 1e-3, steps + 1), all remaining at the last step).
       threshold: ρ for ``select='threshold'``.
       noise_schedule: α(t) for ``select='ancestral'``: 'linear', 'cosine' or 'loglinear'.
 
@@ -90,6 +94,7 @@ class SMCConfig:
     allow_mask_prediction: bool = False
     confidence: str = "prob"
     select: str = "topk"
+    transfer_schedule: str = "llada"
     threshold: float = 0.9
     noise_schedule: str = "linear"
     weight: Union[str, Callable] = "self_reward"
@@ -157,6 +162,7 @@ class SMCConfig:
              f"SMCConfig.top_p: expected None or a float in (0, 1], got {self.top_p!r}")
         choice("confidence", self.confidence, CONFIDENCES)
         choice("select", self.select, SELECT_POLICIES)
+        choice("transfer_schedule", self.transfer_schedule, TRANSFER_SCHEDULES)
         choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
         need(0.0 <= self.threshold <= 1.0 or self.confidence != "prob",
              f"SMCConfig.threshold: expected a probability in [0, 1], got {self.threshold!r}")

@@ -101,8 +101,10 @@ def select(
     lb = masked.shape[0]
     score = jnp.where(masked, confidence, NEG_INF)
     if config.select == "topk":
-        counts = jnp.asarray(schedules.transfer_counts(lb, config.steps_per_block))
-        k = counts[step_in_block]
+        if config.transfer_schedule == "llada":
+            k = jnp.asarray(schedules.transfer_counts(lb, config.steps_per_block))[step_in_block]
+        else:
+            k = schedules.dream_transfer_count(jnp.sum(masked), step_in_block, config.steps_per_block)
         # rank of each row in descending confidence; a stable sort breaks ties by position
         # (the lower index first), as jax.lax.top_k and LLaDA's torch.topk on distinct values do.
         order = jnp.argsort(-score, stable=True)

@@ -20,6 +20,33 @@ def transfer_counts(num_masked: int, steps: int) -> np.ndarray:
     return (np.full((steps,), base, np.int32) + (np.arange(steps) < rem)).astype(np.int32)
 
 
+DREAM_EPS = 1e-3  # Dream's `_sample`: timesteps = linspace(1, eps, steps + 1)
+
+
+def _torch_linspace_f32(start: float, end: float, num: int) -> np.ndarray:
+    """float32 linspace computed the way torch's CPU kernel does (first half from the start,
+    second half from the end), so schedules built on it match the official code bit for bit."""
+    if num == 1:
+        return np.array([start], np.float32)
+    step = (np.float32(end) - np.float32(start)) / np.float32(num - 1)
+    idx = np.arange(num)
+    # torch's vectorised kernel uses a fused multiply-add: step·idx is exact in float64, so one
+    # rounding of the float64 result reproduces it
+    head = (np.float64(np.float32(start)) + np.float64(step) * idx).astype(np.float32)
+    tail = (np.float64(np.float32(end)) - np.float64(step) * (num - 1 - idx)).astype(np.float32)
+    return np.where(idx < num // 2, head, tail).astype(np.float32)
+
+
+def dream_transfer_count(num_masked, step, steps: int):
+    """Dream's `_sample` schedule: int(n_masked · (1 − s/t)) with t, s consecutive points of
+    linspace(1, 1e-3, steps + 1) in float32, and every remaining mask at the last step. int32[]."""
+    ts = jnp.asarray(_torch_linspace_f32(1.0, DREAM_EPS, steps + 1))
+    t, s = ts[step], ts[step + 1]
+    n = jnp.asarray(num_masked, jnp.int32)
+    k = jnp.floor(n.astype(jnp.float32) * (jnp.float32(1.0) - s / t)).astype(jnp.int32)
+    return jnp.where(step < steps - 1, k, n)
+
+
 def alpha(schedule: str, t):
     """Probability that a token is still clean at diffusion time t in [0, 1] (α(0) = 1, α(1) ≈ 0)."""
     t = jnp.asarray(t, jnp.float32)

@@ -332,3 +332,13 @@ def test_all_minus_inf_weights_are_flagged():
     assert not res.resampled.any()
     with pytest.raises(FloatingPointError, match="-inf"):
         res.raise_if_error()
+
+
+def test_dream_schedule_matches_torch_linspace():
+    torch = pytest.importorskip("torch")
+    for n in range(2, 120):
+        np.testing.assert_array_equal(sr.schedules._torch_linspace_f32(1.0, 1e-3, n),
+                                      torch.linspace(1, 1e-3, n).numpy())
+    # the schedule reveals nothing on some early steps and everything left at the last one
+    counts = [int(sr.schedules.dream_transfer_count(12, i, 12)) for i in range(12)]
+    assert counts[-1] == 12 and min(counts[:-1]) == 0

@@ -1,10 +1,12 @@
-"""The engine reproduces the OFFICIAL SR-SMC LLaDA sampler (Algolzw/self-rewarding-smc,
+"""The engine reproduces the OFFICIAL samplers: the SR-SMC LLaDA sampler (Algolzw/self-rewarding-smc,
 `generate_with_prefix_cache_smc` and its no-cache `generate`) token for token at temperature 0,
-through the converted LLaDA port: final particles, per-position log-probs, log-weights and output."""
+through the converted LLaDA port (final particles, per-position log-probs, log-weights and output),
+and Dream's `_sample` (three algorithms, padded and not) through the converted Dream port."""
 
 from __future__ import annotations
 
 import json
+
 from pathlib import Path
 
 import jax
@@ -63,3 +65,33 @@ def test_reference_srsmc_trace(model, trace):
     # model calls: the reference's loop makes exactly one forward pass per step
     assert int(res.num_steps) == trace["n_model_calls"]
     assert int(res.nfe) == trace["n_model_calls"] * args["num_particles"]
+
+
+def dream_traces():
+    ref = ROOT / ".." / "shared" / "reference" / "dream" / "traces.json"
+    if not ref.is_file():
+        return []
+    return [t for t in json.loads(ref.read_text())["traces"] if not t["name"].startswith("smc_")]
+
+
+@pytest.mark.parametrize("trace", dream_traces(), ids=lambda t: t["name"])
+def test_reference_dream_sample_trace(reference_model, trace):
+    """Dream's official `_sample` (maskgit_plus / topk_margin / entropy, T = 0, padded or not) is the
+    engine with N = 1, one block, the 'dream' transfer schedule and the matching confidence."""
+    dream_ref = ROOT / ".." / "shared" / "reference" / "dream"
+    arrays = np.load(dream_ref / "traces.npz")
+    args = trace["args"]
+    model = reference_model("dream")
+    prompts = arrays[trace["prompt"]]
+    mask_name = trace["prompt"].replace("prompt", "attention_mask")
+    prompt_mask = arrays[mask_name] if mask_name in arrays.files else None
+    gen = args["max_new_tokens"]
+    config = sr.SMCConfig(
+        num_particles=1, gen_length=gen, block_length=gen, steps=args["steps"], mask_id=args["mask_token_id"],
+        temperature=0.0, select="topk", transfer_schedule="dream",
+        confidence={"maskgit_plus": "prob", "topk_margin": "margin", "entropy": "neg_entropy"}[args["alg"]])
+    res = sr.make_sampler(model.as_denoiser(), config)(jax.random.key(0), model.params, jnp.asarray(prompts),
+                                                         prompt_mask)
+    want = arrays[trace["arrays"]["output"]][:, prompts.shape[1]:]
+    np.testing.assert_array_equal(res.tokens, want)
+    assert int(res.num_steps[0]) == args["steps"]
