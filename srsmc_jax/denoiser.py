@@ -48,12 +48,17 @@ class Denoiser:
         model's logits for the clean token at position ``j`` (x0 prediction). Rows of unmasked
         positions are ignored by the engine.
     max_length: the model's context length, checked before tracing; ``None`` = unlimited.
+    sees_padding: False for a bare ``fn(params, tokens)`` that cannot see padding (what
+        :func:`as_denoiser` makes of a plain callable); padded prompts are then refused.
     """
 
     fn: Callable[..., jax.Array]
     max_length: Optional[int] = None
+    sees_padding: bool = True
 
     def __call__(self, params: Any, tokens: jax.Array, seq: SequenceInfo) -> jax.Array:
+        if not self.sees_padding:
+            return self.fn(params, tokens)
         return self.fn(params, tokens, seq)
 
 
@@ -86,23 +91,8 @@ def as_denoiser(model: Any) -> Denoiser | CachedDenoiser:
     if hasattr(model, "as_denoiser"):
         return as_denoiser(model.as_denoiser())
     if callable(model):
-        return _PlainDenoiser(model)
+        return Denoiser(model, sees_padding=False)
     raise TypeError(
         "denoiser: expected a callable (params, tokens) -> logits, a srsmc_jax.Denoiser or a "
         f"srsmc_jax.CachedDenoiser, got {type(model).__name__}"
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class _PlainDenoiser(Denoiser):
-    """A bare ``(params, tokens) -> logits`` callable; it cannot see padding."""
-
-    sees_padding = False
-
-    def __init__(self, fn: Callable[..., jax.Array], max_length: Optional[int] = None):
-        object.__setattr__(self, "fn", fn)
-        object.__setattr__(self, "max_length", max_length)
-
-    def __call__(self, params: Any, tokens: jax.Array, seq: SequenceInfo) -> jax.Array:
-        del seq
-        return self.fn(params, tokens)

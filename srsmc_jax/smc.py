@@ -23,7 +23,7 @@ from jax.scipy.special import logsumexp
 from . import proposal as proposal_lib
 from . import resampling
 from .config import SMCConfig
-from .denoiser import CachedDenoiser, SequenceInfo, as_denoiser
+from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_denoiser
 from .weights import StepInfo, make_weight_fn
 
 # Bit flags of ``SMCResult.error``.
@@ -152,7 +152,7 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
         if prompt_mask is None:
             masks = jnp.ones_like(prompts, dtype=bool)
         else:
-            if getattr(den, "sees_padding", True) is False:
+            if isinstance(den, Denoiser) and not den.sees_padding:
                 raise ValueError(
                     "prompt_mask: this denoiser is a bare (params, tokens) callable and cannot see "
                     "padding; wrap it in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
