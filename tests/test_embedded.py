@@ -192,3 +192,13 @@ def test_jax_sudoku_reward_agrees_with_the_checker(problems):
     got = sudoku_reward(jnp.asarray(np.stack(grids))[:, None], jnp.asarray(np.stack(prompts))[:, None])[:, 0]
     np.testing.assert_array_equal(np.asarray(got, bool), want)
     assert 0 < sum(want) < len(want)
+
+
+@pytest.mark.slow
+def test_tune_weights_example_runs(tmp_path):
+    from benchmarks import tune_weights
+
+    out = tune_weights.main(["--steps", "2", "--batch", "4", "--particles", "4", "--eval-problems", "8",
+                             "--json", str(tmp_path / "t.json")])
+    assert len(out["history"]) == 2 and all(np.isfinite(h["beta"]) for h in out["history"])
+    assert 0.0 <= out["after"]["accuracy"] <= 1.0
