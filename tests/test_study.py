@@ -1,0 +1,187 @@
+"""benchmarks.study (resumable sweeps), benchmarks.selection (weighted majority vote), and the
+embedded multiplication task and model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import study
+from benchmarks.selection import max_confidence, select_batch, weighted_majority_vote
+from benchmarks.stats import mcnemar_exact, wilson_interval
+from models.embedded import MULT_CHECKPOINT, MultiplicationTask, multiplication as mult, task_for
+
+# greedy accuracy (one token per step, N = 1, τ = 0) of the shipped multiplication model on
+# make_problems(seed=2024, n=100): documented in benchmarks/STUDY.md; the range leaves room for
+# float differences between machines.
+GREEDY_RANGE = (0.20, 0.90)
+
+
+@pytest.fixture(scope="module")
+def mult_model():
+    import models
+
+    return models.load(MULT_CHECKPOINT)
+
+
+# ---- the multiplication task ----------------------------------------------------------------------
+def test_multiplication_trace_checker_and_text():
+    assert mult.solution_text(4827, 6) == "2461948228962"
+    for a, b in [(1000, 2), (9999, 9), (5000, 2), (1234, 7)]:
+        d = mult.solution_digits(a, b)
+        assert d.shape == (mult.GEN_LENGTH,) and mult.product_of(d) == a * b
+        assert mult.check(a, b, d) and mult.trace_consistent(a, b, d)
+        # the trace: digit_i + 10·carry_i = a_i·b + carry_{i-1}
+        carry = 0
+        for i, x in enumerate(int(c) for c in str(a)[::-1]):
+            assert d[2 * i] + 10 * d[2 * i + 1] == x * b + carry
+            carry = d[2 * i + 1]
+        wrong = d.copy()
+        wrong[-1] = (wrong[-1] + 1) % 10
+        assert not mult.check(a, b, wrong)
+        wrong_trace = d.copy()
+        wrong_trace[0] = (wrong_trace[0] + 1) % 10
+        assert mult.check(a, b, wrong_trace) and not mult.trace_consistent(a, b, wrong_trace)
+    assert not mult.check(1234, 7, np.full(mult.GEN_LENGTH, -1))
+    task = MultiplicationTask()
+    ids = mult.encode_digits(mult.solution_digits(4827, 6))
+    assert task.decode(ids) == "2461948228962" and task.check("4827 * 6", ids)
+    assert list(task.encode("4827*6")) == [5, 9, 3, 8, mult.TIMES_ID, 7]
+    assert "28962" in task.pretty(ids)
+    for bad in ["", "482*6", "04827*6", "4827*1", "4827*66", "4827+6"]:
+        with pytest.raises(ValueError):
+            task.encode(bad)
+
+
+def test_multiplication_split_generator_and_batches():
+    train, test = mult.all_problems("train"), mult.all_problems("test")
+    key = lambda p: set(map(tuple, p.tolist()))  # noqa: E731
+    assert not key(train) & key(test)
+    assert len(train) + len(test) == 9000 * (mult.B_MAX - mult.B_MIN + 1)
+    assert 0.08 < len(test) / (len(train) + len(test)) < 0.12
+    probs = mult.make_problems(seed=3, n=50)
+    assert len({p["problem"] for p in probs}) == 50
+    assert all(mult.in_test_split(*mult.parse(p["problem"])) for p in probs)
+    assert probs == mult.make_problems(seed=3, n=50)  # deterministic
+    prompts, answers = mult.training_batch(np.random.default_rng(0), 64)
+    for pr, an in zip(prompts, answers):
+        a = int("".join(str(int(t) - 1) for t in pr[:4]))
+        b = int(pr[5]) - 1
+        assert not mult.in_test_split(a, b)
+        assert mult.check(a, b, mult.decode_digits(an))
+
+
+def test_shipped_multiplication_checkpoint_loads_and_is_in_range(mult_model):
+    import jax
+
+    import srsmc_jax as sr
+
+    task = task_for(mult_model.path)
+    assert isinstance(task, MultiplicationTask)
+    assert mult_model.tokenizer.decode([5, 9, 3, 8, 11, 7]) == "4827*6"
+    probs = mult.make_problems(seed=2024, n=100)
+    cfg = sr.SMCConfig(num_particles=1, temperature=0.0, gen_length=task.gen_length,
+                       block_length=task.gen_length, mask_id=task.mask_id)
+    sample = sr.make_sampler(mult_model.as_denoiser(), cfg)
+    res = sample(jax.random.key(0), mult_model.params, np.stack([task.encode(p["problem"]) for p in probs]))
+    acc = np.mean([task.check(p["problem"], t) for p, t in zip(probs, np.asarray(res.tokens))])
+    assert GREEDY_RANGE[0] <= acc <= GREEDY_RANGE[1], acc
+
+
+# ---- selection rules ------------------------------------------------------------------------------
+def test_weighted_majority_vote_hand_made():
+    # answers (last token): A A B C; normalised weights .30 .25 .45 0 -> A (.55) beats B (.45)
+    parts = np.array([[1, 7], [2, 7], [3, 8], [4, 9]])
+    lw = np.array([np.log(0.30), np.log(0.25), np.log(0.45), -np.inf])
+    conf = np.array([-1.0, -0.5, -0.1, -3.0])
+    key = lambda ids: bytes([int(ids[-1])])  # noqa: E731
+    assert weighted_majority_vote(parts, lw, conf, key) == 1  # the most confident particle of group A
+    assert max_confidence(conf) == 2
+    # any weight scale: the same after adding a constant to the log-weights
+    assert weighted_majority_vote(parts, lw + 123.0, conf, key) == 1
+    # B heavier -> B
+    assert weighted_majority_vote(parts, np.log([0.2, 0.2, 0.6, 1e-9]), conf, key) == 2
+    # uniform weights = plain majority vote; a 2-2 tie goes to the group with the most confident member
+    assert weighted_majority_vote(parts[:3], np.zeros(3), conf[:3], key) == 1
+    tie = np.array([[0, 7], [0, 7], [0, 8], [0, 8]])
+    assert weighted_majority_vote(tie, np.zeros(4), np.array([-2.0, -3.0, -1.0, -4.0]), key) == 2
+    # all weights -inf: falls back to uniform
+    assert weighted_majority_vote(parts[:3], np.full(3, -np.inf), conf[:3], key) == 1
+    sel = select_batch("weighted_vote", parts[None], lw[None], conf[None], key)
+    assert sel.tolist() == [1]
+    assert select_batch("max_confidence", parts[None], lw[None], conf[None], key).tolist() == [2]
+
+
+def test_unique_roots_from_the_genealogy():
+    ident = np.arange(4)
+    anc = np.stack([ident, np.array([0, 0, 2, 2]), ident, np.array([2, 2, 3, 3])])
+    # final particles <- step 3: [2,2,3,3] <- step 1: [2,2,2,2]: one root
+    assert study.unique_roots(anc) == 1
+    assert study.unique_roots(np.stack([ident, ident])) == 4
+    assert study.unique_roots(np.stack([np.array([0, 0, 2, 2]), ident])) == 2
+
+
+def test_statistics_known_values():
+    from scipy import stats as sps
+
+    for a, b in [(0, 0), (3, 24), (7, 83), (10, 10), (1, 9)]:
+        ref = 1.0 if a + b == 0 else sps.binomtest(a, a + b, 0.5).pvalue
+        assert mcnemar_exact(a, b) == pytest.approx(ref, rel=1e-9)
+    lo, hi = wilson_interval(213, 500)  # 42.6%: the feasibility note's [38.3, 47.0]
+    assert (round(100 * lo, 1), round(100 * hi, 1)) == (38.3, 47.0)
+
+
+# ---- the study runner -----------------------------------------------------------------------------
+def test_method_specs_are_canonical():
+    # best-of-N partners of settings that differ only in weighting/resampling are the same run
+    b1 = study.method_spec("best_of_n", {"weight": "tempered", "beta": 2.0})
+    b2 = study.method_spec("best_of_n", {"ess_threshold": 0.9, "resampling": "residual"})
+    assert b1 == b2 and b1["weight"] == "uniform" and b1["ess_threshold"] == 0.0
+    g = study.method_spec("greedy", {"num_particles": 16, "temperature": 0.5})
+    assert g["num_particles"] == 1 and g["temperature"] == 0.0
+    s = study.method_spec("sr_smc", {"select": "threshold", "threshold": 0.7, "tokens_per_step": 4})
+    assert s["tokens_per_step"] == 1 and s["threshold"] == 0.7
+    cfg, wp = study.smc_config(study.method_spec("sr_smc", {"weight": "margin"}), 13, 12)
+    assert callable(cfg.weight) and float(wp["coef"][1]) == 1.0 and float(wp["coef"].sum()) == 1.0
+    cfg, _ = study.smc_config(study.method_spec("sr_smc", {"tokens_per_step": 4}), 13, 12)
+    assert cfg.steps == 4 and cfg.resample_every == "step"
+
+
+def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch):
+    out = tmp_path / "study"
+    real = study.execute
+    calls = []
+
+    def flaky(*args, **kw):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # interrupted during the second run
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(study, "execute", flaky)
+    kw = dict(batch=4, only={"N=2"}, model=mult_model, log=lambda *a: None)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    # a write cut in the middle leaves a partial line: it is ignored and the next write ends it
+    with (out / "runs.jsonl").open("a") as f:
+        f.write('{"key": "partial')
+    calls.clear()
+    monkeypatch.setattr(study, "execute", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
+    stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
+    assert stats == {**stats, "executed": 2, "skipped": 1} and len(calls) == 2
+    runs = study.load_runs(out / "runs.jsonl")
+    assert len(runs) == 3 and {r["spec"]["role"] for r in runs.values()} == {"sr_smc", "best_of_n", "greedy"}
+    calls.clear()
+    stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
+    assert stats["executed"] == 0 and stats["skipped"] == 3 and not calls
+    rec = next(r for r in runs.values() if r["spec"]["role"] == "sr_smc")
+    assert len(rec["correct"]["weighted_vote"]) == 4 and all(1 <= d <= 2 for d in rec["distinct_answers"])
+    assert all(1 <= u <= 2 for u in rec["unique_ancestors"]) and rec["nfe"] == [26] * 4
+    # summary table and figure from the stored runs
+    text = study.write_summary(out, study.groups_in(out))
+    assert "| N=2 |" in text and (out / "study_mult_seed0_n4.png").is_file()
+    assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["key"] in runs
