@@ -234,7 +234,7 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
         if not (CHECKPOINT / CHECKPOINT_META).is_file():
             raise FileNotFoundError(missing_checkpoint_message())
         path = CHECKPOINT
-    path = Path(path)
+    path = Path(path).absolute()  # orbax needs an absolute path
     if not path.is_dir():
         raise ValueError(f"{path} is not a converted checkpoint folder (it does not exist or is not a folder)")
     meta_f = path / CHECKPOINT_META

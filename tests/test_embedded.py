@@ -202,3 +202,11 @@ def test_tune_weights_example_runs(tmp_path):
                              "--json", str(tmp_path / "t.json")])
     assert len(out["history"]) == 2 and all(np.isfinite(h["beta"]) for h in out["history"])
     assert 0.0 <= out["after"]["accuracy"] <= 1.0
+
+
+def test_load_accepts_a_relative_path(monkeypatch):
+    import models
+
+    monkeypatch.chdir(CHECKPOINT.parent)
+    m = models.load("checkpoint")
+    assert m.path == CHECKPOINT and m.mask_id == vocab.MASK_ID
