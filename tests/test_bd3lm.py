@@ -5,7 +5,6 @@ the engine's exact block KV cache vs the no-cache path, and a full SR-SMC run wi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -13,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from toys import seq_info as _seq
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 REF = ROOT / ".." / "shared" / "reference" / "bd3lm"
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -83,10 +82,6 @@ def test_official_kv_cache(model, cases, tokens, want):
         np.testing.assert_allclose(np.asarray(run(model.params, toks)), cases["kv_nocache_logits"], **TOL)
 
 
-def _seq(n, plen):
-    from srsmc_jax.denoiser import SequenceInfo
-
-    return SequenceInfo(valid=jnp.ones((n,), bool), prompt=jnp.arange(n) < plen)
 
 
 @pytest.mark.parametrize("block_mult", [1, 2])

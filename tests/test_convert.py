@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT / ".." / "shared" / "reference"
 FAMILIES = ["llada", "dream"]

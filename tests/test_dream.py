@@ -5,7 +5,6 @@ shift, Fast-dLLM caches, bf16, and the official ``_sample`` traces at temperatur
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -13,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from toys import seq_info as _seq
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 REF = ROOT / ".." / "shared" / "reference" / "dream"
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -38,11 +37,6 @@ def model(reference_model):
     return reference_model("dream")
 
 
-def _seq(valid, prompt_len):
-    from srsmc_jax.denoiser import SequenceInfo
-
-    valid = jnp.asarray(valid, bool)
-    return SequenceInfo(valid=valid, prompt=jnp.arange(valid.shape[0]) < prompt_len)
 
 
 def _shift(raw):

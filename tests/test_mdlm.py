@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from toys import seq_info as _seq
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT / ".." / "shared"
 REF = SHARED / "reference" / "mdlm"
@@ -247,10 +247,6 @@ def test_gpt2_tokenizer_round_trip(tmp_path):
 # -------------------------------------------------------------------------------- helpers
 
 
-def _seq(n: int):
-    from srsmc_jax.denoiser import SequenceInfo
-
-    return SequenceInfo(valid=jnp.ones((n,), bool), prompt=jnp.zeros((n,), bool))
 
 
 def _flat(state):

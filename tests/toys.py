@@ -155,3 +155,11 @@ def make_attention_denoiser(vocab: int, dim: int = 16, seed: int = 0, padding_aw
     if padding_aware:
         return params, lambda p, tokens, seq: forward(p, tokens, seq.valid)
     return params, lambda p, tokens: forward(p, tokens, jnp.ones(tokens.shape, bool))
+
+
+def seq_info(valid, prompt_len: int = 0):
+    """``SequenceInfo`` of one sequence: ``valid`` is a length (no padding) or a bool[L] mask."""
+    from srsmc_jax.denoiser import SequenceInfo
+
+    valid = jnp.ones((valid,), bool) if isinstance(valid, int) else jnp.asarray(valid, bool)
+    return SequenceInfo(valid=valid, prompt=jnp.arange(valid.shape[0]) < prompt_len)

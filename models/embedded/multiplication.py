@@ -166,14 +166,10 @@ def pretty(answer_digits) -> str:
 
 
 def write_tokenizer(path: Path) -> None:
-    """A character-level WordLevel tokenizer (one token per character, decoded without spaces)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """The task's character-level tokenizer (see ``vocab.write_tokenizer``)."""
+    from models.embedded import vocab
 
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TOKENS)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(["<pad>", "<mask>"])
-    tok.save(str(path))
+    vocab.write_tokenizer(path, TOKENS)
 
 
 def training_batch(rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,11 +26,12 @@ def decode_cells(ids) -> np.ndarray:
     return np.where((ids >= 1) & (ids <= 6), ids, 0).astype(np.uint8)
 
 
-def write_tokenizer(path: Path) -> None:
-    """A character-level WordLevel tokenizer (one token per character, decoded without spaces)."""
+def write_tokenizer(path: Path, tokens: list[str] = TOKENS) -> None:
+    """A character-level WordLevel tokenizer over ``tokens`` (id = list position; one token per
+    character, decoded without spaces; '<pad>' and '<mask>' special)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TOKENS)}, unk_token="<pad>"))
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(["<pad>", "<mask>"])
