@@ -10,8 +10,9 @@ gather of a prompt's particles (tokens, log-probs, KV cache) compiles with no co
     with jax.set_mesh(mesh):
         result = sample(key, params, prompts, mask)      # result fields are sharded over 'data'
 
-The mesh uses ``AxisType.Auto`` (GSPMD propagation): with jax's default ``Explicit`` axes, vmapping
-the per-prompt sampler over a sharded batch needs explicit out-shardings on every gather.
+The mesh uses ``AxisType.Auto`` (GSPMD propagation). jax's default ``Explicit`` axes are not
+supported: under them every gather indexed by batch-sharded tokens — the engine's, and each model's
+embedding lookup — would need an explicit ``out_sharding`` (``ShardingTypeError`` otherwise).
 Results equal a single-device run (prompt b's randomness is ``fold_in(key, b)``): the same tokens,
 and floats up to round-off from the different per-device batch.
 """
