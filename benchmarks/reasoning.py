@@ -101,6 +101,7 @@ def run_method(sample, params, prompts: np.ndarray, key, batch: int):
 def evaluate(args) -> dict:
     import models
     from models.embedded import SudokuTask, sudoku, task_for
+    from models.embedded.vocab import decode_cells
 
     model = models.load(args.model)
     task = task_for(model.path)
@@ -128,8 +129,8 @@ def evaluate(args) -> dict:
         sample = sr.make_sampler(den, cfg)
         jax.block_until_ready(sample(key, model.params, jnp.asarray(prompts[: min(args.batch, len(prompts))])).tokens)
         res, seconds = run_method(sample, model.params, prompts, key, args.batch)
-        ok = np.array([sudoku.solves(p, t) for p, t in zip(puzzles, sudoku_cells(res.tokens))])
-        any_ok = np.array([any(sudoku.solves(p, t) for t in sudoku_cells(ps)) for p, ps in zip(puzzles, res.particles)])
+        ok = np.array([sudoku.solves(p, t) for p, t in zip(puzzles, decode_cells(res.tokens))])
+        any_ok = np.array([any(sudoku.solves(p, t) for t in decode_cells(ps)) for p, ps in zip(puzzles, res.particles)])
         distinct = np.mean([len({bytes(r) for r in ps}) for ps in res.particles])
         lo, hi = wilson_interval(int(ok.sum()), len(ok))
         row = {"method": method, "N": cfg.num_particles, "temperature": cfg.temperature,
@@ -167,12 +168,6 @@ def mcnemar_tests(rows: list[dict]) -> list[dict]:
             tests.append({"sr_smc": {"N": n, "temperature": tau}, "versus": other_name,
                           "only_sr_smc": a, "only_other": b, "p_value": mcnemar_exact(a, b)})
     return tests
-
-
-def sudoku_cells(tokens):
-    from models.embedded import vocab
-
-    return vocab.decode_cells(tokens)
 
 
 def markdown(result: dict) -> str:

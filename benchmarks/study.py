@@ -44,6 +44,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.plotting import ancestry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "study"
 
@@ -207,10 +208,7 @@ def append_run(path: Path, rec: dict) -> None:
 def unique_roots(ancestors: np.ndarray) -> int:
     """How many of the N initial particles have descendants among the final ones.
     ancestors: int[T, N], row t = the ancestor indices chosen after step t (identity if none)."""
-    idx = np.arange(ancestors.shape[1])
-    for t in range(ancestors.shape[0] - 1, -1, -1):
-        idx = ancestors[t][idx]
-    return len(set(idx.tolist()))
+    return len(set(ancestry(ancestors)[0].tolist()))
 
 
 def execute(spec: dict, task: TaskSpec, model, problems: list[dict], seed: int, batch: int) -> dict:

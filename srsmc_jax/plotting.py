@@ -7,14 +7,18 @@ from pathlib import Path
 import numpy as np
 
 
-def lineage(ancestors: np.ndarray, resampled: np.ndarray, final_index: int) -> np.ndarray:
-    """int[T+1]: the index, after each step, of the particle the final particle descends from."""
-    t_max = ancestors.shape[0]
-    path = np.empty(t_max + 1, np.int64)
-    path[t_max] = final_index
+def ancestry(ancestors: np.ndarray) -> np.ndarray:
+    """int[T+1, N]: row t holds, for each final particle, the index (after step t − 1) of the
+    particle it descends from; row 0 are the initial particles, row T the final ones.
+
+    ``ancestors``: int[T, N] as in ``SMCResult.ancestors`` (rows without resampling are the identity).
+    """
+    t_max, n = ancestors.shape
+    out = np.empty((t_max + 1, n), np.int64)
+    out[t_max] = np.arange(n)
     for t in range(t_max - 1, -1, -1):
-        path[t] = ancestors[t, path[t + 1]] if resampled[t] else path[t + 1]
-    return path
+        out[t] = ancestors[t][out[t + 1]]
+    return out
 
 
 def plot_genealogy(result, path: Path | str, ess_threshold: float | None = None) -> None:
@@ -44,9 +48,8 @@ def plot_genealogy(result, path: Path | str, ess_threshold: float | None = None)
     ax1.set_ylim(0, n * 1.05)
     for t in range(steps):
         for i in range(n):
-            parent = anc[t, i] if res[t] else i
-            ax2.plot([t, t + 1], [parent, i], color="0.75", lw=0.8)
-    chosen = lineage(anc, res, int(np.asarray(result.selected)))
+            ax2.plot([t, t + 1], [anc[t, i], i], color="0.75", lw=0.8)
+    chosen = ancestry(anc)[:, int(np.asarray(result.selected))]
     ax2.plot(np.arange(steps + 1), chosen, color="C1", lw=2, label="selected answer's lineage")
     ax2.set_xlabel("denoising step")
     ax2.set_ylabel("particle")

@@ -76,3 +76,14 @@ def test_gather_moves_every_leaf():
 def test_unknown_scheme():
     with pytest.raises(ValueError, match="unknown scheme 'bogus'"):
         resampling.resample(jax.random.key(0), LOG_W, "bogus")
+
+
+def test_ancestry_traces_final_particles_to_their_roots():
+    from srsmc_jax.plotting import ancestry
+
+    ident = np.arange(4)
+    anc = np.stack([np.array([1, 1, 3, 3]), ident, np.array([2, 2, 2, 0])])
+    out = ancestry(anc)
+    np.testing.assert_array_equal(out[3], ident)
+    np.testing.assert_array_equal(out[2], [2, 2, 2, 0])
+    np.testing.assert_array_equal(out[0], [3, 3, 3, 1])
