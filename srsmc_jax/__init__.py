@@ -6,18 +6,30 @@ Models", arXiv 2602.01849 (2026).
     import srsmc_jax as sr
     sample = sr.make_sampler(denoiser, sr.SMCConfig(num_particles=8, gen_length=64, mask_id=MASK))
     result = sample(jax.random.key(0), params, prompt)   # result.tokens, result.ess, result.log_z …
+
+The engine (this package, except ``srsmc_jax.app``) never imports ``models`` or ``convert``; the
+command line in ``srsmc_jax.app`` is the application layer on top of both.
 """
 
-from .config import SMCConfig
-from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_denoiser
+from .config import SMCConfig, Strategies
+from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_cached, as_denoiser
 from .smc import ParticleState, SMCResult, SMCState, make_sampler
 from .weights import StepInfo
+from .select import Ancestral, FirstHitting, SelectInput, SelectPolicy, Threshold, TopK
+from .resampling import ConstantAncestors, ESSTrigger, Soft, StopGradient
+from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
+from .weights import SelfReward, Tempered, Uniform
 from .prompts import pad_prompts
-from . import resampling, schedules, proposal, weights, sharding, objectives
+from .registry import Registry
+from . import answer, objectives, proposal, resampling, schedules, select, sharding, weights
 
 __all__ = [
-    "SMCConfig", "make_sampler", "SMCResult", "SMCState", "ParticleState", "StepInfo",
-    "Denoiser", "CachedDenoiser", "SequenceInfo", "as_denoiser", "pad_prompts",
-    "resampling", "schedules", "proposal", "weights", "sharding", "objectives",
+    "SMCConfig", "Strategies", "make_sampler", "SMCResult", "SMCState", "ParticleState", "StepInfo",
+    "Denoiser", "CachedDenoiser", "SequenceInfo", "as_denoiser", "as_cached", "pad_prompts", "Registry",
+    "SelectPolicy", "SelectInput", "TopK", "Threshold", "Ancestral", "FirstHitting",
+    "ESSTrigger", "StopGradient", "Soft", "ConstantAncestors",
+    "AnswerInput", "MaxTrajectoryConfidence", "MaxWeight", "SampleByWeight",
+    "SelfReward", "Tempered", "Uniform",
+    "answer", "objectives", "proposal", "resampling", "schedules", "select", "sharding", "weights",
 ]
 __version__ = "0.1.0"

@@ -1,3 +1,3 @@
-from srsmc_jax.cli import main
+from srsmc_jax.app.cli import main
 
 raise SystemExit(main())

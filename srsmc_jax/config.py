@@ -1,20 +1,60 @@
-"""SMCConfig: every knob of the sampler, frozen and hashable so it can be a static jit argument."""
+"""SMCConfig: every knob of the sampler, frozen and hashable so it can be a static jit argument.
+
+Each behaviour the engine composes is a *strategy* (a frozen dataclass or a pure function, in the
+module that owns its kind): SELECT policies (``srsmc_jax.select``), confidence measures
+(``srsmc_jax.proposal``), weights (``srsmc_jax.weights``), resampling schemes, the resampling
+trigger and the gradient estimator (``srsmc_jax.resampling``) and the answer rule
+(``srsmc_jax.answer``). A strategy knob of ``SMCConfig`` takes either a registered NAME — a
+shorthand built from the companion knobs it declares, e.g. ``select="threshold", threshold=0.9`` is
+``Threshold(rho=0.9)`` — or the strategy object itself (``select=Threshold(0.9)``, or a user's own).
+:attr:`SMCConfig.strategies` holds the resolved objects the engine runs.
+
+A companion knob set away from its default while the strategy it belongs to is not chosen (e.g.
+``threshold=0.7`` with ``select="topk"``) has no effect; :meth:`SMCConfig.unused_knobs` lists such
+knobs, and the command line refuses them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Union
+import math
+from typing import Any, Callable, NamedTuple, Optional, Union
 
-SELECT_POLICIES = ("topk", "threshold", "ancestral", "first_hitting")
-CONFIDENCES = ("prob", "margin", "neg_entropy")
-TRANSFER_SCHEDULES = ("llada", "dream")
-WEIGHTS = ("self_reward", "tempered", "uniform")
-BETA_SCHEDULES = ("constant", "revealed_fraction")
-RESAMPLING = ("multinomial", "systematic", "stratified", "residual")
-CADENCES = ("block", "step")
-SELECTIONS = ("trajectory_confidence", "max_weight", "sample")
-GRADIENT_ESTIMATORS = ("stop_gradient", "soft", "constant")
-NOISE_SCHEDULES = ("linear", "cosine", "loglinear")
+from . import answer, proposal, resampling, schedules, select, weights
+from .registry import Registry
+
+
+class Strategies(NamedTuple):
+    """The resolved strategy objects of a config (what the engine calls)."""
+
+    proposal: proposal.GumbelProposal
+    select: Any
+    weight: Callable
+    resampler: Callable
+    resample_when: Callable
+    gradient_estimator: Callable
+    answer: Callable
+
+
+def _knob(default, help: str, **meta):
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+# strategy knob -> (registry, names of the companion knobs its registered entries may declare)
+_STRATEGY_KNOBS: dict[str, Registry] = {
+    "select": select.SELECT,
+    "confidence": proposal.CONFIDENCES,
+    "weight": weights.WEIGHTS,
+    "resampling": resampling.RESAMPLERS,
+    "gradient_estimator": resampling.GRADIENT_ESTIMATORS,
+    "selection": answer.ANSWER_RULES,
+}
+# schedule knobs name functions of their own registries
+_SCHEDULE_KNOBS: dict[str, Registry] = {
+    "transfer_schedule": schedules.TRANSFER_SCHEDULES,
+    "noise_schedule": schedules.NOISE_SCHEDULES,
+    "beta_schedule": schedules.BETA_SCHEDULES,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,92 +64,54 @@ class SMCConfig:
     Defaults follow the reference SR-SMC code for LLaDA (arXiv 2602.01849): N = 4 particles,
     Gumbel temperature 1, probability confidence, LLaDA's top-k schedule, self-reward weights,
     multinomial resampling at block ends when ESS < N/2, answer = highest trajectory confidence.
+    Every field's meaning is in its ``metadata["help"]`` (also the command line's ``--help``).
 
-    Sizes
-      num_particles: N >= 1 particles per prompt.
-      gen_length: tokens to generate; a multiple of ``block_length``.
-      block_length: semi-autoregressive block size (``None`` = one block of ``gen_length``).
-      steps: denoising steps PER BLOCK (``None`` = ``block_length``, one token per step). For
-        ``select='threshold'`` it is ignored (a block runs until it is fully revealed, at most
-        ``block_length`` steps); for ``'first_hitting'`` it must equal ``block_length``.
-      mask_id: the [MASK] token id; must lie inside the model's vocabulary.
-
-    Proposal (x̂0 draw)
-      temperature: Gumbel-max temperature τ on the logits; 0 = argmax.
-      top_k, top_p: optional filtering of the tempered distribution before the draw.
-      allow_mask_prediction: if False (default) the mask id's logit is set to -inf first.
-
-    Confidence and SELECT
-      confidence: 'prob' (p of x̂0 under the UNtempered model, as the reference code),
-        'margin' (p1 - p2) or 'neg_entropy' (-H of the untempered distribution).
-      select: 'topk' (LLaDA schedule), 'threshold' (c >= ``threshold`` plus the most confident one,
-        Fast-dLLM), 'ancestral' (MDLM: each mask revealed w.p. (α_s-α_t)/(1-α_t)), or
-        'first_hitting' (one uniformly random masked position per step).
-      transfer_schedule: how many tokens a 'topk' step reveals: 'llada' (a block's masks split evenly
-        over its steps, the first ``n % steps`` steps one more) or 'dream' (Dream's ``_sample``:
-        int(n_masked · (1 − s/t)) on linspace(1, 1e-3, steps + 1), all remaining at the last step).
-      threshold: ρ for ``select='threshold'``.
-      noise_schedule: α(t) for ``select='ancestral'``: 'linear', 'cosine' or 'loglinear'.
-
-    Weights
-      weight: 'self_reward' (Σ log p(x̂0) over revealed tokens, Prop. 3.1), 'tempered'
-        (β_t times that), 'uniform' (no reweighting: independent particles / best-of-N), or a
-        callable ``potential(weight_params, info: StepInfo) -> float32[]`` giving the log-increment
-        (an external reward hook or a parameterised scheme; ``weight_params`` is the traced argument
-        of ``sample``).
-      beta: the tempering constant (a multiplier of the schedule below).
-      beta_schedule: 'constant' (β_t = beta) or 'revealed_fraction' (β_t = beta · revealed/total,
-        what the reference MDLM/BD3-LM code uses).
-
-    Resampling
-      ess_threshold: resample when ESS < ess_threshold · N (1.0 = always, 0.0 = never).
-      resampling: 'multinomial', 'systematic', 'stratified' or 'residual'.
-      resample_every: 'block' (at block ends, as the reference), 'step', or an int k (every k steps).
-
-    Gradients (``jax.grad`` of an objective w.r.t. ``weight_params``; see ``srsmc_jax.objectives``)
-      gradient_estimator: how gradients cross a resampling event. 'stop_gradient' (Scibior & Wood
-        2021; default): ancestors from stop_gradient(weights), new log-weights lw[a] − sg(lw[a]) whose
-        value is 0 (the forward pass is bit-identical to plain resampling); 'soft' (Karkus et al.
-        2018): ancestors from q = α·w + (1 − α)/N, new log-weights log w̄[a] − log q[a] (changes the
-        forward pass unless α = 1); 'constant': weights reset to 0, ancestors treated as constants
-        (biased: it ignores how resampling depends on the weights).
-      soft_alpha: α of 'soft'.
-      differentiable: run every block for a fixed number of steps under ``lax.scan`` (no
-        ``while_loop``), so ``select='threshold'`` is reverse-differentiable too; steps after a
-        block is fully revealed reveal nothing but still cost a forward pass.
-
-    Output
-      selection: 'trajectory_confidence' (Σ_pos log p at reveal time; reference default),
-        'max_weight' (highest current log-weight) or 'sample' (a draw from the normalised weights).
+    Derived: ``block`` (block length), ``num_blocks``, ``steps_per_block`` (static; an upper bound
+    for data-dependent SELECT policies), ``max_steps``, ``strategies`` (the resolved objects).
     """
 
-    num_particles: int = 4
-    gen_length: int = 128
-    block_length: Optional[int] = 32
-    steps: Optional[int] = None
-    mask_id: int = -1
-    temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    allow_mask_prediction: bool = False
-    confidence: str = "prob"
-    select: str = "topk"
-    transfer_schedule: str = "llada"
-    threshold: float = 0.9
-    noise_schedule: str = "linear"
-    weight: Union[str, Callable] = "self_reward"
-    beta: float = 1.0
-    beta_schedule: str = "constant"
-    ess_threshold: float = 0.5
-    resampling: str = "multinomial"
-    resample_every: Union[str, int] = "block"
-    selection: str = "trajectory_confidence"
-    gradient_estimator: str = "stop_gradient"
-    soft_alpha: float = 0.5
-    differentiable: bool = False
+    # sizes
+    num_particles: int = _knob(4, "N >= 1 particles per prompt")
+    gen_length: int = _knob(128, "tokens to generate; a multiple of block_length")
+    block_length: Optional[int] = _knob(32, "semi-autoregressive block size (None: one block of gen_length)")
+    steps: Optional[int] = _knob(None, "denoising steps PER BLOCK (None: one token per step); ignored by "
+                                       "select='threshold', must equal block_length for 'first_hitting'")
+    mask_id: int = _knob(-1, "the [MASK] token id; must match the model's", cli=False)
+    # proposal
+    temperature: float = _knob(1.0, "Gumbel temperature τ of the x̂0 draw; 0 = argmax")
+    top_k: Optional[int] = _knob(None, "keep the k most likely tokens before the draw")
+    top_p: Optional[float] = _knob(None, "nucleus filtering of the tempered distribution before the draw")
+    allow_mask_prediction: bool = _knob(False, "let x̂0 be the mask id (the official samplers do not suppress it)")
+    confidence: Union[str, Callable] = _knob("prob", "SELECT score of a drawn token")
+    # SELECT
+    select: Union[str, Any] = _knob("topk", "which masked positions a step reveals")
+    transfer_schedule: Union[str, Callable] = _knob("llada", "tokens per select='topk' step")
+    threshold: float = _knob(0.9, "ρ of select='threshold' (a probability for confidence='prob')")
+    noise_schedule: Union[str, Callable] = _knob("linear", "α(t) of select='ancestral'")
+    # weights
+    weight: Union[str, Callable] = _knob("self_reward", "incremental log-weight of a step")
+    beta: float = _knob(1.0, "β >= 0 of weight='tempered'")
+    beta_schedule: Union[str, Callable] = _knob("constant", "β_t of weight='tempered'")
+    # resampling
+    ess_threshold: float = _knob(0.5, "resample when ESS < ess_threshold · N (1 = always, 0 = never)")
+    resampling: Union[str, Callable] = _knob("multinomial", "resampling scheme")
+    resample_every: Union[str, int] = _knob("block", "when ESS is checked: 'block' (block ends), 'step', or every k steps")
+    resample_when: Optional[Callable] = _knob(None, "a trigger object (log_weights, steps_done, block_end) -> bool; "
+                                                    "None: ESSTrigger(ess_threshold, resample_every)", cli=False)
+    # output
+    selection: Union[str, Callable] = _knob("trajectory_confidence", "answer rule: which particle is returned")
+    # gradients
+    gradient_estimator: Union[str, Callable] = _knob("stop_gradient", "how gradients w.r.t. weight_params cross "
+                                                                      "a resampling event")
+    soft_alpha: float = _knob(0.5, "α of gradient_estimator='soft'")
+    differentiable: bool = _knob(False, "run data-dependent SELECT policies for a fixed number of steps "
+                                        "(lax.scan, reverse-differentiable) instead of a while_loop")
 
     def __post_init__(self) -> None:
         self.validate()
+        object.__setattr__(self, "_strategies", self._resolve())
+        steps = self.strategies.select.steps_per_block(self.block, self.steps)
+        object.__setattr__(self, "_steps_per_block", steps)
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
@@ -122,74 +124,117 @@ class SMCConfig:
 
     @property
     def steps_per_block(self) -> int:
-        """Static upper bound of steps in one block (the exact count except for 'threshold')."""
-        if self.select in ("threshold", "first_hitting"):
-            return self.block
-        return self.block if self.steps is None else self.steps
+        """Static number of steps of one block (an upper bound for data-dependent SELECT)."""
+        return self._steps_per_block
 
     @property
     def max_steps(self) -> int:
         return self.num_blocks * self.steps_per_block
 
+    @property
+    def strategies(self) -> Strategies:
+        return self._strategies
+
     def replace(self, **changes) -> "SMCConfig":
         return dataclasses.replace(self, **changes)
 
+    # ---- strategies ----------------------------------------------------------------------------
+    def _build(self, knob: str):
+        value = getattr(self, knob)
+        if not isinstance(value, str):
+            return value
+        return _STRATEGY_KNOBS[knob].build(value, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    def _resolve(self) -> Strategies:
+        banned = None if self.allow_mask_prediction else self.mask_id
+        trigger = self.resample_when or resampling.ESSTrigger(self.ess_threshold, self.resample_every)
+        return Strategies(
+            proposal=proposal.GumbelProposal(self.temperature, self.top_k, self.top_p, banned,
+                                             self._build("confidence")),
+            select=self._build("select"), weight=self._build("weight"), resampler=self._build("resampling"),
+            resample_when=trigger, gradient_estimator=self._build("gradient_estimator"),
+            answer=self._build("selection"))
+
     # ---- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
+        """Raise ValueError naming the knob for any bad value (called at construction)."""
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise ValueError(msg)
+                raise ValueError(f"SMCConfig.{msg}")
 
-        def choice(name: str, value, options) -> None:
-            need(value in options, f"SMCConfig.{name}: unknown value {value!r}; expected one of {options}")
+        def real(name: str, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+            v = getattr(self, name)
+            ok = _is_real(v) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and \
+                (v < hi if hi_open else v <= hi)
+            rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open or hi == math.inf else ']'}"
+            need(ok, f"{name}: expected a finite number in {rng}, got {v!r}")
 
         need(_is_int(self.num_particles) and self.num_particles >= 1,
-             f"SMCConfig.num_particles: expected an int >= 1, got {self.num_particles!r}")
+             f"num_particles: expected an int >= 1, got {self.num_particles!r}")
         need(_is_int(self.gen_length) and self.gen_length >= 1,
-             f"SMCConfig.gen_length: expected an int >= 1, got {self.gen_length!r}")
+             f"gen_length: expected an int >= 1, got {self.gen_length!r}")
         need(self.block_length is None or (_is_int(self.block_length) and self.block_length >= 1),
-             f"SMCConfig.block_length: expected None or an int >= 1, got {self.block_length!r}")
+             f"block_length: expected None or an int >= 1, got {self.block_length!r}")
         need(self.gen_length % self.block == 0,
-             f"SMCConfig.gen_length ({self.gen_length}) must be a multiple of block_length ({self.block})")
+             f"gen_length ({self.gen_length}) must be a multiple of block_length ({self.block})")
         need(self.steps is None or (_is_int(self.steps) and self.steps >= 1),
-             f"SMCConfig.steps: expected None or an int >= 1 (steps per block), got {self.steps!r}")
+             f"steps: expected None or an int >= 1 (steps per block), got {self.steps!r}")
         need(_is_int(self.mask_id) and self.mask_id >= 0,
-             f"SMCConfig.mask_id: expected the model's mask token id (an int >= 0), got {self.mask_id!r}")
-        need(self.temperature >= 0, f"SMCConfig.temperature: expected >= 0, got {self.temperature!r}")
+             f"mask_id: expected the model's mask token id (an int >= 0), got {self.mask_id!r}")
+        need(_is_real(self.temperature) and (self.temperature == 0 or 1e-6 <= self.temperature < math.inf),
+             f"temperature: expected 0 (argmax) or a finite number >= 1e-6, got {self.temperature!r}")
         need(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1),
-             f"SMCConfig.top_k: expected None or an int >= 1, got {self.top_k!r}")
-        need(self.top_p is None or 0.0 < self.top_p <= 1.0,
-             f"SMCConfig.top_p: expected None or a float in (0, 1], got {self.top_p!r}")
-        choice("confidence", self.confidence, CONFIDENCES)
-        choice("select", self.select, SELECT_POLICIES)
-        choice("transfer_schedule", self.transfer_schedule, TRANSFER_SCHEDULES)
-        choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
-        need(0.0 <= self.threshold <= 1.0 or self.confidence != "prob",
-             f"SMCConfig.threshold: expected a probability in [0, 1], got {self.threshold!r}")
-        if self.select == "topk" and self.steps is not None:
-            need(self.steps <= self.block,
-                 f"SMCConfig.steps ({self.steps}) exceeds block_length ({self.block}): a top-k step "
-                 "would reveal zero tokens")
-        if self.select == "first_hitting":
-            need(self.steps is None or self.steps == self.block,
-                 f"SMCConfig.steps: select='first_hitting' reveals one token per step, so steps must "
-                 f"be None or block_length ({self.block}), got {self.steps}")
-        if not callable(self.weight):
-            choice("weight", self.weight, WEIGHTS)
-        choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
-        need(0.0 <= self.ess_threshold <= 1.0,
-             f"SMCConfig.ess_threshold: expected a fraction of N in [0, 1], got {self.ess_threshold!r}")
-        choice("resampling", self.resampling, RESAMPLING)
+             f"top_k: expected None or an int >= 1, got {self.top_k!r}")
+        if self.top_p is not None:
+            real("top_p", 0.0, 1.0, lo_open=True)
+        need(isinstance(self.allow_mask_prediction, bool),
+             f"allow_mask_prediction: expected True or False, got {self.allow_mask_prediction!r}")
+        need(isinstance(self.differentiable, bool), f"differentiable: expected True or False, got {self.differentiable!r}")
+        if self.confidence == "prob" and self.select == "threshold":
+            real("threshold", 0.0, 1.0)
+        else:
+            real("threshold", -math.inf)
+        real("beta", 0.0)
+        real("ess_threshold", 0.0, 1.0)
+        real("soft_alpha", 0.0, 1.0, lo_open=True)
         if isinstance(self.resample_every, str):
-            choice("resample_every", self.resample_every, CADENCES)
+            need(self.resample_every in ("block", "step"),
+                 f"resample_every: expected 'block', 'step' or an int >= 1, got {self.resample_every!r}")
         else:
             need(_is_int(self.resample_every) and self.resample_every >= 1,
-                 f"SMCConfig.resample_every: expected 'block', 'step' or an int >= 1, got "
-                 f"{self.resample_every!r}")
-        choice("selection", self.selection, SELECTIONS)
-        choice("gradient_estimator", self.gradient_estimator, GRADIENT_ESTIMATORS)
-        need(0.0 < self.soft_alpha <= 1.0, f"SMCConfig.soft_alpha: expected a float in (0, 1], got {self.soft_alpha!r}")
+                 f"resample_every: expected 'block', 'step' or an int >= 1, got {self.resample_every!r}")
+        for knob, registry in {**_STRATEGY_KNOBS, **_SCHEDULE_KNOBS}.items():
+            value = getattr(self, knob)
+            if isinstance(value, str):
+                need(value in registry, f"{knob}: unknown value {value!r}; expected one of {registry.names()} "
+                                        "or a strategy object")
+            else:
+                need(callable(value), f"{knob}: expected a name from {registry.names()} or a callable strategy, "
+                                      f"got {type(value).__name__}")
+
+    def unused_knobs(self) -> list[tuple[str, str]]:
+        """Companion knobs set away from their defaults although the chosen strategies ignore them,
+        as ``[(knob, "the choices it applies to")]`` (e.g. ``threshold`` with ``select="topk"``).
+        Not an error in the API (generic code sets every field); the command line refuses them."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        owners: dict[str, list[str]] = {}  # knob -> the "strategy=name" choices that use it
+        for knob, registry in _STRATEGY_KNOBS.items():
+            for entry in registry:
+                for companion in entry.knobs:
+                    owners.setdefault(companion, []).append(f"{knob}={entry.name!r}")
+        owners["ess_threshold"] = owners["resample_every"] = ["resample_when=None"]
+        active = {"ess_threshold", "resample_every"} if self.resample_when is None else set()
+        for knob, registry in _STRATEGY_KNOBS.items():
+            value = getattr(self, knob)
+            if isinstance(value, str):
+                active.update(registry.entry(value).knobs)
+        return [(k, " or ".join(users)) for k, users in owners.items()
+                if k not in active and getattr(self, k) != defaults[k]]
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -10,13 +10,24 @@ Three forms are accepted by :func:`srsmc_jax.make_sampler`:
 2. :class:`Denoiser` wrapping ``fn(params, tokens: int32[L], seq: SequenceInfo) -> float32[L, V]``,
    for models that honour left padding (``seq.valid``) or need the prompt region (``seq.prompt``,
    e.g. classifier-free guidance).
-3. :class:`CachedDenoiser`, for models with an (approximate or exact) KV cache. The cache is an
-   explicit pytree for one sequence; the engine stacks it with a leading particle axis and gathers it
-   together with the tokens when particles are resampled, so a cache survives resampling at any step.
+3. :class:`CachedDenoiser`, for models with an (approximate or exact) KV cache, or that compute only
+   the rows the engine asks for. The cache is an explicit pytree for one sequence; the engine stacks
+   it with a leading particle axis and gathers it together with the tokens when particles are
+   resampled, so a cache survives resampling at any step.
+
+The engine runs ONE step path: :func:`as_cached` turns the first two forms into a
+:class:`CachedDenoiser` whose cache is ``()`` and whose ``refresh`` and ``step`` run the full
+forward and keep the block's rows.
 
 Logits are always float32 (a bf16 model casts its output) and cover the full vocabulary the model
 predicts over; the engine never predicts the mask id (its logit is set to -inf) unless
 ``SMCConfig.allow_mask_prediction`` is set.
+
+What a denoiser declares about itself (``DenoiserSpec`` fields of both classes, all optional) is
+checked against the ``SMCConfig`` and the prompt by ``make_sampler`` before anything runs:
+``max_length`` (context length), ``vocab_size``, ``mask_id`` (the model's mask token),
+``gen_length`` (a cached denoiser built for one generation length), ``block_multiple`` (engine
+blocks and the prompt must be whole multiples of it, e.g. BD3-LM's block size), ``sees_padding``.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
-__all__ = ["SequenceInfo", "Denoiser", "CachedDenoiser", "as_denoiser"]
+__all__ = ["SequenceInfo", "Denoiser", "CachedDenoiser", "as_denoiser", "as_cached"]
 
 
 class SequenceInfo(NamedTuple):
@@ -50,11 +61,17 @@ class Denoiser:
     max_length: the model's context length, checked before tracing; ``None`` = unlimited.
     sees_padding: False for a bare ``fn(params, tokens)`` that cannot see padding (what
         :func:`as_denoiser` makes of a plain callable); padded prompts are then refused.
+    vocab_size, mask_id, gen_length, block_multiple: optional facts checked by ``make_sampler``
+        (see the module docstring).
     """
 
     fn: Callable[..., jax.Array]
     max_length: Optional[int] = None
     sees_padding: bool = True
+    vocab_size: Optional[int] = None
+    mask_id: Optional[int] = None
+    gen_length: Optional[int] = None
+    block_multiple: Optional[int] = None
 
     def __call__(self, params: Any, tokens: jax.Array, seq: SequenceInfo) -> jax.Array:
         if not self.sees_padding:
@@ -64,24 +81,32 @@ class Denoiser:
 
 @dataclasses.dataclass(frozen=True)
 class CachedDenoiser:
-    """A denoiser with a functional KV cache (Fast-dLLM prefix/dual cache, BD3-LM block cache).
+    """A denoiser with a functional cache (Fast-dLLM prefix/dual cache, BD3-LM block cache), or
+    one that computes only the current block's rows.
 
     All three functions act on ONE sequence; ``block_length`` is a static Python int and
     ``block_start`` a traced int32 scalar (the first position of the current block).
 
-    init:    ``(params, tokens: int32[L], seq) -> cache``: an empty cache with its final shapes.
+    init:    ``(params, tokens: int32[L], seq) -> cache``: an empty cache with its final shapes
+             (``()`` for none).
     refresh: ``(params, tokens, seq, cache, block_start, block_length) -> (float32[block_length, V], cache)``
              called on the first step of every block: a full forward pass that rebuilds the cache.
     step:    same signature, called on every later step of the block: a cheap pass that reuses it.
 
     The logits returned are for the current block only (rows ``block_start .. block_start +
     block_length - 1``): the engine never reveals a position outside the current block.
+    The other fields are as in :class:`Denoiser`.
     """
 
     init: Callable[..., Any]
     refresh: Callable[..., tuple]
     step: Callable[..., tuple]
     max_length: Optional[int] = None
+    sees_padding: bool = True
+    vocab_size: Optional[int] = None
+    mask_id: Optional[int] = None
+    gen_length: Optional[int] = None
+    block_multiple: Optional[int] = None
 
 
 def as_denoiser(model: Any) -> Denoiser | CachedDenoiser:
@@ -96,3 +121,20 @@ def as_denoiser(model: Any) -> Denoiser | CachedDenoiser:
         "denoiser: expected a callable (params, tokens) -> logits, a srsmc_jax.Denoiser or a "
         f"srsmc_jax.CachedDenoiser, got {type(model).__name__}"
     )
+
+
+def as_cached(model: Any) -> CachedDenoiser:
+    """Any accepted denoiser as a :class:`CachedDenoiser` (a cache-free one gets the cache ``()``)."""
+    den = as_denoiser(model)
+    if isinstance(den, CachedDenoiser):
+        return den
+
+    def block_logits(params, tokens, seq, cache, block_start, block_length):
+        logits = den(params, tokens, seq)
+        if logits.ndim != 2 or logits.shape[0] != tokens.shape[0]:
+            raise ValueError(f"denoiser: expected float[L, V] logits with {tokens.shape[0]} rows per sequence, "
+                             f"got shape {tuple(logits.shape)}")
+        return jax.lax.dynamic_slice_in_dim(logits, block_start, block_length, axis=0), cache
+
+    facts = {f.name: getattr(den, f.name) for f in dataclasses.fields(den) if f.name != "fn"}
+    return CachedDenoiser(init=lambda params, tokens, seq: (), refresh=block_logits, step=block_logits, **facts)

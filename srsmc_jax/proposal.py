@@ -1,20 +1,28 @@
-"""The proposal of one particle at one step: x̂0 draw, per-position confidence, and SELECT.
+"""The proposal of one particle at one step: the x̂0 draw and the per-position confidence.
 
 Every function here acts on ONE particle and the rows of the current block only (``Lb`` rows);
-the engine vmaps them over particles and prompts.
+the engine vmaps them over particles and prompts. SELECT (which rows to reveal) is in
+``srsmc_jax.select``.
+
+Confidence measures are plain functions ``confidence(log_probs: float32[Lb, V], logp_x0:
+float32[Lb]) -> float32[Lb]`` (higher = more confident), registered by name in ``CONFIDENCES``;
+``SMCConfig(confidence=my_fn)`` plugs in a user's own.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from . import schedules
-from .config import SMCConfig
+from .registry import Registry
 
 NEG_INF = -jnp.inf
+
+ConfidenceFn = Callable[[jax.Array, jax.Array], jax.Array]
+CONFIDENCES: Registry[ConfidenceFn] = Registry("confidence")
 
 
 class Proposal(NamedTuple):
@@ -32,6 +40,39 @@ class Proposal(NamedTuple):
     log_probs: jax.Array
 
 
+# ---- confidence measures ----------------------------------------------------------------------------
+def prob_confidence(log_probs: jax.Array, logp_x0: jax.Array) -> jax.Array:
+    """p(x̂0): the probability of the drawn token (the reference code's confidence)."""
+    del log_probs
+    return jnp.exp(logp_x0)
+
+
+def margin_confidence(log_probs: jax.Array, logp_x0: jax.Array) -> jax.Array:
+    """p1 − p2: the gap between the two most likely tokens (Dream's ``topk_margin``)."""
+    del logp_x0
+    top2 = jax.lax.top_k(log_probs, 2)[0]
+    return jnp.exp(top2[..., 0]) - jnp.exp(top2[..., 1])
+
+
+def neg_entropy_confidence(log_probs: jax.Array, logp_x0: jax.Array) -> jax.Array:
+    """−H(p): the negative entropy of the row (Dream's ``entropy``)."""
+    del logp_x0
+    probs = jnp.exp(log_probs)
+    return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)
+
+
+CONFIDENCES.register_value("prob", prob_confidence, help="p(x̂0) under the untempered model (reference)")
+CONFIDENCES.register_value("margin", margin_confidence, help="p1 − p2 of the untempered model")
+CONFIDENCES.register_value("neg_entropy", neg_entropy_confidence, help="−H of the untempered distribution")
+
+
+def confidence_of(log_probs: jax.Array, logp_x0: jax.Array, kind) -> jax.Array:
+    """Per-row confidence float32[Lb] by name (or a confidence function)."""
+    fn = kind if callable(kind) else CONFIDENCES.build(kind, {})
+    return fn(log_probs, logp_x0)
+
+
+# ---- the x̂0 draw ------------------------------------------------------------------------------------
 def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> jax.Array:
     """Top-k then top-p (nucleus) filtering of float32[..., V] logits; removed entries become -inf.
 
@@ -52,71 +93,48 @@ def filter_logits(logits: jax.Array, top_k: int | None, top_p: float | None) -> 
     return logits
 
 
-def draw_x0(key: jax.Array, logits: jax.Array, config: SMCConfig) -> jax.Array:
-    """Gumbel-max draw from softmax(filter(logits / τ)); τ = 0 is argmax. int32[Lb]."""
-    if not config.allow_mask_prediction:
-        logits = logits.at[..., config.mask_id].set(NEG_INF)
-    if config.temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-    gumbel = jax.random.gumbel(key, scaled.shape, jnp.float32)
-    return jnp.argmax(scaled + gumbel, axis=-1).astype(jnp.int32)
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, -1)`` (first index of the maximum, ties to the lower index) as a max and a
+    min reduction, which XLA:CPU vectorises where its fused argmax is a slow scalar loop. A row
+    holding NaN gives the index of its first NaN, as ``jnp.argmax``. int32[...]."""
+    vocab = x.shape[-1]
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    m = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == m) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, iota, vocab), axis=-1).astype(jnp.int32)
 
 
-def confidence_of(log_probs: jax.Array, logp_x0: jax.Array, kind: str) -> jax.Array:
-    """Per-row confidence float32[Lb] from the untempered log-softmax float32[Lb, V]."""
-    if kind == "prob":
-        return jnp.exp(logp_x0)
-    if kind == "margin":
-        top2 = jax.lax.top_k(log_probs, 2)[0]
-        return jnp.exp(top2[..., 0]) - jnp.exp(top2[..., 1])
-    if kind == "neg_entropy":
-        probs = jnp.exp(log_probs)
-        return jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)
-    raise ValueError(f"confidence: unknown kind {kind!r}")
+@dataclasses.dataclass(frozen=True)
+class GumbelProposal:
+    """x̂0 ~ softmax(filter(logits / τ)) by Gumbel-max (τ = 0: argmax), scored by the model.
 
-
-def propose(key: jax.Array, logits: jax.Array, config: SMCConfig) -> Proposal:
-    """Draw x̂0 for every row of the block and score it. ``logits``: float32[Lb, V]."""
-    logits = logits.astype(jnp.float32)
-    x0 = draw_x0(key, logits, config)
-    # The model's own distribution, unfiltered and untempered, as the reference code scores tokens
-    # (the mask logit is kept so the probabilities are exactly the model's).
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    logp = jnp.take_along_axis(log_probs, x0[:, None], axis=-1)[:, 0]
-    return Proposal(x0, logp, confidence_of(log_probs, logp, config.confidence), log_probs)
-
-
-def select(
-    key: jax.Array,
-    confidence: jax.Array,
-    masked: jax.Array,
-    step_in_block: jax.Array,
-    config: SMCConfig,
-) -> jax.Array:
-    """SELECT: which rows of the block are revealed this step. Returns bool[Lb] ⊆ ``masked``.
-
-    confidence: float32[Lb]; masked: bool[Lb] rows still masked; step_in_block: int32[] (0-based).
+    temperature: τ ≥ 0. top_k, top_p: optional filtering of the tempered distribution.
+    banned_id: a token id that is never drawn (the mask id), or None.
+    confidence: a confidence function (see ``CONFIDENCES``).
     """
-    lb = masked.shape[0]
-    score = jnp.where(masked, confidence, NEG_INF)
-    if config.select == "topk":
-        if config.transfer_schedule == "llada":
-            k = jnp.asarray(schedules.transfer_counts(lb, config.steps_per_block))[step_in_block]
-        else:
-            k = schedules.dream_transfer_count(jnp.sum(masked), step_in_block, config.steps_per_block)
-        # rank of each row in descending confidence; a stable sort breaks ties by position
-        # (the lower index first), as jax.lax.top_k and LLaDA's torch.topk on distinct values do.
-        order = jnp.argsort(-score, stable=True)
-        rank = jnp.zeros((lb,), jnp.int32).at[order].set(jnp.arange(lb, dtype=jnp.int32))
-        return masked & (rank < k)
-    if config.select == "threshold":
-        best = jnp.arange(lb) == jnp.argmax(score)
-        return masked & (best | (confidence >= config.threshold))
-    if config.select == "ancestral":
-        p = schedules.unmask_probability(config.noise_schedule, step_in_block, config.steps_per_block)
-        return masked & (jax.random.uniform(key, (lb,)) < p)
-    if config.select == "first_hitting":
-        u = jnp.where(masked, jax.random.uniform(key, (lb,)), -1.0)
-        return masked & (jnp.arange(lb) == jnp.argmax(u))
-    raise ValueError(f"select: unknown policy {config.select!r}")
+
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    banned_id: Optional[int] = None
+    confidence: ConfidenceFn = prob_confidence
+
+    def draw(self, key: jax.Array, logits: jax.Array) -> jax.Array:
+        """int32[Lb] tokens drawn from float32[Lb, V] logits."""
+        if self.banned_id is not None:
+            logits = logits.at[..., self.banned_id].set(NEG_INF)
+        if self.temperature == 0.0:
+            return first_argmax(logits)
+        scaled = filter_logits(logits / self.temperature, self.top_k, self.top_p)
+        gumbel = jax.random.gumbel(key, scaled.shape, jnp.float32)
+        return first_argmax(scaled + gumbel)
+
+    def __call__(self, key: jax.Array, logits: jax.Array) -> Proposal:
+        """Draw x̂0 for every row of the block and score it. ``logits``: float32[Lb, V]."""
+        logits = logits.astype(jnp.float32)
+        x0 = self.draw(key, logits)
+        # The model's own distribution, unfiltered and untempered, as the reference code scores tokens
+        # (the mask logit is kept so the probabilities are exactly the model's).
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        logp = jnp.take_along_axis(log_probs, x0[:, None], axis=-1)[:, 0]
+        return Proposal(x0, logp, self.confidence(log_probs, logp), log_probs)

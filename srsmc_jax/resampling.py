@@ -1,18 +1,23 @@
-"""Resampling from log-weights: multinomial, systematic, stratified, residual; ESS; the gather.
+"""Resampling from log-weights: the schemes, ESS, the gather, when to resample, and how gradients
+cross a resampling event.
 
 Every scheme has the signature ``scheme(key, log_weights: float32[N]) -> int32[N]`` (ancestor
-indices) and is unbiased: E[#offspring of i] = N · w_i. Log-weights may hold -inf (dead particles)
-and any finite magnitude. If every weight is -inf (or NaN) no distribution exists: the schemes then
+indices; blackjax's shape), is registered by name in ``RESAMPLERS``, and is unbiased:
+E[#offspring of i] = N · w_i. Log-weights may hold -inf (dead particles) and any finite magnitude. If every weight is -inf (or NaN) no distribution exists: the schemes then
 return the identity and :func:`weights_are_degenerate` lets the caller raise its error flag.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+import math
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
+
+from .registry import Registry
 
 
 def weights_are_degenerate(log_weights: jax.Array) -> jax.Array:
@@ -86,22 +91,97 @@ def residual(key: jax.Array, log_weights: jax.Array) -> jax.Array:
     return jnp.where(jnp.arange(n) < num_det, deterministic, random).astype(jnp.int32)
 
 
-SCHEMES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "multinomial": multinomial,
-    "systematic": systematic,
-    "stratified": stratified,
-    "residual": residual,
-}
+Resampler = Callable[[jax.Array, jax.Array], jax.Array]
+RESAMPLERS: Registry[Resampler] = Registry("resampling scheme")
+RESAMPLERS.register_value("multinomial", multinomial, help="N i.i.d. draws from the weights (reference)")
+RESAMPLERS.register_value("systematic", systematic, help="one shared uniform offset over N strata")
+RESAMPLERS.register_value("stratified", stratified, help="one uniform per stratum [i/N, (i+1)/N)")
+RESAMPLERS.register_value("residual", residual, help="floor(N w) copies, the rest multinomial on the residuals")
 
 
-def resample(key: jax.Array, log_weights: jax.Array, scheme: str) -> jax.Array:
-    """Ancestor indices int32[N] by the named scheme; the identity if the weights are degenerate."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"resampling: unknown scheme {scheme!r}; expected one of {tuple(SCHEMES)}")
-    idx = SCHEMES[scheme](key, log_weights)
+def resample(key: jax.Array, log_weights: jax.Array, scheme: Union[str, Resampler]) -> jax.Array:
+    """Ancestor indices int32[N] by a scheme (a name or a function); the identity if the weights
+    are degenerate."""
+    fn = scheme if callable(scheme) else RESAMPLERS.build(scheme, {})
+    idx = fn(key, log_weights).astype(jnp.int32)
     return jnp.where(weights_are_degenerate(log_weights), jnp.arange(log_weights.shape[0]), idx)
 
 
 def gather(tree: Any, ancestors: jax.Array) -> Any:
     """Move a whole particle pytree (tokens, log-probs, KV cache…) to its ancestors: one take per leaf."""
     return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), tree)
+
+
+# ---- when to resample ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ESSTrigger:
+    """Resample when ESS < ``threshold`` · N, checked at the cadence ``every``.
+
+    every: ``"block"`` (after the last step of each block, as the reference code), ``"step"``
+    (after every step) or an int k (after every k-th step, counted over the whole run).
+    threshold: a fraction of N in [0, 1]; 1.0 resamples at every check, 0.0 never.
+
+    A trigger is any callable ``(log_weights: float32[N], steps_done: int32[], block_end: bool[])
+    -> bool[]``; the engine never resamples degenerate weights (all -inf / NaN) whatever it says.
+    """
+
+    threshold: float = 0.5
+    every: Union[str, int] = "block"
+
+    def __call__(self, log_weights: jax.Array, steps_done: jax.Array, block_end: jax.Array) -> jax.Array:
+        if self.every == "block":
+            due = block_end
+        elif self.every == "step":
+            due = jnp.bool_(True)
+        else:
+            due = steps_done % self.every == 0
+        if self.threshold >= 1.0:
+            return jnp.asarray(due)
+        return due & (ess(log_weights) < self.threshold * log_weights.shape[0])
+
+
+# ---- how gradients cross a resampling event ----------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StopGradient:
+    """Ancestors from stop_gradient(w); new log-weights lw[a] − sg(lw[a]): value 0 (the forward pass
+    is bit-identical to plain resampling), gradient ∇ lw[a] (Ścibior & Wood 2021)."""
+
+    def __call__(self, key, log_weights, resampler) -> tuple[jax.Array, jax.Array]:
+        ancestors = resample(key, jax.lax.stop_gradient(log_weights), resampler)
+        picked = jnp.take(log_weights, ancestors)
+        return ancestors, picked - jax.lax.stop_gradient(picked)
+
+
+@dataclasses.dataclass(frozen=True)
+class Soft:
+    """Soft resampling (Karkus et al. 2018): ancestors from q = α·w̄ + (1 − α)/N, new log-weights
+    log w̄[a] − log q[a] (changes the forward pass unless α = 1)."""
+
+    alpha: float = 0.5
+
+    def __call__(self, key, log_weights, resampler):
+        n = log_weights.shape[0]
+        log_w = jax.nn.log_softmax(jax.lax.stop_gradient(log_weights))
+        log_q = log_w if self.alpha >= 1 else jnp.logaddexp(math.log(self.alpha) + log_w,
+                                                            math.log1p(-self.alpha) - math.log(n))
+        ancestors = resample(key, log_q, resampler)
+        # importance weights of the soft draw: w̄[a]/q[a] (mean 1 in expectation)
+        return ancestors, jnp.take(jax.nn.log_softmax(log_weights), ancestors) - jnp.take(log_q, ancestors)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantAncestors:
+    """Weights reset to 0, ancestors treated as constants (biased: it ignores how resampling
+    depends on the weights; kept for comparison)."""
+
+    def __call__(self, key, log_weights, resampler):
+        ancestors = resample(key, jax.lax.stop_gradient(log_weights), resampler)
+        return ancestors, jnp.zeros_like(log_weights)
+
+
+GradientEstimator = Callable[[jax.Array, jax.Array, Resampler], tuple]
+GRADIENT_ESTIMATORS: Registry[GradientEstimator] = Registry("gradient estimator")
+GRADIENT_ESTIMATORS.register("stop_gradient", StopGradient, help="ancestors from sg(w), new lw[a] − sg(lw[a]) (default)")
+GRADIENT_ESTIMATORS.register("soft", lambda soft_alpha: Soft(soft_alpha), knobs=("soft_alpha",),
+                             help="ancestors from α·w + (1 − α)/N, weights w/q (soft_alpha)")
+GRADIENT_ESTIMATORS.register("constant", ConstantAncestors, help="weights reset to 0, ancestors constant (biased)")

@@ -1,37 +1,52 @@
 """The SR-SMC loop: particle state, one step, the block loop, and ``make_sampler``.
 
-Data flow per step (for the N particles of one prompt):
-    denoiser -> proposal (x̂0, log p, confidence) -> SELECT -> reveal -> weight -> maybe resample
-and at the end: selection of the answer. Steps run under ``lax.scan`` (``lax.while_loop`` for the
-threshold SELECT, whose step count is data dependent), particles and prompts under ``vmap``.
+Data flow per step (for the N particles of one prompt), ONE path for every denoiser:
+    denoiser (refresh at a block's first step, step after) -> proposal (x̂0, log p, confidence)
+    -> SELECT -> reveal -> weight -> resample if the trigger says so
+and at the end the answer rule picks a particle. Steps run under ``lax.scan`` (a bounded
+``lax.while_loop`` for data-dependent SELECT policies such as ``Threshold``), particles and prompts
+under ``vmap``. Every behaviour is a strategy object from ``config.strategies``.
 
-Randomness: prompt ``b`` of a batch uses ``fold_in(key, b)`` (an unbatched prompt is prompt 0), so a
-prompt's result never depends on the rest of the batch. Step ``t`` uses ``fold_in(prompt_key, t)``;
-particle ``n``'s draws use ``fold_in(step_key, n)``, so particle n's noise does not depend on N.
+Randomness, as named streams of the prompt's key (prompt ``b`` of a batch uses ``fold_in(key, b)``;
+an unbatched prompt is prompt 0, so a prompt's result never depends on the rest of the batch):
+
+* proposal: step ``t`` uses ``fold_in(prompt_key, t)`` and particle ``n`` ``fold_in(step_key, n)``
+  (split into the x̂0 draw and the SELECT key), so particle n's noise does not depend on N;
+* resampling after step ``t``: ``fold_in(fold_in(prompt_key, STREAM_RESAMPLE), t)``;
+* the answer rule: ``fold_in(prompt_key, STREAM_ANSWER)``.
+Stream constants are ≥ 2^30 and step indices < 2^30, so no two streams share a key.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
-from . import proposal as proposal_lib
 from . import resampling
+from .answer import AnswerInput
 from .config import SMCConfig
-from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_denoiser
-from .weights import StepInfo, make_weight_fn
+from .denoiser import CachedDenoiser, SequenceInfo, as_cached
+from .select import SelectInput
+from .weights import StepInfo
+
+STREAM_RESAMPLE = 0x4000_0001
+STREAM_ANSWER = 0x4000_0002
+MAX_STEPS = 1 << 30
 
 # Bit flags of ``SMCResult.error``.
 ERROR_NAN_LOGITS = 1
 ERROR_DEGENERATE_WEIGHTS = 2
+ERROR_PROMPT_OUT_OF_VOCAB = 4
 ERROR_MESSAGES = {
     ERROR_NAN_LOGITS: "the denoiser returned NaN logits",
     ERROR_DEGENERATE_WEIGHTS: "every particle's log-weight is -inf or NaN (no distribution to resample from)",
+    ERROR_PROMPT_OUT_OF_VOCAB: "a prompt token id lies outside the model's vocabulary",
 }
 
 
@@ -107,8 +122,6 @@ class SMCResult(NamedTuple):
 
     def raise_if_error(self) -> "SMCResult":
         """Raise ``FloatingPointError`` naming every problem flagged in ``error`` (host side)."""
-        import numpy as np
-
         flags = int(np.bitwise_or.reduce(np.asarray(self.error).reshape(-1)))
         problems = [msg for bit, msg in ERROR_MESSAGES.items() if flags & bit]
         if problems:
@@ -116,7 +129,9 @@ class SMCResult(NamedTuple):
         return self
 
 
-def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[int] = None, jit: bool = True):
+# ---- make_sampler -------------------------------------------------------------------------------------
+def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[int] = None, jit: bool = True,
+                 progress: Optional[Callable[[int, int], None]] = None):
     """Build ``sample(key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult``.
 
     denoiser: a callable ``(params, tokens: int32[L]) -> float32[L, V]``, a
@@ -124,6 +139,9 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
         ``as_denoiser()`` (see ``srsmc_jax.denoiser``).
     config: an :class:`SMCConfig`.
     context_length: the model's maximum sequence length (defaults to the denoiser's ``max_length``).
+    progress: optional host function ``progress(blocks_done, num_blocks)`` called after every block
+        (through ``jax.debug.callback``, once per prompt of a batch; for progress bars, off by default
+        because a host callback costs a device-host round trip on accelerators).
 
     ``sample`` arguments:
       key: a PRNG key.
@@ -132,45 +150,126 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
       prompt_mask: None or bool/int[P] / [B, P], 1 = real token, 0 = left padding. Needs a denoiser
         that sees padding (a ``Denoiser`` or ``CachedDenoiser``).
       weight_params: passed to a callable ``config.weight`` (traced, differentiable).
+
+    Everything that can be checked is checked before tracing: the config against the facts the
+    denoiser declares (mask id, generation length, block alignment), and the prompt's dtype, shape,
+    length, token ids and padding. ``sample.lower(...)`` lowers with the same checks, and
+    ``sample.compile(...)`` returns a function of the same arguments that runs the compiled program
+    (``.memory_analysis()`` is XLA's, where the backend reports one).
     """
     if not isinstance(config, SMCConfig):
         raise TypeError(f"config: expected an SMCConfig, got {type(config).__name__}")
-    den = as_denoiser(denoiser)
+    den = as_cached(denoiser)
     max_len = context_length if context_length is not None else den.max_length
+    _check_config_against_denoiser(config, den)
+
+    def core(key, params, prompts, masks, weight_params):
+        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(prompts.shape[0]))
+        one = functools.partial(_sample_one, den, config, params=params, weight_params=weight_params,
+                                progress=progress)
+        return jax.vmap(one)(keys, prompts, masks)
+
+    core = jax.jit(core) if jit else core
+
+    def run(fn, key, params, prompt, prompt_mask, weight_params):
+        prompts, masks, batched = _check_prompt(prompt, prompt_mask, config, den, max_len)
+        result = fn(key, params, prompts, masks, weight_params)
+        return result if batched else jax.tree.map(lambda x: x[0], result)
 
     def sample(key, params, prompt, prompt_mask=None, weight_params=None):
-        prompt = jnp.asarray(prompt)
-        if prompt.ndim not in (1, 2) or not jnp.issubdtype(prompt.dtype, jnp.integer):
-            raise ValueError(f"prompt: expected int32[P] or int32[B, P] token ids, got {prompt.dtype}{list(prompt.shape)}")
-        batched = prompt.ndim == 2
-        prompts = prompt.astype(jnp.int32) if batched else prompt.astype(jnp.int32)[None]
-        num_prompts, plen = prompts.shape
-        if max_len is not None and plen + config.gen_length > max_len:
-            raise ValueError(
-                f"prompt: prompt length {plen} + gen_length {config.gen_length} = "
-                f"{plen + config.gen_length} exceeds the model's context length {max_len}")
-        if prompt_mask is None:
-            masks = jnp.ones_like(prompts, dtype=bool)
-        else:
-            if isinstance(den, Denoiser) and not den.sees_padding:
-                raise ValueError(
-                    "prompt_mask: this denoiser is a bare (params, tokens) callable and cannot see "
-                    "padding; wrap it in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
-            masks = jnp.asarray(prompt_mask).astype(bool)
-            masks = masks if batched else masks[None]
-            if masks.shape != prompts.shape:
-                raise ValueError(f"prompt_mask: expected shape {tuple(prompts.shape)}, got {tuple(masks.shape)}")
-        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(num_prompts))
-        one = functools.partial(_sample_one, den, config, params=params, weight_params=weight_params)
-        result = jax.vmap(one)(keys, prompts, masks)
-        return result if batched else jax.tree.map(lambda x: x[0], result)
+        return run(core, key, params, prompt, prompt_mask, weight_params)
+
+    def lower(key, params, prompt, prompt_mask=None, weight_params=None):
+        prompts, masks, _ = _check_prompt(prompt, prompt_mask, config, den, max_len)
+        return core.lower(key, params, prompts, masks, weight_params)
+
+    def compile(key, params, prompt, prompt_mask=None, weight_params=None):
+        executable = lower(key, params, prompt, prompt_mask, weight_params).compile()
+
+        def compiled(key, params, prompt, prompt_mask=None, weight_params=None):
+            return run(executable, key, params, prompt, prompt_mask, weight_params)
+
+        compiled.memory_analysis = executable.memory_analysis
+        compiled.executable = executable
+        return compiled
 
     sample.config = config
     sample.denoiser = den
-    return jax.jit(sample) if jit else sample
+    sample.lower = lower
+    sample.compile = compile
+    return sample
 
 
-def _sample_one(den, config: SMCConfig, key, prompt, prompt_valid, *, params, weight_params) -> SMCResult:
+def _check_config_against_denoiser(config: SMCConfig, den: CachedDenoiser) -> None:
+    if config.max_steps >= MAX_STEPS:
+        raise ValueError(f"SMCConfig: {config.max_steps} steps exceed the engine's limit of {MAX_STEPS - 1}")
+    if den.mask_id is not None and config.mask_id != den.mask_id:
+        raise ValueError(f"SMCConfig.mask_id: {config.mask_id} is not the model's mask id {den.mask_id}")
+    if den.vocab_size is not None:
+        if not config.mask_id < den.vocab_size:
+            raise ValueError(f"SMCConfig.mask_id: {config.mask_id} is outside the model's vocabulary of "
+                             f"{den.vocab_size} ids")
+        if config.top_k is not None and config.top_k > den.vocab_size:
+            raise ValueError(f"SMCConfig.top_k: {config.top_k} exceeds the vocabulary size {den.vocab_size}")
+    if den.gen_length is not None and config.gen_length != den.gen_length:
+        raise ValueError(f"SMCConfig.gen_length: {config.gen_length} differs from the gen_length "
+                         f"{den.gen_length} the cached denoiser was built for (build it with "
+                         f"gen_length={config.gen_length})")
+    if den.block_multiple is not None and config.block % den.block_multiple:
+        raise ValueError(f"SMCConfig.block_length: {config.block} is not a multiple of the model's block size "
+                         f"{den.block_multiple}")
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, max_len):
+    """(int32[B, P] prompts, bool[B, P] masks, batched) after every host-side check."""
+    if not hasattr(prompt, "shape"):
+        prompt = np.asarray(prompt)
+    if prompt.ndim not in (1, 2) or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"prompt: expected int32[P] or int32[B, P] token ids, got {prompt.dtype}{list(prompt.shape)}")
+    batched = prompt.ndim == 2
+    if 0 in prompt.shape:
+        raise ValueError(f"prompt: expected at least one prompt of at least one token, got shape {tuple(prompt.shape)}")
+    plen = prompt.shape[-1]
+    if max_len is not None and plen + config.gen_length > max_len:
+        raise ValueError(
+            f"prompt: prompt length {plen} + gen_length {config.gen_length} = "
+            f"{plen + config.gen_length} exceeds the model's context length {max_len}")
+    if den.block_multiple is not None and plen % den.block_multiple:
+        raise ValueError(f"prompt: length {plen} is not a multiple of the model's block size {den.block_multiple} "
+                         "(left-pad it to a whole number of blocks)")
+    if _is_concrete(prompt) and den.vocab_size is not None:
+        ids = np.asarray(prompt)
+        bad = ids[(ids < 0) | (ids >= den.vocab_size)]
+        if bad.size:
+            raise ValueError(f"prompt: token id {int(bad[0])} is outside the model's vocabulary of "
+                             f"{den.vocab_size} ids")
+    prompts = jnp.asarray(prompt, jnp.int32) if batched else jnp.asarray(prompt, jnp.int32)[None]
+    if prompt_mask is None:
+        return prompts, jnp.ones(prompts.shape, bool), batched
+    if not den.sees_padding:
+        raise ValueError("prompt_mask: this denoiser is a bare (params, tokens) callable and cannot see "
+                         "padding; wrap it in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
+    if not hasattr(prompt_mask, "shape"):
+        prompt_mask = np.asarray(prompt_mask)
+    if tuple(prompt_mask.shape) != tuple(prompt.shape):
+        raise ValueError(f"prompt_mask: expected shape {tuple(prompt.shape)}, got {tuple(prompt_mask.shape)}")
+    if _is_concrete(prompt_mask):
+        m = np.asarray(prompt_mask).astype(bool).reshape(-1, plen)
+        if not m[:, -1].all() or np.any(m[:, 1:] < m[:, :-1]):
+            row = int(np.flatnonzero(~m[:, -1] | np.any(m[:, 1:] < m[:, :-1], axis=1))[0])
+            raise ValueError(f"prompt_mask: row {row} is not left padding (expected False…False True…True, "
+                             f"ending with a real token), got {m[row].astype(int).tolist()}")
+    masks = jnp.asarray(prompt_mask).astype(bool)
+    return prompts, (masks if batched else masks[None]), batched
+
+
+# ---- one prompt ---------------------------------------------------------------------------------------
+def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, *, params,
+                weight_params, progress=None) -> SMCResult:
     """SR-SMC for one prompt: int32[P] with bool[P] validity. See ``make_sampler``."""
     n, g, lb = config.num_particles, config.gen_length, config.block
     plen = prompt.shape[0]
@@ -181,8 +280,7 @@ def _sample_one(den, config: SMCConfig, key, prompt, prompt_valid, *, params, we
     )
     tokens0 = jnp.concatenate([prompt, jnp.full((g,), config.mask_id, jnp.int32)])
     tokens = jnp.broadcast_to(tokens0, (n, length))
-    cached = isinstance(den, CachedDenoiser)
-    cache = jax.vmap(lambda t: den.init(params, t, seq))(tokens) if cached else ()
+    cache = jax.vmap(lambda t: den.init(params, t, seq))(tokens)
     t_max = config.max_steps
     state = SMCState(
         particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache),
@@ -195,62 +293,62 @@ def _sample_one(den, config: SMCConfig, key, prompt, prompt_valid, *, params, we
         resampled=jnp.zeros((t_max,), bool),
         error=jnp.zeros((), jnp.int32),
     )
-    weight_fn = make_weight_fn(config)
-    step = functools.partial(
-        _step, den, config, weight_fn, key=key, params=params, seq=seq, weight_params=weight_params)
+    step = functools.partial(_step, den, config, key=key, params=params, seq=seq, weight_params=weight_params)
+    steps = config.steps_per_block
+    early_exit = config.strategies.select.data_dependent and not config.differentiable
 
     def run_block(state, b):
         block_start = plen + b * lb
-        state = step(state, block_start=block_start, step_in_block=0, first=True)
-        if config.select == "threshold" and not config.differentiable:
-            # data-dependent number of steps, bounded by one token per step
+        state = step(state, block_start=block_start, step_in_block=jnp.int32(0), first=True,
+                     early_exit=early_exit)
+        if early_exit:
             def cond(carry):
                 s, st = carry
                 block = jax.lax.dynamic_slice_in_dim(st.particles.tokens, block_start, lb, axis=1)
-                return (s < lb) & jnp.any(block == config.mask_id)
+                return (s < steps) & jnp.any(block == config.mask_id)
 
             def body(carry):
                 s, st = carry
-                return s + 1, step(st, block_start=block_start, step_in_block=s, first=False)
+                return s + 1, step(st, block_start=block_start, step_in_block=s, first=False, early_exit=True)
 
             _, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), state))
-        elif config.steps_per_block > 1:
-            def body(st, s):
-                return step(st, block_start=block_start, step_in_block=s, first=False), None
+        elif steps > 1:
+            def scan_body(st, s):
+                return step(st, block_start=block_start, step_in_block=s, first=False, early_exit=False), None
 
-            state, _ = jax.lax.scan(body, state, jnp.arange(1, config.steps_per_block))
-        if config.resample_every == "block":
-            state = _maybe_resample(config, key, state, do_check=jnp.bool_(True))
+            state, _ = jax.lax.scan(scan_body, state, jnp.arange(1, steps, dtype=jnp.int32))
+        if progress is not None:
+            jax.debug.callback(lambda done: progress(int(done), config.num_blocks), b + 1)
         return state, None
 
     state, _ = jax.lax.scan(run_block, state, jnp.arange(config.num_blocks))
     return _finish(config, key, state, plen)
 
 
-def _step(den, config: SMCConfig, weight_fn, state: SMCState, *, block_start, step_in_block, first: bool,
-          key, params, seq, weight_params) -> SMCState:
-    """One denoising step of all N particles of one prompt (forward, propose, select, reveal, weight)."""
+def _step(den: CachedDenoiser, config: SMCConfig, state: SMCState, *, block_start, step_in_block, first: bool,
+          early_exit: bool, key, params, seq, weight_params) -> SMCState:
+    """One denoising step of all N particles of one prompt: forward, propose, select, reveal, weight,
+    and resample if the trigger fires (the one place that decides it)."""
     n, lb = config.num_particles, config.block
+    strat = config.strategies
     parts = state.particles
     step_key = jax.random.fold_in(key, state.step)
     particle_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(n))
     draw_keys, select_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(particle_keys)
 
-    if isinstance(den, CachedDenoiser):
-        fn = den.refresh if first else den.step
-        logits, cache = jax.vmap(lambda t, c: fn(params, t, seq, c, block_start, lb))(parts.tokens, parts.cache)
-    else:
-        logits = jax.vmap(lambda t: den(params, t, seq))(parts.tokens)
-        _check_logits(logits, config, parts.tokens.shape[1], "denoiser: expected float[L, V] logits")
-        logits = jax.lax.dynamic_slice_in_dim(logits, block_start, lb, axis=1)
-        cache = parts.cache
-    _check_logits(logits, config, lb, "CachedDenoiser: expected float[block_length, V] logits")
-    nan_logits = jnp.any(jnp.isnan(logits))
+    forward = den.refresh if first else den.step
+    logits, cache = jax.vmap(lambda t, c: forward(params, t, seq, c, block_start, lb))(parts.tokens, parts.cache)
+    _check_logits(logits, config, lb)
+    flags = jnp.where(jnp.any(jnp.isnan(logits)), ERROR_NAN_LOGITS, 0)
+    if first:  # the vocabulary is the logits' width, known once traced: check the prompt's ids
+        real_prompt = seq.prompt & seq.valid
+        outside = (parts.tokens[0] < 0) | (parts.tokens[0] >= logits.shape[-1])
+        flags |= jnp.where(jnp.any(outside & real_prompt), ERROR_PROMPT_OUT_OF_VOCAB, 0)
 
     block_tokens = jax.lax.dynamic_slice_in_dim(parts.tokens, block_start, lb, axis=1)
     masked = block_tokens == config.mask_id
-    prop = jax.vmap(lambda k, lg: proposal_lib.propose(k, lg, config))(draw_keys, logits)
-    revealed = jax.vmap(lambda k, c, m: proposal_lib.select(k, c, m, step_in_block, config))(
+    prop = jax.vmap(strat.proposal)(draw_keys, logits)
+    revealed = jax.vmap(lambda k, c, m: strat.select(k, SelectInput(c, m, step_in_block, config.steps_per_block)))(
         select_keys, prop.confidence, masked)
     new_block = jnp.where(revealed, prop.x0, block_tokens)
     tokens = jax.lax.dynamic_update_slice_in_dim(parts.tokens, new_block, block_start, axis=1)
@@ -268,7 +366,7 @@ def _step(den, config: SMCConfig, weight_fn, state: SMCState, *, block_start, st
         confidence=prop.confidence, log_probs=prop.log_probs,
         revealed_fraction=revealed_fraction.astype(jnp.float32),
     )
-    increments = jax.vmap(weight_fn, in_axes=(None, 0))(weight_params, info)
+    increments = jax.vmap(strat.weight, in_axes=(None, 0))(weight_params, info)
     log_weights = state.log_weights + increments.astype(jnp.float32)
 
     t = state.step
@@ -278,41 +376,26 @@ def _step(den, config: SMCConfig, weight_fn, state: SMCState, *, block_start, st
         step=t + 1,
         nfe=state.nfe + n,
         ess=state.ess.at[t].set(resampling.ess(log_weights)),
-        error=state.error | jnp.where(nan_logits, ERROR_NAN_LOGITS, 0),
+        error=state.error | flags,
     )
-    if config.resample_every != "block":
-        k = 1 if config.resample_every == "step" else config.resample_every
-        state = _maybe_resample(config, key, state, do_check=(t + 1) % k == 0)
-    return state
+    if early_exit:  # the block ends when every particle revealed it, or at its last allowed step
+        still_masked = jnp.any(jax.lax.dynamic_slice_in_dim(tokens, block_start, lb, axis=1) == config.mask_id)
+        block_end = ~still_masked | (step_in_block + 1 >= config.steps_per_block)
+    else:
+        block_end = step_in_block + 1 >= config.steps_per_block
+    return _resample_if_due(config, key, state, block_end)
 
 
-def _maybe_resample(config: SMCConfig, key, state: SMCState, do_check) -> SMCState:
-    """Resample after step ``state.step - 1`` if checking now and ESS < ess_threshold · N."""
+def _resample_if_due(config: SMCConfig, key, state: SMCState, block_end) -> SMCState:
+    """Resample after step ``state.step - 1`` when the trigger fires (never on degenerate weights)."""
+    strat = config.strategies
     n = config.num_particles
     t = state.step - 1
     lw = state.log_weights
     degenerate = resampling.weights_are_degenerate(lw)
-    if config.ess_threshold >= 1.0:
-        trigger = do_check
-    else:
-        trigger = do_check & (resampling.ess(lw) < config.ess_threshold * n)
-    trigger = trigger & ~degenerate
-    resample_key = jax.random.fold_in(jax.random.fold_in(key, t), n)  # disjoint from particle keys
-    lw_const = jax.lax.stop_gradient(lw)
-    if config.gradient_estimator == "soft":
-        log_q = jnp.logaddexp(math.log(config.soft_alpha) + jax.nn.log_softmax(lw_const),
-                              math.log1p(-config.soft_alpha) - math.log(n)) if config.soft_alpha < 1 else \
-            jax.nn.log_softmax(lw_const)
-        ancestors = resampling.resample(resample_key, log_q, config.resampling)
-        # importance weights of the soft draw: w̄[a]/q[a] (mean 1 in expectation)
-        new_lw = jnp.take(jax.nn.log_softmax(lw), ancestors) - jnp.take(log_q, ancestors)
-    else:
-        ancestors = resampling.resample(resample_key, lw_const, config.resampling)
-        if config.gradient_estimator == "stop_gradient":
-            picked = jnp.take(lw, ancestors)
-            new_lw = picked - jax.lax.stop_gradient(picked)  # value 0, gradient of lw[a]
-        else:
-            new_lw = jnp.zeros_like(lw)
+    trigger = strat.resample_when(lw, state.step, block_end) & ~degenerate
+    resample_key = jax.random.fold_in(jax.random.fold_in(key, STREAM_RESAMPLE), t)
+    ancestors, new_lw = strat.gradient_estimator(resample_key, lw, strat.resampler)
 
     def do(st):
         return st._replace(
@@ -334,17 +417,12 @@ def _finish(config: SMCConfig, key, state: SMCState, plen: int) -> SMCResult:
     gen_logp = state.particles.token_logp[:, plen:]
     traj = jnp.sum(gen_logp, axis=1)
     lw = state.log_weights
-    if config.selection == "trajectory_confidence":
-        selected = jnp.argmax(traj)
-    elif config.selection == "max_weight":
-        selected = jnp.argmax(lw)
-    else:
-        select_key = jax.random.fold_in(jax.random.fold_in(key, state.ancestors.shape[0]), n + 1)
-        selected = jax.random.choice(select_key, n, p=resampling.normalize(lw))
+    answer_key = jax.random.fold_in(key, STREAM_ANSWER)
+    selected = config.strategies.answer(answer_key, AnswerInput(gen_tokens, gen_logp, traj, lw))
     degenerate = resampling.weights_are_degenerate(lw)
     return SMCResult(
         tokens=gen_tokens[selected],
-        selected=selected.astype(jnp.int32),
+        selected=jnp.asarray(selected, jnp.int32),
         particles=gen_tokens,
         token_logprobs=gen_logp,
         log_weights=lw,
@@ -359,10 +437,11 @@ def _finish(config: SMCConfig, key, state: SMCState, plen: int) -> SMCResult:
     )
 
 
-def _check_logits(logits, config: SMCConfig, rows: int, what: str) -> None:
+def _check_logits(logits, config: SMCConfig, rows: int) -> None:
     """Shape checks at trace time, i.e. before anything runs. ``logits``: [N, rows, V]."""
     if logits.ndim != 3 or logits.shape[1] != rows:
-        raise ValueError(f"{what} with {rows} rows per sequence, got shape {tuple(logits.shape[1:])}")
+        raise ValueError(f"denoiser: expected float[block_length, V] logits with {rows} rows per sequence, "
+                         f"got shape {tuple(logits.shape[1:])}")
     vocab = logits.shape[-1]
     if not 0 <= config.mask_id < vocab:
         raise ValueError(

@@ -2,18 +2,20 @@
 
 A weight function has the signature ``weight(weight_params, info: StepInfo) -> float32[]`` and
 returns the log-increment of ONE particle at one step. ``weight_params`` is the (possibly traced,
-differentiable) argument passed to ``sample``; the built-in schemes ignore it.
+differentiable) argument passed to ``sample``; the built-in schemes ignore it. ``WEIGHTS`` maps the
+names ``SMCConfig(weight=...)`` accepts; any callable of that signature plugs in as it is.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 
 from . import schedules
-from .config import SMCConfig
+from .registry import Registry
 
 
 class StepInfo(NamedTuple):
@@ -51,20 +53,38 @@ def self_reward(info: StepInfo) -> jax.Array:
     return jnp.sum(jnp.where(info.revealed, info.logp, 0.0))
 
 
-def make_weight_fn(config: SMCConfig) -> WeightFn:
-    """The weight function named by ``config.weight`` (or the user's callable, returned as is)."""
-    if callable(config.weight):
-        return config.weight
-    if config.weight == "self_reward":
-        return lambda weight_params, info: self_reward(info)
-    if config.weight == "tempered":
-        def tempered(weight_params, info):
-            beta = schedules.beta_t(config.beta_schedule, config.beta, info.revealed_fraction)
-            return beta * self_reward(info)
-        return tempered
-    if config.weight == "uniform":
-        return lambda weight_params, info: jnp.zeros((), jnp.float32)
-    raise ValueError(f"SMCConfig.weight: unknown scheme {config.weight!r}")
+@dataclasses.dataclass(frozen=True)
+class SelfReward:
+    """The SR-SMC weight: log-increment Σ_{j∈S_t} log p(x̂0(j)) (``weight_params`` unused)."""
+
+    def __call__(self, weight_params, info: StepInfo) -> jax.Array:
+        return self_reward(info)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tempered:
+    """β_t · self-reward, with β_t from ``schedule`` (``schedules.BETA_SCHEDULES``) and ``beta``."""
+
+    beta: float = 1.0
+    schedule: Union[str, Callable] = "constant"
+
+    def __call__(self, weight_params, info: StepInfo) -> jax.Array:
+        return schedules.beta_t(self.schedule, self.beta, info.revealed_fraction) * self_reward(info)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """No reweighting (log-increment 0): N independent particles, i.e. best-of-N."""
+
+    def __call__(self, weight_params, info: StepInfo) -> jax.Array:
+        return jnp.zeros((), jnp.float32)
+
+
+WEIGHTS: Registry[WeightFn] = Registry("weight")
+WEIGHTS.register("self_reward", SelfReward, help="Σ log p(x̂0) of the revealed tokens (SR-SMC, Prop. 3.1)")
+WEIGHTS.register("tempered", lambda beta, beta_schedule: Tempered(beta, beta_schedule),
+                 knobs=("beta", "beta_schedule"), help="β_t · self-reward (beta, beta_schedule)")
+WEIGHTS.register("uniform", Uniform, help="0: independent particles (best-of-N)")
 
 
 # ---- parameterised weighting schemes: weight(weight_params, info) -> log-increment ---------------

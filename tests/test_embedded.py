@@ -14,7 +14,7 @@ import pytest
 import srsmc_jax as sr
 from benchmarks.stats import mcnemar_exact, wilson_interval
 from models.embedded import CHECKPOINT, SudokuTask, sudoku, task_for, vocab
-from srsmc_jax import cli
+from srsmc_jax.app import cli
 
 PUZZLE = None
 
@@ -122,7 +122,7 @@ def test_cli_sample_text_json_particles_and_plot(capsys, problems, tmp_path):
     (["sample", "123"], "expected 36 cells"),
     (["sample", "x" * 36], "unexpected character"),
     (["sample", "." * 36, "--model", "/nonexistent/folder"], "not a converted checkpoint"),
-    (["sample", "." * 36, "-n", "0"], "num_particles"),
+    (["sample", "." * 36, "-n", "0"], "--num-particles"),
     (["sample", "." * 36, "--gen-length", "40"], "context length"),
     (["sample", "." * 36, "--block-length", "5"], "multiple of block_length"),
 ])

@@ -7,7 +7,7 @@ import pytest
 
 from srsmc_jax import resampling
 
-SCHEMES = list(resampling.SCHEMES)
+SCHEMES = list(resampling.RESAMPLERS.names())
 N = 8
 LOG_W = jnp.log(jnp.array([0.30, 0.02, 0.15, 0.005, 0.2, 0.125, 0.15, 0.05]))
 
@@ -74,7 +74,7 @@ def test_gather_moves_every_leaf():
 
 
 def test_unknown_scheme():
-    with pytest.raises(ValueError, match="unknown scheme 'bogus'"):
+    with pytest.raises(ValueError, match="unknown resampling scheme 'bogus'"):
         resampling.resample(jax.random.key(0), LOG_W, "bogus")
 
 
