@@ -9,7 +9,8 @@ ending ``[BEGIN]\\n``. Stop at ``[DONE]``.
 
 Program: the completion + ``\\n`` + the three ``test_list`` asserts (lm-eval's target, joined by HF
 ``code_eval``); ``test_setup_code`` is NOT run, as in lm-eval (this fails task 367's reference
-solution, whose tests need it; ``include_setup_code=True`` runs it first).
+solution, whose tests need it; ``include_setup_code=True`` runs it between completion and tests, as
+the original MBPP harness does).
 """
 
 from __future__ import annotations
@@ -60,4 +61,4 @@ class MBPP(CodeTask):
 
     def program(self, doc: Document, completion: str) -> str:
         setup = doc.fields["test_setup_code"] + "\n" if self.include_setup_code else ""
-        return setup + completion + "\n" + doc.target
+        return completion + "\n" + setup + doc.target
