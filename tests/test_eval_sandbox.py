@@ -8,13 +8,17 @@ import tempfile
 import pytest
 from conftest import SHARED
 
-from benchmarks.eval import get_task
+from benchmarks.eval.humaneval import HumanEval
 from benchmarks.eval.mbpp import MBPP
+from benchmarks.eval import sandbox
 from benchmarks.eval.sandbox import TEMP_PREFIX, Limits, run_program, run_programs
 
 DATA = SHARED / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent (set SRSMC_SHARED)")
 FAST = Limits(timeout_s=1.5)
+# Reference solutions get a generous wall clock: lm-eval's 3 s is tight on a loaded 2-core machine
+# (MBPP 123 takes 3.5 s there with other jobs running).
+SLACK = Limits(timeout_s=20)
 
 
 def _leftover_temp_dirs():
@@ -83,13 +87,61 @@ def test_specific_limits_are_the_cause(clean):
     assert cpu.status == "failed" and cpu.returncode < 0 and cpu.duration_s < 5  # SIGXCPU / SIGKILL
 
 
-def test_forks_past_the_guard_are_counted_and_killed(clean):
-    """ctypes re-imported, fork() called directly: the process count stops the run, as root too."""
-    program = ("import sys, time\nfor m in ('ctypes', '_ctypes'):\n    del sys.modules[m]\nimport ctypes\n"
-               "libc = ctypes.CDLL(None)\nfor _ in range(8):\n    if libc.fork() == 0:\n"
-               "        time.sleep(60)\ntime.sleep(60)\n")
-    result = run_program(program, Limits(timeout_s=10))
-    assert result.status == "forked" and result.max_processes_seen > 1
+CTYPES = "import sys\nfor m in ('ctypes', '_ctypes'):\n    del sys.modules[m]\nimport ctypes, time\n" \
+         "libc = ctypes.CDLL(None, use_errno=True)\n"
+FORK_PAST_THE_GUARD = CTYPES + "pids = [libc.fork() for _ in range(8)]\nif 0 in pids:\n    time.sleep(60)\n" \
+                               "assert all(p > 0 for p in pids), ctypes.get_errno()\ntime.sleep(60)\n"
+seccomp_here = pytest.mark.skipif(not sandbox.seccomp_filter(), reason="no seccomp table for this machine")
+
+
+@seccomp_here
+@pytest.mark.parametrize("call", [
+    "libc.fork()",
+    "libc.execv(b'/bin/true', (ctypes.c_char_p * 2)(b'/bin/true', None))",
+    "libc.socket(2, 1, 0)",  # AF_INET, SOCK_STREAM
+    "(open('f', 'w').write('x'), libc.unlink(b'f'))[1]",
+    "libc.kill(1, 0)",
+    "libc.setrlimit(9, (ctypes.c_ulong * 2)(1 << 40, 1 << 40))",  # RLIMIT_AS up again
+])
+def test_system_calls_past_the_guard_are_refused_by_seccomp(call, clean):
+    """The Python guard is bypassed (ctypes re-imported): the kernel filter still says EPERM."""
+    result = run_program(CTYPES + f"r = {call}\nassert r == -1 and ctypes.get_errno() == 1, r\n", FAST)
+    assert result.passed, result.stderr[-300:]
+    assert result.protections == {"netns": os.geteuid() == 0, "seccomp": True}
+
+
+@seccomp_here
+def test_limits_cannot_be_raised_but_can_be_read(clean):
+    program = ("import sys\ndel sys.modules['resource']\nimport resource\n"
+               "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\nassert soft == hard == 1 << 30\n"
+               "try:\n    resource.setrlimit(resource.RLIMIT_AS, (1 << 40, 1 << 40))\n"
+               "except ValueError as e:\n    assert 'not allowed' in str(e)\n"  # Python's word for EPERM here
+               "else:\n    raise AssertionError('raised')\n")
+    result = run_program(program, FAST)
+    assert result.passed, result.stderr[-300:]
+
+
+@seccomp_here
+def test_threads_still_work_under_seccomp(clean):
+    program = "import threading\nout = []\nt = threading.Thread(target=out.append, args=(1,))\n" \
+              "t.start()\nt.join()\nassert out == [1]\n"
+    assert run_program(program, FAST).passed
+
+
+@seccomp_here
+def test_fork_past_the_guard_fails_under_seccomp(clean):
+    result = run_program(FORK_PAST_THE_GUARD, Limits(timeout_s=10))
+    assert result.status == "failed" and result.max_processes_seen == 1 and result.duration_s < 5
+
+
+def test_without_seccomp_forks_past_the_guard_are_counted_and_killed(clean, monkeypatch):
+    """Where no filter applies (and RLIMIT_NPROC does not bind root) the process count stops the run."""
+    monkeypatch.setattr(sandbox, "_FILTER", [])
+    result = run_program(FORK_PAST_THE_GUARD, Limits(timeout_s=10))
+    assert result.protections.get("seccomp") is False
+    assert result.status in ("forked", "failed"), result.stderr[-300:]  # "failed": RLIMIT_NPROC (not root)
+    if os.geteuid() == 0:
+        assert result.status == "forked" and result.max_processes_seen > 1
     assert result.duration_s < 5
 
 
@@ -138,7 +190,7 @@ def _wrong_body(doc) -> str:
 
 @needs_data
 def test_every_humaneval_reference_passes_and_sampled_empty_bodies_fail(clean):
-    task = get_task("humaneval", DATA)
+    task = HumanEval(DATA, limits=SLACK)
     docs = task.documents()
     passed = [s["passed"] for s in task.score_batch([(d, d.fields["canonical_solution"]) for d in docs])]
     assert all(passed), [d.doc_id for d, p in zip(docs, passed) if not p]
@@ -152,12 +204,12 @@ MBPP_SAMPLE = [*range(0, 500, 10), 367 - 11]  # every tenth test problem, and ta
 
 @needs_data
 def test_sampled_mbpp_references_pass_as_lm_eval_scores_them(clean):
-    task = get_task("mbpp", DATA)
+    task = MBPP(DATA, limits=SLACK)
     docs = [task.documents()[i] for i in MBPP_SAMPLE]
     scores = task.score_batch([(d, d.fields["code"]) for d in docs])
     failing = {d.fields["task_id"] for d, s in zip(docs, scores) if not s["passed"]}
     assert failing == {367}  # its asserts need test_setup_code, which lm-eval does not run
-    with_setup = MBPP(DATA, include_setup_code=True)
+    with_setup = MBPP(DATA, limits=SLACK, include_setup_code=True)
     assert with_setup.score(with_setup.documents()[367 - 11], docs[-1].fields["code"])["passed"]
     assert not any(s["passed"] for s in task.score_batch([(d, "") for d in docs]))
     assert not any(s["passed"] for s in task.score_batch([(d, "def f():\n    return 0\n") for d in docs]))
@@ -166,7 +218,7 @@ def test_sampled_mbpp_references_pass_as_lm_eval_scores_them(clean):
 @pytest.mark.slow
 @needs_data
 def test_every_reference_passes_and_every_empty_or_wrong_completion_fails(clean):
-    humaneval, mbpp = get_task("humaneval", DATA), MBPP(DATA, include_setup_code=True)
+    humaneval, mbpp = HumanEval(DATA, limits=SLACK), MBPP(DATA, limits=SLACK, include_setup_code=True)
     for task, solution, wrongs in ((humaneval, "canonical_solution", (_empty_body, _wrong_body)),
                                    (mbpp, "code", (lambda d: "", lambda d: "def f():\n    return 0\n"))):
         docs = task.documents()

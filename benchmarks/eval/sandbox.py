@@ -1,26 +1,30 @@
 """Run model-written Python programs (HumanEval, MBPP) one per subprocess, with limits.
 
 A program passes if it runs to its end without an exception within the limits, as in HF
-``code_eval`` / human-eval (``exec`` of ``program``, any exception, ``SystemExit`` included, fails).
+``code_eval`` / human-eval (``exec`` of the program; any exception, ``SystemExit`` included, fails).
 
-What each run gets (measured by ``tests/test_eval_sandbox.py``):
+What each run gets (each layer is exercised by ``tests/test_eval_sandbox.py``):
 
 - its own ``python -I -B`` interpreter (isolated: no ``PYTHON*`` variables, no user site, no cwd on
-  ``sys.path``; no ``.pyc`` written), a fresh session and process group, a minimal environment, stdin
-  from ``/dev/null``, stdout/stderr to files (only their tails are kept);
-- a temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards with everything in
-  it;
+  ``sys.path``, no ``.pyc`` written), a new session and process group, a minimal environment, stdin
+  from ``/dev/null``, stdout/stderr to files of which only the tails are kept;
+- a temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards with everything in it;
 - ``setrlimit`` before the program's first line: address space (``RLIMIT_AS``), file size
   (``RLIMIT_FSIZE``, stdout/stderr included), CPU seconds, open files, no core dumps, and
-  ``RLIMIT_NPROC`` (a process-count limit the kernel ignores for root);
+  ``RLIMIT_NPROC`` (which the kernel does not apply to root);
 - a wall-clock limit: on expiry every process of the run is killed (``SIGKILL`` to the process group,
-  then to each remaining member of the session, found in ``/proc``);
-- a process count: the parent checks the session's processes while the program runs; more than
-  ``max_processes`` kills the run (status ``"forked"``), which also stops a fork bomb when
-  ``RLIMIT_NPROC`` does not apply (root). Processes that escape the session (``setsid``) are not seen;
-- no network: where the kernel lets it (root, or unprivileged user namespaces) the program runs in a
-  new network namespace with no interface up; in every case ``socket.socket`` and friends raise
-  ``PermissionError``;
+  then to every remaining member of the session, found in ``/proc``, and reaped);
+- a seccomp filter (Linux x86_64 and aarch64, installed through ``prctl`` with ``NO_NEW_PRIVS``, so
+  it binds root too and cannot be lifted): ``fork``/``vfork``/``clone`` of a process, ``execve``,
+  ``socket``, ``ptrace``, ``kill``, ``setns``/``unshare``, setting rlimits, and file removal /
+  renaming / truncation / ``chmod`` / ``chown`` fail with ``EPERM``; threads still work. This is what stops a fork bomb, an
+  ``exec`` of another binary or a network socket even when the program bypasses the Python guard;
+- a process count: while the program runs the parent counts its session's processes and kills the
+  run (status ``"forked"``) past ``max_processes``; with the filter this never triggers, without it
+  (other architectures) it is the fork-bomb stop for root;
+- no network: a new network namespace with no interface up, where the kernel allows it (root, or
+  unprivileged user namespaces); the filter refuses ``socket()``; and ``socket.socket`` and friends
+  raise ``PermissionError`` in Python;
 - disabled in the interpreter, as human-eval's ``reliability_guard`` does and more: ``os.fork``, the
   ``exec*``/``spawn*`` family, ``os.system``/``popen``, ``subprocess``, ``multiprocessing``,
   ``os.kill``/``killpg``, ``setsid``/``setpgid``, file removal/renaming/``chmod``/``chown``,
@@ -28,21 +32,23 @@ What each run gets (measured by ``tests/test_eval_sandbox.py``):
 
 The calling process becomes a child subreaper (Linux ``prctl``) the first time a program is run, so
 that processes orphaned by a program are re-parented to it and reaped here (an init that does not
-reap would keep them as zombies).
+reap, as on this project's machines, would keep them as zombies).
 
-THIS IS NOT A SECURITY BOUNDARY against hostile code. It stops the accidents of model-written code
-(infinite loops, runaway memory, fork loops, huge files, stray network calls, deleting files through
-``os``/``shutil``). Code that sets out to escape can: reach the real functions again (the guard is plain
-Python: e.g. through ``gc`` or ``__subclasses__``), raise its own hard limits as root, call
-``setsid`` through a re-imported ``ctypes`` and leave the session, read or write any file the user
-can (there is no file-system isolation), and use the network where no namespace was made. Run
-untrusted code in a container or VM with no credentials and no network.
+THIS IS NOT A SECURITY BOUNDARY against hostile code. It stops the accidents of model-written code:
+infinite loops, runaway memory, fork loops, huge files or output, stray network calls, deleting or
+renaming files. What it does not stop: reading any file the user can read and overwriting any file
+the user can write (opening files is allowed; there is no file-system isolation), signalling
+through syscalls other than ``kill`` (``tgkill``), and whatever a determined program finds in the kernel or in the interpreter
+it shares with the guard. Without the filter (not Linux x86_64/aarch64) the Python guard is all
+there is between the program and ``fork``/``exec``/``socket``, and it is trivially bypassed (e.g. by
+re-importing ``ctypes``). Run untrusted code in a container or VM with no credentials and no network.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -62,9 +68,9 @@ _TAIL_BYTES = 2048
 # Runs in the sandboxed interpreter before the program: limits, network, guard, then exec.
 # argv: limits..., program path. Exit 0 only if the program ran to its end without an exception.
 _GUARD = r'''
-import sys
+import sys, json
 _as, _fsize, _cpu, _nproc, _nofile = (int(v) for v in sys.argv[1:6])
-_path = sys.argv[6]
+_path, _report, _filter = sys.argv[6], sys.argv[7], json.loads(sys.argv[8])
 del sys.argv[1:]
 import resource as _r
 for _kind, _soft, _hard in ((_r.RLIMIT_AS, _as, _as), (_r.RLIMIT_FSIZE, _fsize, _fsize),
@@ -72,10 +78,24 @@ for _kind, _soft, _hard in ((_r.RLIMIT_AS, _as, _as), (_r.RLIMIT_FSIZE, _fsize, 
                             (_r.RLIMIT_NOFILE, _nofile, _nofile), (_r.RLIMIT_CORE, 0, 0)):
     _r.setrlimit(_kind, (_soft, _hard))
 import ctypes as _ct
+_libc = _ct.CDLL(None, use_errno=True)
 try:
-    _netns = _ct.CDLL(None, use_errno=True).unshare(0x40000000) == 0   # CLONE_NEWNET
+    _netns = _libc.unshare(0x40000000) == 0   # CLONE_NEWNET
 except Exception:
     _netns = False
+_seccomp = False
+if _filter:
+    class _Insn(_ct.Structure):
+        _fields_ = [("code", _ct.c_ushort), ("jt", _ct.c_ubyte), ("jf", _ct.c_ubyte), ("k", _ct.c_uint)]
+    class _Prog(_ct.Structure):
+        _fields_ = [("len", _ct.c_ushort), ("filter", _ct.POINTER(_Insn))]
+    _insns = (_Insn * len(_filter))(*[_Insn(*i) for i in _filter])
+    _prog = _Prog(len(_filter), _insns)
+    # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with SECCOMP_MODE_FILTER
+    _seccomp = (_libc.prctl(38, 1, 0, 0, 0) == 0 and
+                _libc.prctl(22, 2, _ct.byref(_prog), 0, 0) == 0)
+with open(_report, "w") as _f:
+    json.dump({"netns": _netns, "seccomp": _seccomp}, _f)
 import builtins, os, shutil, socket, _socket, subprocess
 def _refused(what):
     def refuse(*args, **kwargs):
@@ -100,7 +120,7 @@ subprocess.Popen = _refused("subprocess")
 for _name in ("resource", "ctypes", "_ctypes", "multiprocessing", "_posixsubprocess", "pty"):
     sys.modules[_name] = None
 builtins.help = None
-del _r, _ct, _kind, _soft, _hard, _name, _mod
+del _r, _ct, _libc, _kind, _soft, _hard, _name, _mod, _filter
 with open(_path, encoding="utf-8") as _f:
     _source = _f.read()
 try:
@@ -111,6 +131,65 @@ except BaseException:
     sys.stdout.flush()
     sys.exit(1)
 '''
+
+# --- seccomp filter --------------------------------------------------------------------------------
+# A classic-BPF program over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6];}: the
+# syscalls below fail with EPERM, so do setrlimit() and prlimit64() with a new limit (reading limits
+# still works), clone() without CLONE_THREAD (fork, vfork, posix_spawn) fails with
+# EPERM, clone3() fails with ENOSYS (its flags are behind a pointer; glibc then falls back to clone(),
+# so threads still work), and any other architecture's (e.g. 32-bit x86) or x32 syscall fails.
+_DENIED_SYSCALLS = {
+    # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
+    0xC000003E: dict(
+        clone=56, clone3=435, setrlimit=160, prlimit64=302,
+        deny=dict(fork=57, vfork=58, execve=59, execveat=322, socket=41, ptrace=101, setns=308,
+                  unshare=272, kill=62, unlink=87, unlinkat=263, rmdir=84, rename=82, renameat=264,
+                  renameat2=316, truncate=76, chmod=90, fchmod=91, fchmodat=268, fchmodat2=452,
+                  chown=92, fchown=93, lchown=94, fchownat=260)),
+    # aarch64 (include/uapi/asm-generic/unistd.h; not exercised by this repository's tests)
+    0xC00000B7: dict(
+        clone=220, clone3=435, setrlimit=164, prlimit64=261,
+        deny=dict(execve=221, execveat=281, socket=198, ptrace=117, setns=268, unshare=97, kill=129,
+                  unlinkat=35, renameat=38, renameat2=276, truncate=45, fchmod=52, fchmodat=53,
+                  fchmodat2=452, fchownat=54, fchown=55)),
+}
+_ARCH_OF_MACHINE = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_ALLOW, _EPERM, _ENOSYS = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+_CLONE_THREAD, _X32_SYSCALL_BIT = 0x00010000, 0x40000000
+
+
+def seccomp_filter() -> list[tuple[int, int, int, int]]:
+    """The BPF instructions ``(code, jt, jf, k)`` for this machine, or ``[]`` where there are none
+    (not Linux, or an architecture without a table above: the other layers still apply)."""
+    arch = _ARCH_OF_MACHINE.get(os.uname().machine) if sys.platform.startswith("linux") else None
+    if arch is None:
+        return []
+    table = _DENIED_SYSCALLS[arch]
+    insns = [(_LD_ABS, 0, 0, 4), (_JEQ, 1, 0, arch), (_RET, 0, 0, _EPERM), (_LD_ABS, 0, 0, 0)]
+    if arch == 0xC000003E:
+        insns += [(_JGE, 0, 1, _X32_SYSCALL_BIT), (_RET, 0, 0, _EPERM)]
+    for nr in sorted(table["deny"].values()):
+        insns += [(_JEQ, 0, 1, nr), (_RET, 0, 0, _EPERM)]
+    insns += [(_JEQ, 0, 1, table["setrlimit"]), (_RET, 0, 0, _EPERM),
+              (_JEQ, 0, 6, table["prlimit64"]),  # prlimit64 may read limits, not set them:
+              (_LD_ABS, 0, 0, 32),               # low 32 bits of args[2], the new-limit pointer
+              (_JEQ, 0, 2, 0),
+              (_LD_ABS, 0, 0, 36),               # its high 32 bits
+              (_JEQ, 1, 0, 0),
+              (_RET, 0, 0, _EPERM),              # a new limit: refused
+              (_RET, 0, 0, _ALLOW)]              # NULL: a read
+    insns += [(_JEQ, 0, 1, table["clone3"]), (_RET, 0, 0, _ENOSYS),
+              (_JEQ, 0, 4, table["clone"]),      # not clone: jump to the final ALLOW
+              (_LD_ABS, 0, 0, 16),               # low 32 bits of args[0], the clone flags
+              (_JSET, 0, 1, _CLONE_THREAD),
+              (_RET, 0, 0, _ALLOW),              # a thread
+              (_RET, 0, 0, _EPERM),              # a process
+              (_RET, 0, 0, _ALLOW)]
+    return insns
+
+
+_FILTER = seccomp_filter()
 
 PASSED, FAILED, TIMEOUT, FORKED = "passed", "failed", "timeout", "forked"
 
@@ -137,7 +216,9 @@ class Limits:
 class ExecResult:
     """Outcome of one program. status: passed | failed | timeout | forked.
     returncode: the interpreter's exit status (negative: killed by that signal; None: killed by us).
-    max_processes_seen: the most session processes counted at one check."""
+    max_processes_seen: the most session processes counted at one check.
+    protections: which optional layers the guard reported active, ``{"netns": bool, "seccomp": bool}``
+    (informational: the program could overwrite the report)."""
 
     status: str
     returncode: int | None
@@ -145,6 +226,7 @@ class ExecResult:
     stdout: str
     stderr: str
     max_processes_seen: int
+    protections: dict
 
     @property
     def passed(self) -> bool:
@@ -237,7 +319,8 @@ def run_program(program: str, limits: Limits = Limits()) -> ExecResult:
         cpu_s = limits.cpu_s if limits.cpu_s is not None else math.ceil(limits.timeout_s) + 1
         argv = [sys.executable, "-I", "-B", "-c", _GUARD, str(limits.memory_bytes),
                 str(limits.file_size_bytes), str(cpu_s), str(limits.max_processes),
-                str(limits.open_files), str(run_dir / "program.py")]
+                str(limits.open_files), str(run_dir / "program.py"), str(run_dir / "guard.json"),
+                json.dumps(_FILTER)]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": "1"}
         with open(run_dir / "stdout", "wb") as out, open(run_dir / "stderr", "wb") as err:
@@ -266,9 +349,14 @@ def run_program(program: str, limits: Limits = Limits()) -> ExecResult:
         duration = time.monotonic() - start
         if status is None:
             status = PASSED if proc.returncode == 0 else FAILED
+        try:
+            protections = json.loads((run_dir / "guard.json").read_text())
+        except (OSError, ValueError):  # killed before the guard wrote it, or overwritten
+            protections = {}
         return ExecResult(status=status, returncode=None if status in (TIMEOUT, FORKED) else proc.returncode,
                           duration_s=duration, stdout=_tail(run_dir / "stdout"),
-                          stderr=_tail(run_dir / "stderr"), max_processes_seen=seen)
+                          stderr=_tail(run_dir / "stderr"), max_processes_seen=seen,
+                          protections=protections)
     finally:
         _remove_tree(run_dir)
 
