@@ -107,17 +107,19 @@ class MinervaMath(Task):
         self.name = name
         self.data_dir = data_dir
 
-    def _records(self, subtask: str) -> list[dict]:
+    def _records(self, subtask: str, test: list[dict] | None) -> list[dict]:
         if subtask == "minerva_math500":
             return read_jsonl(self.data_dir, "math/math500.jsonl")
         subject_dir = SUBJECTS[subtask.removeprefix("minerva_math_")]
-        return [r for r in read_jsonl(self.data_dir, "math/test.jsonl") if _subject_dir(r) == subject_dir]
+        return [r for r in test if _subject_dir(r) == subject_dir]
 
     @cached_property
     def _docs(self) -> list[Document]:
+        needs_test = any(s != "minerva_math500" for s in self.subtasks)
+        test = read_jsonl(self.data_dir, "math/test.jsonl") if needs_test else None
         docs = []
         for subtask in self.subtasks:
-            for i, record in enumerate(self._records(subtask)):
+            for i, record in enumerate(self._records(subtask, test)):
                 docs.append(Document(task=subtask, doc_id=i, fields=record,
                                      prompt=minerva_prompt(record["problem"]), until=UNTIL,
                                      target=normalize_final_answer(boxed_answer(record["solution"]))))

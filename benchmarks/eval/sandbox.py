@@ -65,8 +65,9 @@ from typing import Sequence
 TEMP_PREFIX = "srsmc-sandbox-"
 _TAIL_BYTES = 2048
 
-# Runs in the sandboxed interpreter before the program: limits, network, guard, then exec.
-# argv: limits..., program path. Exit 0 only if the program ran to its end without an exception.
+# Runs in the sandboxed interpreter before the program: limits, network namespace, seccomp filter,
+# Python guard, then exec. argv: five limits, the program's path, the path of the report of active
+# layers, the filter as JSON. Exit 0 only if the program ran to its end without an exception.
 _GUARD = r'''
 import sys, json
 _as, _fsize, _cpu, _nproc, _nofile = (int(v) for v in sys.argv[1:6])
