@@ -52,6 +52,8 @@ from pathlib import Path
 
 SEED = 1234  # lm-eval's default --fewshot_random_seed
 
+# This script runs in lm-eval's venv and imports nothing from the repository, so the subject table and
+# the boxed-answer reader below deliberately restate what benchmarks/eval/minerva_math.py has.
 MATH_SUBJECTS = {  # lm-eval subtask suffix -> MATH subject directory (unique_id "test/<dir>/<n>.json")
     "algebra": "algebra",
     "counting_and_prob": "counting_and_probability",
