@@ -1,0 +1,26 @@
+"""The one table of task names (as lm-evaluation-harness spells them) and their constructors."""
+
+from __future__ import annotations
+
+from benchmarks.eval.gsm8k import GSM8K
+from benchmarks.eval.humaneval import HumanEval
+from benchmarks.eval.mbpp import MBPP
+from benchmarks.eval.minerva_math import SUBJECTS, MinervaMath
+from benchmarks.eval.task import Task
+
+TASK_NAMES = ("gsm8k", "minerva_math", "minerva_math500", "humaneval", "mbpp",
+              *(f"minerva_math_{s}" for s in SUBJECTS))
+
+
+def get_task(name: str, data_dir=None) -> Task:
+    """The task called ``name`` (one of :data:`TASK_NAMES`) reading ``data_dir`` (default:
+    :func:`benchmarks.eval.data.default_data_dir`); data are read and verified on first use."""
+    if name == "gsm8k":
+        return GSM8K(data_dir)
+    if name == "humaneval":
+        return HumanEval(data_dir)
+    if name == "mbpp":
+        return MBPP(data_dir)
+    if name in TASK_NAMES:
+        return MinervaMath(name, data_dir)
+    raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
