@@ -21,7 +21,7 @@ from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWei
 from .weights import SelfReward, Tempered, Uniform
 from .prompts import pad_prompts
 from .registry import Registry
-from . import answer, objectives, proposal, resampling, schedules, select, sharding, weights
+from . import answer, move, objectives, proposal, resampling, schedules, select, sharding, twist, weights
 
 __all__ = [
     "SMCConfig", "Strategies", "make_sampler", "SMCResult", "SMCState", "ParticleState", "StepInfo",
@@ -30,6 +30,7 @@ __all__ = [
     "ESSTrigger", "StopGradient", "Soft", "ConstantAncestors",
     "AnswerInput", "MaxTrajectoryConfidence", "MaxWeight", "SampleByWeight",
     "SelfReward", "Tempered", "Uniform",
-    "answer", "objectives", "proposal", "resampling", "schedules", "select", "sharding", "weights",
+    "answer", "move", "objectives", "proposal", "resampling", "schedules", "select", "sharding", "twist",
+    "weights",
 ]
 __version__ = "0.1.0"

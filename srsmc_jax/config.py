@@ -21,6 +21,8 @@ import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import answer, proposal, resampling, schedules, select, weights
+from . import move as move_lib
+from . import twist as twist_lib
 from .registry import Registry
 
 
@@ -34,6 +36,8 @@ class Strategies(NamedTuple):
     resample_when: Callable
     gradient_estimator: Callable
     answer: Callable
+    twist: Optional[Callable]
+    move: Optional[Callable]
 
 
 def _knob(default, help: str, **meta):
@@ -48,6 +52,8 @@ _STRATEGY_KNOBS: dict[str, Registry] = {
     "resampling": resampling.RESAMPLERS,
     "gradient_estimator": resampling.GRADIENT_ESTIMATORS,
     "selection": answer.ANSWER_RULES,
+    "twist": twist_lib.TWISTS,
+    "move": move_lib.MOVES,
 }
 # schedule knobs name functions of their own registries
 _SCHEDULE_KNOBS: dict[str, Registry] = {
@@ -98,6 +104,18 @@ class SMCConfig:
     resample_every: Union[str, int] = _knob("block", "when ESS is checked: 'block' (block ends), 'step', or every k steps")
     resample_when: Optional[Callable] = _knob(None, "a trigger object (log_weights, steps_done, block_end) -> bool; "
                                                     "None: ESSTrigger(ess_threshold, resample_every)", cli=False)
+    # look-ahead and rejuvenation (srsmc_jax.twist, srsmc_jax.move)
+    twist: Union[str, Callable, None] = _knob("none", "look-ahead potential ψ of the intermediate targets")
+    twist_beta: float = _knob(1.0, "β >= 0 of twist='lookahead'")
+    twist_confidence: str = _knob("prob", "φ of twist='lookahead': prob (log max p), margin (log(p1 − p2)), "
+                                          "neg_entropy (−H)", choices=twist_lib.TWIST_FEATURES)
+    twist_rows: str = _knob("block", "rows ψ covers: block (the current block's) or generation (every "
+                                     "generation row; a denoiser without a KV cache)", choices=("block", "generation"))
+    move: Union[str, Callable, None] = _knob("none", "MCMC move applied to the particles after each resampling")
+    move_steps: int = _knob(1, "steps re-simulated by move='rewind'")
+    # memory
+    particle_chunk: Optional[int] = _knob(None, "evaluate the denoiser and the proposal over at most this many "
+                                                "particles at once (lax.map; memory O(chunk) instead of O(N))")
     # output
     selection: Union[str, Callable] = _knob("trajectory_confidence", "answer rule: which particle is returned")
     # gradients
@@ -142,7 +160,7 @@ class SMCConfig:
     def _build(self, knob: str):
         value = getattr(self, knob)
         if not isinstance(value, str):
-            return value
+            return value  # a strategy object (or None: no twist / no move)
         return _STRATEGY_KNOBS[knob].build(value, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def _resolve(self) -> Strategies:
@@ -153,7 +171,7 @@ class SMCConfig:
                                              self._build("confidence")),
             select=self._build("select"), weight=self._build("weight"), resampler=self._build("resampling"),
             resample_when=trigger, gradient_estimator=self._build("gradient_estimator"),
-            answer=self._build("selection"))
+            answer=self._build("selection"), twist=self._build("twist"), move=self._build("move"))
 
     # ---- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -195,6 +213,15 @@ class SMCConfig:
         else:
             real("threshold", -math.inf)
         real("beta", 0.0)
+        real("twist_beta", 0.0)
+        need(self.particle_chunk is None or (_is_int(self.particle_chunk) and self.particle_chunk >= 1),
+             f"particle_chunk: expected None or an int >= 1, got {self.particle_chunk!r}")
+        need(_is_int(self.move_steps) and self.move_steps >= 1, f"move_steps: expected an int >= 1, got "
+                                                               f"{self.move_steps!r}")
+        need(self.twist_confidence in twist_lib.TWIST_FEATURES,
+             f"twist_confidence: unknown value {self.twist_confidence!r}; expected one of {twist_lib.TWIST_FEATURES}")
+        need(self.twist_rows in ("block", "generation"),
+             f"twist_rows: expected 'block' or 'generation', got {self.twist_rows!r}")
         real("ess_threshold", 0.0, 1.0)
         real("soft_alpha", 0.0, 1.0, lo_open=True)
         if isinstance(self.resample_every, str):
@@ -208,9 +235,14 @@ class SMCConfig:
             if isinstance(value, str):
                 need(value in registry, f"{knob}: unknown value {value!r}; expected one of {registry.names()} "
                                         "or a strategy object")
-            else:
+            elif value is not None:
                 need(callable(value), f"{knob}: expected a name from {registry.names()} or a callable strategy, "
                                       f"got {type(value).__name__}")
+        twist_obj = self.twist if not isinstance(self.twist, str) else None
+        rows = getattr(twist_obj, "rows", self.twist_rows if self.twist == "lookahead" else "block")
+        if rows == "generation" and self.move not in ("none", None):
+            raise ValueError("SMCConfig.move: moves are not supported with twist_rows='generation' (a move "
+                             "re-simulates steps of the current block, whose ψ would span later blocks)")
 
     def unused_knobs(self) -> list[tuple[str, str]]:
         """Companion knobs set away from their defaults although the chosen strategies ignore them,

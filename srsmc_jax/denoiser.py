@@ -93,8 +93,10 @@ class CachedDenoiser:
              called on the first step of every block: a full forward pass that rebuilds the cache.
     step:    same signature, called on every later step of the block: a cheap pass that reuses it.
 
-    The logits returned are for the current block only (rows ``block_start .. block_start +
-    block_length - 1``): the engine never reveals a position outside the current block.
+    The logits returned are for the rows ``block_start .. block_start + block_length - 1``: the
+    current block, the only rows the engine reveals. ``any_rows=True`` declares that ``refresh`` and
+    ``step`` accept any row window (a cache-free denoiser that computes the requested rows only);
+    the engine then may ask for every generation row (``SMCConfig.twist_rows="generation"``).
     The other fields are as in :class:`Denoiser`.
     """
 
@@ -107,6 +109,7 @@ class CachedDenoiser:
     mask_id: Optional[int] = None
     gen_length: Optional[int] = None
     block_multiple: Optional[int] = None
+    any_rows: bool = False
 
 
 def as_denoiser(model: Any) -> Denoiser | CachedDenoiser:
@@ -137,4 +140,5 @@ def as_cached(model: Any) -> CachedDenoiser:
         return jax.lax.dynamic_slice_in_dim(logits, block_start, block_length, axis=0), cache
 
     facts = {f.name: getattr(den, f.name) for f in dataclasses.fields(den) if f.name != "fn"}
-    return CachedDenoiser(init=lambda params, tokens, seq: (), refresh=block_logits, step=block_logits, **facts)
+    return CachedDenoiser(init=lambda params, tokens, seq: (), refresh=block_logits, step=block_logits,
+                          any_rows=True, **facts)

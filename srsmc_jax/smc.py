@@ -1,11 +1,21 @@
 """The SR-SMC loop: particle state, one step, the block loop, and ``make_sampler``.
 
-Data flow per step (for the N particles of one prompt), ONE path for every denoiser:
-    denoiser (refresh at a block's first step, step after) -> proposal (x̂0, log p, confidence)
-    -> SELECT -> reveal -> weight -> resample if the trigger says so
-and at the end the answer rule picks a particle. Steps run under ``lax.scan`` (a bounded
+Data flow, ONE path for every denoiser and strategy (N particles of one prompt):
+
+    step s of a block:  forward on x^s (refresh at the block's first step, step after)
+                        -> complete step s-1's weight with ψ(x^s) and resample if the trigger fires
+                           (+ move the resampled particles)
+                        -> proposal (x̂0, log p, confidence) -> SELECT -> reveal x^{s+1}
+                        -> pending increment of step s: w_s − ψ(x^s)
+    end of the block:   complete the last step with ψ = 0 (nothing left masked), resample if due.
+
+A step's weight is completed only at the NEXT forward because a twist (``srsmc_jax.twist``) needs
+the forward on the new state; without a twist ψ ≡ 0 and the result is exactly that of completing
+it at once (the forward runs on the not-yet-resampled particles and its logits are gathered with
+them, which gives the same numbers as resampling first). Steps run under ``lax.scan`` (a bounded
 ``lax.while_loop`` for data-dependent SELECT policies such as ``Threshold``), particles and prompts
-under ``vmap``. Every behaviour is a strategy object from ``config.strategies``.
+under ``vmap`` (particles in chunks of ``SMCConfig.particle_chunk`` under ``lax.map``). Every
+behaviour is a strategy object from ``config.strategies``.
 
 Randomness, as named streams of the prompt's key (prompt ``b`` of a batch uses ``fold_in(key, b)``;
 an unbatched prompt is prompt 0, so a prompt's result never depends on the rest of the batch):
@@ -13,6 +23,7 @@ an unbatched prompt is prompt 0, so a prompt's result never depends on the rest 
 * proposal: step ``t`` uses ``fold_in(prompt_key, t)`` and particle ``n`` ``fold_in(step_key, n)``
   (split into the x̂0 draw and the SELECT key), so particle n's noise does not depend on N;
 * resampling after step ``t``: ``fold_in(fold_in(prompt_key, STREAM_RESAMPLE), t)``;
+* a move after step ``t``: ``fold_in(fold_in(prompt_key, STREAM_MOVE), t)``;
 * the answer rule: ``fold_in(prompt_key, STREAM_ANSWER)``.
 Stream constants are ≥ 2^30 and step indices < 2^30, so no two streams share a key.
 """
@@ -32,11 +43,13 @@ from . import resampling
 from .answer import AnswerInput
 from .config import SMCConfig
 from .denoiser import CachedDenoiser, SequenceInfo, as_cached
+from .move import MoveHistory, MoveInput, MoveOps
 from .select import SelectInput
 from .weights import StepInfo
 
 STREAM_RESAMPLE = 0x4000_0001
 STREAM_ANSWER = 0x4000_0002
+STREAM_MOVE = 0x4000_0003
 MAX_STEPS = 1 << 30
 
 # Bit flags of ``SMCResult.error``.
@@ -56,35 +69,42 @@ class ParticleState(NamedTuple):
     tokens: int32[N, L]       full sequences ``[left-padded prompt | generation]``.
     token_logp: float32[N, L] log p of each token at the moment it was revealed (0 elsewhere).
     cache: any pytree with leading axis N (``()`` for cache-free denoisers).
+    history: ``srsmc_jax.move.MoveHistory`` when a move is configured, else ``()``.
     """
 
     tokens: jax.Array
     token_logp: jax.Array
     cache: Any
+    history: Any = ()
 
 
 class SMCState(NamedTuple):
     """The loop carry for one prompt.
 
     particles: ParticleState.
-    log_weights: float32[N]   log-weights accumulated since the last resampling.
+    log_weights: float32[N]   log-weights accumulated since the last resampling (completed steps).
+    pending: float32[N]       the last step's increment minus ψ of the state it started from,
+                              completed (+ ψ of the next state) at the next forward.
     log_z: float32[]          Σ over past resampling events of logsumexp(lw) − log N.
-    step: int32[]             global step counter.
+    step: int32[]             global step counter (steps revealed so far).
     nfe: int32[]              forward passes so far, counted per particle.
-    ess: float32[T]           ESS after each step's reweighting (NaN for steps never taken).
+    ess: float32[T]           ESS after each step's completed reweighting (NaN for steps never taken).
     ancestors: int32[T, N]    ancestor indices chosen after step t (the identity if none).
     resampled: bool[T]        whether a resampling happened after step t.
+    move_acceptance: float32[T] fraction of particles whose move was accepted after step t (NaN: none).
     error: int32[]            bit flags, see ``ERROR_MESSAGES``.
     """
 
     particles: ParticleState
     log_weights: jax.Array
+    pending: jax.Array
     log_z: jax.Array
     step: jax.Array
     nfe: jax.Array
     ess: jax.Array
     ancestors: jax.Array
     resampled: jax.Array
+    move_acceptance: jax.Array
     error: jax.Array
 
 
@@ -101,9 +121,10 @@ class SMCResult(NamedTuple):
     ancestors: int32[T, N]            genealogy: ancestors chosen after each step (identity if none).
     resampled: bool[T]                whether a resampling happened after each step.
     log_z: float32[]                  log of the SMC normalising-constant estimate.
-    nfe: int32[]                      denoiser forward passes, counted per particle (steps × N).
+    nfe: int32[]                      denoiser forward passes, counted per particle (steps × N, plus moves).
     num_steps: int32[]                denoising steps taken.
     error: int32[]                    bit flags (``srsmc_jax.smc.ERROR_MESSAGES``); 0 = fine.
+    move_acceptance: float32[T]       accepted fraction of each move (NaN where no move ran).
     """
 
     tokens: jax.Array
@@ -119,6 +140,7 @@ class SMCResult(NamedTuple):
     nfe: jax.Array
     num_steps: jax.Array
     error: jax.Array
+    move_acceptance: jax.Array
 
     def raise_if_error(self) -> "SMCResult":
         """Raise ``FloatingPointError`` naming every problem flagged in ``error`` (host side)."""
@@ -127,8 +149,6 @@ class SMCResult(NamedTuple):
         if problems:
             raise FloatingPointError("SR-SMC sample is invalid: " + "; ".join(problems))
         return self
-
-
 # ---- make_sampler -------------------------------------------------------------------------------------
 def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[int] = None, jit: bool = True,
                  progress: Optional[Callable[[int, int], None]] = None):
@@ -218,9 +238,14 @@ def _check_config_against_denoiser(config: SMCConfig, den: CachedDenoiser) -> No
     if den.block_multiple is not None and config.block % den.block_multiple:
         raise ValueError(f"SMCConfig.block_length: {config.block} is not a multiple of the model's block size "
                          f"{den.block_multiple}")
+    twist = config.strategies.twist
+    if twist is not None and twist.rows == "generation" and not den.any_rows:
+        raise ValueError("SMCConfig.twist_rows: 'generation' needs every generation row's logits, which this "
+                         "denoiser (with a KV cache) does not compute; use twist_rows='block'")
 
 
 def _is_concrete(x) -> bool:
+    # a prompt inside the caller's own jit/vmap is a tracer: its values are checked in the graph instead
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -268,6 +293,27 @@ def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, m
 
 
 # ---- one prompt ---------------------------------------------------------------------------------------
+class _Context(NamedTuple):
+    """The static and per-prompt pieces every step function needs (one prompt)."""
+
+    den: CachedDenoiser
+    config: SMCConfig
+    key: jax.Array
+    params: Any
+    seq: SequenceInfo
+    weight_params: Any
+    plen: int
+
+
+def _map_particles(fn: Callable, chunk: Optional[int], *args):
+    """``vmap(fn)(*args)`` over the leading (particle) axis, in chunks of ``chunk`` particles under
+    ``lax.map`` when given (memory O(chunk) instead of O(N) for what ``fn`` allocates)."""
+    n = jax.tree.leaves(args)[0].shape[0]
+    if chunk is None or chunk >= n:
+        return jax.vmap(fn)(*args)
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
+
+
 def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, *, params,
                 weight_params, progress=None) -> SMCResult:
     """SR-SMC for one prompt: int32[P] with bool[P] validity. See ``make_sampler``."""
@@ -278,29 +324,35 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
         valid=jnp.concatenate([prompt_valid, jnp.ones((g,), bool)]),
         prompt=jnp.arange(length) < plen,
     )
+    ctx = _Context(den, config, key, params, seq, weight_params, plen)
+    strat = config.strategies
     tokens0 = jnp.concatenate([prompt, jnp.full((g,), config.mask_id, jnp.int32)])
     tokens = jnp.broadcast_to(tokens0, (n, length))
     cache = jax.vmap(lambda t: den.init(params, t, seq))(tokens)
+    history = () if strat.move is None else MoveHistory(
+        reveal_step=jnp.full((n, length), -1, jnp.int32), step_increments=jnp.zeros((n, lb), jnp.float32))
     t_max = config.max_steps
     state = SMCState(
-        particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache),
+        particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache, history),
         log_weights=jnp.zeros((n,), jnp.float32),
+        pending=jnp.zeros((n,), jnp.float32),
         log_z=jnp.zeros((), jnp.float32),
         step=jnp.zeros((), jnp.int32),
         nfe=jnp.zeros((), jnp.int32),
         ess=jnp.full((t_max,), jnp.nan, jnp.float32),
         ancestors=jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (t_max, n)),
         resampled=jnp.zeros((t_max,), bool),
+        move_acceptance=jnp.full((t_max,), jnp.nan, jnp.float32),
         error=jnp.zeros((), jnp.int32),
     )
-    step = functools.partial(_step, den, config, key=key, params=params, seq=seq, weight_params=weight_params)
     steps = config.steps_per_block
-    early_exit = config.strategies.select.data_dependent and not config.differentiable
+    early_exit = strat.select.data_dependent and not config.differentiable
+    across_blocks = strat.twist is not None and strat.twist.rows == "generation"
 
     def run_block(state, b):
         block_start = plen + b * lb
-        state = step(state, block_start=block_start, step_in_block=jnp.int32(0), first=True,
-                     early_exit=early_exit)
+        # the previous block's last step is completed here only when ψ spans later blocks
+        state = _step(ctx, state, block_start, jnp.int32(0), first=True, complete=across_blocks)
         if early_exit:
             def cond(carry):
                 s, st = carry
@@ -309,105 +361,204 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
 
             def body(carry):
                 s, st = carry
-                return s + 1, step(st, block_start=block_start, step_in_block=s, first=False, early_exit=True)
+                return s + 1, _step(ctx, st, block_start, s, first=False, complete=True)
 
-            _, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), state))
-        elif steps > 1:
-            def scan_body(st, s):
-                return step(st, block_start=block_start, step_in_block=s, first=False, early_exit=False), None
+            taken, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), state))
+        else:
+            if steps > 1:
+                def scan_body(st, s):
+                    return _step(ctx, st, block_start, s, first=False, complete=True), None
 
-            state, _ = jax.lax.scan(scan_body, state, jnp.arange(1, steps, dtype=jnp.int32))
+                state, _ = jax.lax.scan(scan_body, state, jnp.arange(1, steps, dtype=jnp.int32))
+            taken = jnp.int32(steps)
+        if not across_blocks:  # nothing of the block is left masked: ψ = 0, complete the last step now
+            state, _, _ = _complete(ctx, state, jnp.zeros((n,), jnp.float32), block_start, taken - 1,
+                                    at_block_end=True)
         if progress is not None:
             jax.debug.callback(lambda done: progress(int(done), config.num_blocks), b + 1)
         return state, None
 
     state, _ = jax.lax.scan(run_block, state, jnp.arange(config.num_blocks))
+    if across_blocks:  # the run's last step: everything is revealed, ψ = 0
+        last_start = plen + (config.num_blocks - 1) * lb
+        state, _, _ = _complete(ctx, state, jnp.zeros((n,), jnp.float32), last_start, jnp.int32(steps - 1),
+                                at_block_end=True)
     return _finish(config, key, state, plen)
 
 
-def _step(den: CachedDenoiser, config: SMCConfig, state: SMCState, *, block_start, step_in_block, first: bool,
-          early_exit: bool, key, params, seq, weight_params) -> SMCState:
-    """One denoising step of all N particles of one prompt: forward, propose, select, reveal, weight,
-    and resample if the trigger fires (the one place that decides it)."""
-    n, lb = config.num_particles, config.block
-    strat = config.strategies
-    parts = state.particles
-    step_key = jax.random.fold_in(key, state.step)
-    particle_keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(n))
-    draw_keys, select_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(particle_keys)
+def _rows(ctx: _Context, block_start):
+    """(row_start, num_rows) the step asks the denoiser for: the block, or the whole generation
+    when the twist spans it."""
+    twist = ctx.config.strategies.twist
+    if twist is not None and twist.rows == "generation":
+        return jnp.int32(ctx.plen), ctx.config.gen_length
+    return block_start, ctx.config.block
 
-    forward = den.refresh if first else den.step
-    logits, cache = jax.vmap(lambda t, c: forward(params, t, seq, c, block_start, lb))(parts.tokens, parts.cache)
-    _check_logits(logits, config, lb)
+
+def _forward(ctx: _Context, particles: ParticleState, block_start, first: bool):
+    """The denoiser on every particle: (logits float32[N, R, V] of the requested rows, particles
+    with the new cache)."""
+    fn = ctx.den.refresh if first else ctx.den.step
+    row_start, num_rows = _rows(ctx, block_start)
+
+    def one(tokens, cache):
+        return fn(ctx.params, tokens, ctx.seq, cache, row_start, num_rows)
+
+    logits, cache = _map_particles(one, ctx.config.particle_chunk, particles.tokens, particles.cache)
+    _check_logits(logits, ctx.config, num_rows)
+    return logits, particles._replace(cache=cache)
+
+
+def _split_rows(ctx: _Context, logits, tokens, block_start, first: bool):
+    """(block logits float32[N, Lb, V], ψ float32[N]) from the forward's rows. ψ is 0 at a block's
+    first step unless it spans the whole generation."""
+    config, n = ctx.config, tokens.shape[0]
+    twist = config.strategies.twist
+    row_start, num_rows = _rows(ctx, block_start)
+    block = logits if num_rows == config.block else jax.lax.dynamic_slice_in_dim(
+        logits, block_start - row_start, config.block, axis=1)
+    if twist is None or (first and twist.rows == "block"):
+        return block, jnp.zeros((n,), jnp.float32)
+    masked = jax.lax.dynamic_slice_in_dim(tokens, row_start, num_rows, axis=1) == config.mask_id
+
+    def psi_one(lg, m):
+        return twist(jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1), m).astype(jnp.float32)
+
+    return block, _map_particles(psi_one, config.particle_chunk, logits, masked)
+
+
+def _pending(increments, psi):
+    """A step's increment before its ψ(next) term is known: w_s − ψ(x^s)."""
+    return increments - psi
+
+
+def _step(ctx: _Context, state: SMCState, block_start, step_in_block, *, first: bool, complete: bool) -> SMCState:
+    """One denoising step of all N particles of one prompt (see the module docstring)."""
+    config, n = ctx.config, ctx.config.num_particles
+    logits, particles = _forward(ctx, state.particles, block_start, first)
     flags = jnp.where(jnp.any(jnp.isnan(logits)), ERROR_NAN_LOGITS, 0)
     if first:  # the vocabulary is the logits' width, known once traced: check the prompt's ids
-        real_prompt = seq.prompt & seq.valid
-        outside = (parts.tokens[0] < 0) | (parts.tokens[0] >= logits.shape[-1])
+        real_prompt = ctx.seq.prompt & ctx.seq.valid
+        outside = (particles.tokens[0] < 0) | (particles.tokens[0] >= logits.shape[-1])
         flags |= jnp.where(jnp.any(outside & real_prompt), ERROR_PROMPT_OUT_OF_VOCAB, 0)
-
-    block_tokens = jax.lax.dynamic_slice_in_dim(parts.tokens, block_start, lb, axis=1)
-    masked = block_tokens == config.mask_id
-    prop = jax.vmap(strat.proposal)(draw_keys, logits)
-    revealed = jax.vmap(lambda k, c, m: strat.select(k, SelectInput(c, m, step_in_block, config.steps_per_block)))(
-        select_keys, prop.confidence, masked)
-    new_block = jnp.where(revealed, prop.x0, block_tokens)
-    tokens = jax.lax.dynamic_update_slice_in_dim(parts.tokens, new_block, block_start, axis=1)
-    old_logp = jax.lax.dynamic_slice_in_dim(parts.token_logp, block_start, lb, axis=1)
-    token_logp = jax.lax.dynamic_update_slice_in_dim(
-        parts.token_logp, jnp.where(revealed, prop.logp, old_logp), block_start, axis=1)
-
-    gen = ~seq.prompt
-    revealed_fraction = jnp.sum((tokens != config.mask_id) & gen, axis=1) / config.gen_length
-    info = StepInfo(
-        step=jnp.broadcast_to(state.step, (n,)),
-        step_in_block=jnp.broadcast_to(jnp.asarray(step_in_block, jnp.int32), (n,)),
-        block_start=jnp.broadcast_to(jnp.asarray(block_start, jnp.int32), (n,)),
-        tokens=tokens, revealed=revealed, x0=prop.x0, logp=prop.logp,
-        confidence=prop.confidence, log_probs=prop.log_probs,
-        revealed_fraction=revealed_fraction.astype(jnp.float32),
-    )
-    increments = jax.vmap(strat.weight, in_axes=(None, 0))(weight_params, info)
-    log_weights = state.log_weights + increments.astype(jnp.float32)
-
-    t = state.step
-    state = state._replace(
-        particles=ParticleState(tokens, token_logp, cache),
-        log_weights=log_weights,
-        step=t + 1,
-        nfe=state.nfe + n,
-        ess=state.ess.at[t].set(resampling.ess(log_weights)),
-        error=state.error | flags,
-    )
-    if early_exit:  # the block ends when every particle revealed it, or at its last allowed step
-        still_masked = jnp.any(jax.lax.dynamic_slice_in_dim(tokens, block_start, lb, axis=1) == config.mask_id)
-        block_end = ~still_masked | (step_in_block + 1 >= config.steps_per_block)
-    else:
-        block_end = step_in_block + 1 >= config.steps_per_block
-    return _resample_if_due(config, key, state, block_end)
+    block_logits, psi = _split_rows(ctx, logits, particles.tokens, block_start, first)
+    state = state._replace(particles=particles, nfe=state.nfe + n)
+    if complete:
+        state, block_logits, psi = _complete(ctx, state, psi, block_start, step_in_block - 1, at_block_end=first,
+                                             logits=block_logits)
+    step_key = jax.random.fold_in(ctx.key, state.step)
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(n))
+    particles, increments = _reveal(ctx, keys, state.particles, block_logits, block_start, step_in_block,
+                                    state.step)
+    psi = jnp.where(state.step == 0, 0.0, psi)  # ψ of the run's start (all masked) is 0 by definition
+    return state._replace(particles=particles, pending=_pending(increments, psi), step=state.step + 1,
+                          error=state.error | flags)
 
 
-def _resample_if_due(config: SMCConfig, key, state: SMCState, block_end) -> SMCState:
-    """Resample after step ``state.step - 1`` when the trigger fires (never on degenerate weights)."""
+def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, step_in_block, step):
+    """Proposal, SELECT, reveal and weight for every particle: (particles, increments float32[N])."""
+    config = ctx.config
+    strat = config.strategies
+    lb, g = config.block, config.gen_length
+    gen = ~ctx.seq.prompt
+
+    def one(key, tokens, token_logp, history, lg):
+        draw_key, select_key = jax.random.split(key)
+        block_tokens = jax.lax.dynamic_slice_in_dim(tokens, block_start, lb)
+        masked = block_tokens == config.mask_id
+        prop = strat.proposal(draw_key, lg)
+        revealed = strat.select(select_key, SelectInput(prop.confidence, masked, step_in_block,
+                                                        config.steps_per_block))
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, jnp.where(revealed, prop.x0, block_tokens), block_start, 0)
+        old_logp = jax.lax.dynamic_slice_in_dim(token_logp, block_start, lb)
+        token_logp = jax.lax.dynamic_update_slice_in_dim(token_logp, jnp.where(revealed, prop.logp, old_logp),
+                                                         block_start, 0)
+        fraction = jnp.sum((tokens != config.mask_id) & gen) / g
+        info = StepInfo(step=step, step_in_block=jnp.asarray(step_in_block, jnp.int32),
+                        block_start=jnp.asarray(block_start, jnp.int32), tokens=tokens, revealed=revealed,
+                        x0=prop.x0, logp=prop.logp, confidence=prop.confidence, log_probs=prop.log_probs,
+                        revealed_fraction=fraction.astype(jnp.float32))
+        increment = jnp.asarray(strat.weight(ctx.weight_params, info), jnp.float32)
+        if history != ():
+            old_step = jax.lax.dynamic_slice_in_dim(history.reveal_step, block_start, lb)
+            history = MoveHistory(
+                reveal_step=jax.lax.dynamic_update_slice_in_dim(
+                    history.reveal_step, jnp.where(revealed, step_in_block, old_step), block_start, 0),
+                step_increments=history.step_increments.at[step_in_block].set(increment))
+        return tokens, token_logp, history, increment
+
+    tokens, token_logp, history, increments = _map_particles(
+        one, config.particle_chunk, keys, particles.tokens, particles.token_logp, particles.history, logits)
+    return particles._replace(tokens=tokens, token_logp=token_logp, history=history), increments
+
+
+def _complete(ctx: _Context, state: SMCState, psi, block_start, last_step, *, at_block_end: bool, logits=None):
+    """Complete the pending step (``state.step - 1``) with ψ of the current state, then resample if
+    the trigger fires (the one place that decides it) and move the resampled particles.
+
+    Returns (state, logits, psi), the last two gathered/moved with the particles (logits may be None).
+    """
+    config = ctx.config
     strat = config.strategies
     n = config.num_particles
-    t = state.step - 1
-    lw = state.log_weights
+    pending = state.step > 0  # False only at the run's very first forward (nothing to complete yet)
+    t = jnp.maximum(state.step - 1, 0)
+    lw = jnp.where(pending, state.log_weights + state.pending + psi, state.log_weights)
+    state = state._replace(log_weights=lw, pending=jnp.zeros_like(state.pending),
+                           ess=jnp.where(pending, state.ess.at[t].set(resampling.ess(lw)), state.ess))
     degenerate = resampling.weights_are_degenerate(lw)
-    trigger = strat.resample_when(lw, state.step, block_end) & ~degenerate
-    resample_key = jax.random.fold_in(jax.random.fold_in(key, STREAM_RESAMPLE), t)
+    trigger = pending & strat.resample_when(lw, state.step, jnp.bool_(at_block_end)) & ~degenerate
+    resample_key = jax.random.fold_in(jax.random.fold_in(ctx.key, STREAM_RESAMPLE), t)
     ancestors, new_lw = strat.gradient_estimator(resample_key, lw, strat.resampler)
 
-    def do(st):
-        return st._replace(
+    def resample(carry):
+        st, lg, ps = carry
+        st = st._replace(
             particles=resampling.gather(st.particles, ancestors),
             log_weights=new_lw,
             log_z=st.log_z + logsumexp(lw) - math.log(n),
             ancestors=st.ancestors.at[t].set(ancestors),
             resampled=st.resampled.at[t].set(True),
         )
+        lg = None if lg is None else jnp.take(lg, ancestors, axis=0)
+        ps = jnp.take(ps, ancestors, axis=0)
+        if strat.move is not None:
+            st, lg, ps = _move(ctx, st, lg, ps, block_start, last_step, at_block_end)
+        return st, lg, ps
 
-    state = jax.lax.cond(trigger, do, lambda st: st, state)
-    return state._replace(error=state.error | jnp.where(degenerate, ERROR_DEGENERATE_WEIGHTS, 0))
+    state, logits, psi = jax.lax.cond(trigger, resample, lambda c: c, (state, logits, psi))
+    state = state._replace(error=state.error | jnp.where(degenerate, ERROR_DEGENERATE_WEIGHTS, 0))
+    return state, logits, psi
+
+
+def _move(ctx: _Context, state: SMCState, logits, psi, block_start, last_step, at_block_end: bool):
+    """Apply the configured move to the just-resampled particles (see ``srsmc_jax.move``)."""
+    config = ctx.config
+    strat = config.strategies
+    n = config.num_particles
+    t = state.step - 1
+
+    def forward(particles):
+        lg, particles = _forward(ctx, particles, block_start, first=False)
+        return _split_rows(ctx, lg, particles.tokens, block_start, first=False)[0], particles
+
+    def twist(lg, particles):
+        return _split_rows(ctx, lg, particles.tokens, block_start, first=False)[1]
+
+    def reveal(keys, particles, lg, step_in_block):  # the re-simulated step keeps its global index
+        return _reveal(ctx, keys, particles, lg, block_start, step_in_block, t - last_step + step_in_block)
+
+    ops = MoveOps(forward=forward, reveal=reveal, twist=twist, mask_id=config.mask_id,
+                  block_length=config.block, data_dependent=strat.select.data_dependent)
+    inp = MoveInput(state.particles, psi, jnp.asarray(last_step, jnp.int32), jnp.asarray(block_start, jnp.int32),
+                    at_block_end, logits is not None)
+    move_key = jax.random.fold_in(jax.random.fold_in(ctx.key, STREAM_MOVE), t)
+    out = strat.move(move_key, inp, ops)
+    if logits is not None:
+        logits = jnp.where(out.accepted[:, None, None], out.logits, logits)
+    state = state._replace(particles=out.particles, nfe=state.nfe + n * out.nfe,
+                           move_acceptance=state.move_acceptance.at[t].set(jnp.mean(out.accepted)))
+    return state, logits, out.psi
 
 
 def _finish(config: SMCConfig, key, state: SMCState, plen: int) -> SMCResult:
@@ -434,14 +585,15 @@ def _finish(config: SMCConfig, key, state: SMCState, plen: int) -> SMCResult:
         nfe=state.nfe,
         num_steps=state.step,
         error=state.error | jnp.where(degenerate, ERROR_DEGENERATE_WEIGHTS, 0),
+        move_acceptance=state.move_acceptance,
     )
 
 
 def _check_logits(logits, config: SMCConfig, rows: int) -> None:
     """Shape checks at trace time, i.e. before anything runs. ``logits``: [N, rows, V]."""
     if logits.ndim != 3 or logits.shape[1] != rows:
-        raise ValueError(f"denoiser: expected float[block_length, V] logits with {rows} rows per sequence, "
-                         f"got shape {tuple(logits.shape[1:])}")
+        raise ValueError(f"denoiser: expected float[{rows}, V] logits (the rows the engine asked for) per "
+                         f"sequence, got shape {tuple(logits.shape[1:])}")
     vocab = logits.shape[-1]
     if not 0 <= config.mask_id < vocab:
         raise ValueError(

@@ -56,19 +56,26 @@ class ExactToy:
             np.add.at(m[j], self.states[ok, j], self.joint[ok])
         return m / m.sum(axis=1, keepdims=True)
 
-    def enumerate(self, select: str, steps: int, weight, schedule: str = "linear", threshold: float = 0.9):
-        """Exact final-state measures for one block covering the whole generation (τ = 1).
+    def enumerate(self, select: str, steps: int, weight, schedule: str = "linear", threshold: float = 0.9,
+                  block: int | None = None):
+        """Exact final-state measures (τ = 1), the generation split into blocks of ``block`` positions
+        (None: one block) with ``steps`` steps per block.
 
         weight(logp_revealed_sum, revealed_fraction) -> log increment.
         Returns (q, gamma): q[s] = proposal probability of ending in state s, gamma[s] = Σ over
         paths ending in s of q(path)·exp(Σ log increments). Z = gamma.sum().
         """
         q, gamma = defaultdict(float), defaultdict(float)
-        counts = schedules.transfer_counts(self.gen, steps)
+        block = self.gen if block is None else block
+        counts = schedules.transfer_counts(block, steps)
 
-        def rec(x, step, prob, logw):
-            masked = [j for j, v in enumerate(x) if v is None]
+        def rec(x, b, step, prob, logw):
+            lo, hi = b * block, (b + 1) * block
+            masked = [j for j in range(lo, hi) if x[j] is None]
             if not masked or step == steps:
+                if hi < self.gen:
+                    rec(x, b + 1, 0, prob, logw)
+                    return
                 key = tuple(x)
                 q[key] += prob
                 gamma[key] += prob * math.exp(logw)
@@ -88,9 +95,9 @@ class ExactToy:
                             nx[j] = v
                     lp = sum(math.log(conf[j]) for j in subset)
                     frac = sum(v is not None for v in nx) / self.gen
-                    rec(tuple(nx), step + 1, prob * p_draw * p_sub, logw + weight(lp, frac))
+                    rec(tuple(nx), b, step + 1, prob * p_draw * p_sub, logw + weight(lp, frac))
 
-        rec(tuple([None] * self.gen), 0, 1.0, 0.0)
+        rec(tuple([None] * self.gen), 0, 0, 1.0, 0.0)
         keys = [tuple(int(v) for v in s) for s in self.states]
         return np.array([q[k] for k in keys]), np.array([gamma[k] for k in keys])
 

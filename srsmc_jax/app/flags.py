@@ -58,6 +58,8 @@ def _parser_for(field: dataclasses.Field):
         return str, REGISTRIES[field.name].names()
     if field.name == "resample_every":
         return _resample_every, None
+    if "choices" in field.metadata:
+        return str, tuple(field.metadata["choices"])
     table = {"int": int, "float": float, "Optional[int]": _optional(int), "Optional[float]": _optional(float)}
     if ann in table:
         return table[ann], None
