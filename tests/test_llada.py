@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.attention import CacheWindow
+from models.transformer import AttentionInputs, CachedKV
 from toys import seq_info as _seq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +94,9 @@ def _raw_cached(model, tokens, cache, window_start, lo, hi):
     L = cache["k"].shape[1]
     q_len = tokens.shape[0]
     pos = jnp.arange(L)[None]
-    h, _ = m.hidden(jnp.asarray(tokens)[None], pos[:, window_start:window_start + q_len], pos, None, None,
-                    cache={"k": cache["k"][None], "v": cache["v"][None]},
-                    mix=(jnp.int32(window_start), jnp.int32(lo), jnp.int32(hi)))
+    window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
+    h, _ = m.hidden(jnp.asarray(tokens)[None], AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
+                    CachedKV(cache["k"][None], cache["v"][None], window))
     return np.asarray(m.head(h[0]))
 
 
