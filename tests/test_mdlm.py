@@ -150,7 +150,7 @@ def _fake_lightning_ckpt(path: Path, *, ema: bool, noise: float):
     import torch
     from safetensors.numpy import load_file
 
-    from convert.mappings import dit_table
+    from models.dit.hf_keys import dit_table
     from models.dit import MDLMConfig
 
     ref = load_file(str(REF / "model.safetensors"))
