@@ -98,21 +98,32 @@ def _need_torch(src, what: str):
 def _torch_load(path: Path, torch, *, mmap: bool) -> object:
     """``torch.load(weights_only=True)``; a refused or unreadable pickle is one line naming the file."""
     import pickle
+    import re
+
+    def load(use_mmap: bool):
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=use_mmap)
+        except TypeError:  # a torch without mmap
+            return torch.load(str(path), map_location="cpu", weights_only=True)
 
     try:
         try:
-            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-        except TypeError:  # a torch without mmap
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return load(mmap)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return load(False)  # a legacy (non-zip) file, or not a checkpoint at all: the real error follows
     except pickle.UnpicklingError as e:
-        # torch's message suggests an unsafe load; show only which object was refused
-        refused = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln), None)
-        if refused is None:
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+        # torch's own message proposes ways to load arbitrary objects; name only what was refused
+        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        if not refused:
+            lines = (ln.strip() for ln in str(e).splitlines())
+            cause = next((ln for ln in lines if ln.startswith(("Unsupported", "invalid"))), type(e).__name__)
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({cause})") from None
         raise RuntimeError(
             f"{path}: refused by torch.load(weights_only=True), which loads tensors only: the pickle also holds "
-            f"Python objects ({refused}); save the weights as safetensors (or a tensors-only state_dict) with "
-            "the code that wrote the checkpoint") from None
+            f"Python objects ({', '.join(refused)}); save the weights as safetensors (or a tensors-only state_dict) "
+            "with the code that wrote the checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
 

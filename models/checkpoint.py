@@ -63,7 +63,8 @@ _LEGACY_FORMATS = ("srsmc-jax/1",)  # no file records: shapes are checked, bytes
 META_FILE = "srsmc_checkpoint.json"
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
-# Tokenizer files a converted folder may hold next to the params (what the families copy).
+# Tokenizer files copied from a source folder next to the params (``FamilySpec.tokenizer_files``
+# by default): the Hugging Face names, and GPT-2's original encoder.json / vocab.bpe (MDLM, BD3-LM).
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 
+from models.checkpoint import TOKENIZER_FILES
+
 __all__ = ["FamilySpec", "FamilyRegistry", "FAMILIES", "register_family", "family_spec", "detect_family",
            "spec_for_config", "Transform", "KeyTable", "identity", "transpose", "read_tokenizer_json"]
 
@@ -116,10 +118,7 @@ class FamilySpec:
     buffer_checks: Callable[[Any], Mapping[str, Callable[[np.ndarray], None]]] = _no_checks
     source_kinds: tuple[str, ...] = ("safetensors", "torch")
     tokenizer: Callable[[Path], Any] = read_tokenizer_json
-    tokenizer_files: tuple[str, ...] = (
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-        "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
-        "generation_config.json")
+    tokenizer_files: tuple[str, ...] = TOKENIZER_FILES
 
     def __post_init__(self):
         if not self.cache_kinds or self.cache_kinds[0] != "none":

@@ -153,6 +153,20 @@ def _check_stored(stored: dict, expected: dict, *, what: Path) -> None:
             raise ValueError(f"{what}: parameter {name} has dtype {np.dtype(stored[name].dtype)}, not a float dtype")
 
 
+def _dtypes(dtype: Any, param_dtype: Any) -> tuple[Any, Any]:
+    """(compute, param) dtypes; a bad name is a ValueError naming the argument."""
+    out = []
+    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        try:
+            dt = dtype_from_name(value)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name}: {e}") from None
+        if dt is not None and not jnp.issubdtype(dt, jnp.floating):
+            raise ValueError(f"{name}: {jnp.dtype(dt).name} is not a floating-point dtype; use float32 or bfloat16")
+        out.append(dt)
+    return out[0], out[0] if out[1] is None else out[1]
+
+
 def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dtype: Any = None,
          precision: Any = None, verify: bool = True) -> LoadedModel:
     """Load a converted checkpoint folder (``models/checkpoint.py``), verified before use.
@@ -172,8 +186,7 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     path = Path(path).absolute()  # orbax needs an absolute path
     if not path.is_dir():
         raise ValueError(f"{path} is not a converted checkpoint folder (it does not exist or is not a folder)")
-    cdtype = dtype_from_name(dtype)
-    pdtype = cdtype if param_dtype is None else dtype_from_name(param_dtype)
+    cdtype, pdtype = _dtypes(dtype, param_dtype)
     meta = checkpoint.read_meta(path)
     try:
         spec = family_spec(meta.family)
@@ -193,8 +206,7 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
 def random_model(cfg: Any, *, seed: int = 0, dtype: Any = "float32", param_dtype: Any = None) -> LoadedModel:
     """A randomly initialised model for a family config (tests, benchmarks)."""
     spec = spec_for_config(cfg)
-    cdtype = dtype_from_name(dtype)
-    pdtype = cdtype if param_dtype is None else dtype_from_name(param_dtype)
+    cdtype, pdtype = _dtypes(dtype, param_dtype)
     m = spec.module_class(cfg, dtype=cdtype, param_dtype=pdtype, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(m)
     return LoadedModel(spec.name, cfg, graphdef, state, dtype=cdtype)

@@ -47,7 +47,7 @@ from flax import nnx
 
 from models.attention import KV, attention
 from models.common import Rope, apply_rope, linear, rope_cos_sin
-from models.dit.config import BD3LMConfig, DiTConfig, MDLMConfig
+from models.dit.config import DiTConfig
 
 __all__ = ["DiTModel", "MDLMModel", "BD3LMModel", "DiTBlock", "block_causal_mask", "block_diff_mask"]
 

@@ -54,8 +54,6 @@ _COMMON = dict(
     sees_padding=False,
     source_kinds=("safetensors", "torch", "lightning"),
     tokenizer=_tokenizer,
-    tokenizer_files=("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                     "merges.txt", "encoder.json", "vocab.bpe", "generation_config.json"),
 )
 
 MDLM = register_family(FamilySpec(
