@@ -45,6 +45,7 @@ class EmbeddedTask:
     problem_field: ClassVar[str]                # the problem record field holding the prompt text
     problem_noun: ClassVar[str]                 # "puzzles", "problems" (training log)
     train_defaults: ClassVar[TrainDefaults]
+    family: ClassVar[str] = "llada"             # the architecture of every embedded model
 
     # ---- model ---------------------------------------------------------------------------------
     def model_config(self) -> dict:
@@ -102,11 +103,11 @@ class EmbeddedTask:
         import jax.numpy as jnp
 
         import srsmc_jax as sr
-        from models.llada import LLaDAConfig
+        from models.family import family_spec
         from models.load import LoadedModel
 
-        cfg = LLaDAConfig.from_dict(self.model_config())
-        den = LoadedModel("llada", cfg, graphdef, params).as_denoiser()
+        cfg = family_spec(self.family).config_from_dict(self.model_config())
+        den = LoadedModel(self.family, cfg, graphdef, params).as_denoiser()
         config = sr.SMCConfig(num_particles=1, gen_length=self.gen_length, block_length=self.gen_length,
                               mask_id=self.mask_id, temperature=0.0)
         texts = [p[self.problem_field] for p in problems]

@@ -66,7 +66,7 @@ def save(out: Path, params, task: EmbeddedTask) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = Path(tmp) / "tokenizer.json"
         task.write_tokenizer(tokenizer)
-        return write_checkpoint(out, flat, family="llada", param_dtype="float32", config=task.model_config(),
+        return write_checkpoint(out, flat, family=task.family, param_dtype="float32", config=task.model_config(),
                                 source=source, files={"tokenizer.json": tokenizer}, force=True)
 
 
