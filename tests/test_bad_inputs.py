@@ -35,7 +35,8 @@ import pytest
 from shared_files import REPO, missing, reference_dir
 
 LLADA = reference_dir("llada")
-pytestmark = pytest.mark.skipif(not (LLADA / "model.safetensors").is_file(), reason=missing(LLADA))
+# per surface, not per module: rows that need no reference checkpoint run without shared/
+needs_reference = pytest.mark.skipif(not (LLADA / "model.safetensors").is_file(), reason=missing(LLADA))
 
 
 # ---- outcome classes ------------------------------------------------------------------------------
@@ -330,6 +331,7 @@ def check_cli(expect, code: int, out: str, err: str, root: Path) -> None:
 
 
 @pytest.mark.parametrize("case", CONVERT_CLI, ids=lambda c: c.id)
+@needs_reference
 def test_convert_cli(case: Case, ws: Workspace, capsys):
     if case.needs is not None and (reason := case.needs()):
         pytest.skip(reason)
@@ -438,6 +440,7 @@ LOAD_API = [
 
 
 @pytest.mark.parametrize("case", LOAD_API, ids=lambda c: c.id)
+@needs_reference
 def test_load(case: Case, ws: Workspace):
     import models
 
@@ -451,6 +454,7 @@ def test_load(case: Case, ws: Workspace):
     assert ws.snapshot() == before, "a file changed"
 
 
+@needs_reference
 def test_damaged_tokenizer_without_a_record_is_one_line(ws: Workspace):
     """A tokenizer.json added by hand (not recorded) that does not parse: named, one line."""
     import models
@@ -465,6 +469,7 @@ def test_damaged_tokenizer_without_a_record_is_one_line(ws: Workspace):
         _ = models.load(ck).tokenizer
 
 
+@needs_reference
 def test_legacy_checkpoint_loads_with_a_warning(ws: Workspace):
     """A checkpoint written before checksums (format srsmc-jax/1) still loads, shape-checked,
     with a warning that it cannot be verified."""
@@ -490,6 +495,7 @@ SUBPROCESS = [
 
 
 @pytest.mark.parametrize("case", SUBPROCESS, ids=lambda c: c.id)
+@needs_reference
 def test_subprocess(case: Case, ws: Workspace):
     argv = [str(a) for a in case.setup(ws)]
     before = ws.snapshot()
@@ -511,6 +517,7 @@ def _old_checkpoint(ws: Workspace) -> Path:
     return convert_checkpoint(other, ws.root / "out")
 
 
+@needs_reference
 def test_force_replaces_the_whole_folder(ws: Workspace, capsys):
     import models
 
@@ -524,6 +531,7 @@ def test_force_replaces_the_whole_folder(ws: Workspace, capsys):
 
 
 @pytest.mark.parametrize("fail_at", ["_save_params", "_check_staged", "_commit"])
+@needs_reference
 def test_force_failure_midway_keeps_the_old_checkpoint(ws: Workspace, capsys, monkeypatch, fail_at):
     """A failure at any point of the write leaves DST exactly as it was, and no staging folder."""
     from models import checkpoint
@@ -543,6 +551,7 @@ def test_force_failure_midway_keeps_the_old_checkpoint(ws: Workspace, capsys, mo
     assert ws.snapshot() == before
 
 
+@needs_reference
 def test_force_without_atomic_exchange_restores_the_old_checkpoint(ws: Workspace, capsys, monkeypatch):
     """Where renameat2(RENAME_EXCHANGE) is missing, DST is moved aside, then the new folder
     renamed in; if that second rename fails, the old folder is put back."""
@@ -569,6 +578,7 @@ def test_force_without_atomic_exchange_restores_the_old_checkpoint(ws: Workspace
     assert sorted(p.name for p in ws.root.iterdir()) == ["other", "out", "src"]
 
 
+@needs_reference
 def test_force_killed_midway_leaves_a_valid_checkpoint(ws: Workspace):
     """SIGKILL during the write: DST is the old checkpoint or the new one, complete and verified,
     never a mix; a leftover staging folder does not stop the next conversion."""
