@@ -1,4 +1,5 @@
-"""Reading Hugging Face checkpoints shard by shard, and writing the converted orbax checkpoint.
+"""Reading the tensors of a Hugging Face checkpoint, shard by shard (the converted folder is
+written by ``models/checkpoint.py``).
 
 Sources: ``model.safetensors``, sharded ``*.safetensors`` with ``model.safetensors.index.json``,
 or ``pytorch_model*.bin`` (with or without ``pytorch_model.bin.index.json``), or a Lightning
@@ -11,25 +12,25 @@ with ``weights_only=True`` (and ``mmap=True``) only.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-__all__ = ["source_files", "iter_tensors", "write_checkpoint", "TOKENIZER_FILES"]
+__all__ = ["source_files", "iter_tensors", "load_lightning"]
 
-# Files copied next to the converted params when the source folder has them.
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
-    "generation_config.json",
-)
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _shards_from_index(index_path: Path) -> list[Path]:
-    data = json.loads(index_path.read_text())
-    weight_map = data.get("weight_map")
+    try:
+        data = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{index_path}: not a readable shard index ({_first_line(e)})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path}: no 'weight_map' in the index")
     names = sorted(set(weight_map.values()))
@@ -46,8 +47,10 @@ def source_files(src: str | Path) -> tuple[str, list[Path]]:
     src = Path(src)
     if src.is_file() and src.suffix == ".ckpt":
         return "lightning", [src]
+    if not src.exists():
+        raise ValueError(f"{src}: does not exist")
     if not src.is_dir():
-        raise ValueError(f"{src} is not a directory")
+        raise ValueError(f"{src}: is a file; give the Hugging Face model folder (or a Lightning .ckpt file)")
     idx = src / "model.safetensors.index.json"
     if idx.is_file():
         return "safetensors", _shards_from_index(idx)
@@ -92,18 +95,61 @@ def _need_torch(src, what: str):
     return torch
 
 
+def _torch_load(path: Path, torch, *, mmap: bool) -> object:
+    """``torch.load(weights_only=True)``; a refused or unreadable pickle is one line naming the file."""
+    import pickle
+    import re
+
+    def load(use_mmap: bool):
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=use_mmap)
+        except TypeError:  # a torch without mmap
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+
+    try:
+        try:
+            return load(mmap)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return load(False)  # a legacy (non-zip) file, or not a checkpoint at all: the real error follows
+    except pickle.UnpicklingError as e:
+        # torch's own message proposes ways to load arbitrary objects; name only what was refused
+        refused = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        if not refused:
+            lines = (ln.strip() for ln in str(e).splitlines())
+            cause = next((ln for ln in lines if ln.startswith(("Unsupported", "invalid"))), type(e).__name__)
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({cause})") from None
+        raise RuntimeError(
+            f"{path}: refused by torch.load(weights_only=True), which loads tensors only: the pickle also holds "
+            f"Python objects ({', '.join(refused)}); save the weights as safetensors (or a tensors-only state_dict) "
+            "with the code that wrote the checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+
+
 def load_lightning(path: str | Path) -> dict:
     """``torch.load(path, map_location='cpu', weights_only=True)`` of a Lightning checkpoint."""
     torch = _need_torch(path, "a Lightning .ckpt pickle")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses arbitrary Python objects
-        raise RuntimeError(
-            f"{path}: torch.load(weights_only=True) refused the checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Training checkpoints may pickle Python objects "
-            "(hyper_parameters: an omegaconf config, a tokenizer) that a safe load cannot restore. In a trusted "
-            "environment, keep only the tensors: ck = torch.load(p, weights_only=False); "
-            "torch.save({'state_dict': ck['state_dict'], 'ema': ck.get('ema')}, 'weights.ckpt')") from e
+    return _torch_load(Path(path), torch, mmap=False)
+
+
+def _iter_safetensors(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        if f.stat().st_size == 0:
+            raise ValueError(f"{f}: empty file (0 bytes), not a safetensors file")
+        try:
+            with safe_open(str(f), framework="numpy") as fh:
+                for name in fh.keys():
+                    try:
+                        arr = fh.get_tensor(name)
+                    except (SafetensorError, ValueError, TypeError) as e:
+                        raise ValueError(f"{f}: cannot read tensor {name!r} ({_first_line(e)})") from None
+                    yield name, arr
+        except SafetensorError as e:
+            raise ValueError(f"{f}: not a readable safetensors file ({_first_line(e)})") from None
 
 
 def iter_lightning(path: str | Path, param_order: list[str], *, ema: bool = True,
@@ -153,55 +199,13 @@ def iter_tensors(src: str | Path, param_order: list[str] | None = None, ema: boo
         yield from iter_lightning(files[0], param_order, ema=ema)
         return
     if kind == "safetensors":
-        from safetensors import safe_open
-
-        for f in files:
-            with safe_open(str(f), framework="numpy") as fh:
-                for name in fh.keys():
-                    yield name, fh.get_tensor(name)
+        yield from _iter_safetensors(files)
         return
-    try:
-        import torch
-    except ImportError as e:
-        raise RuntimeError(
-            f"{src} holds pytorch_model*.bin pickles; reading them needs PyTorch (`pip install torch`), "
-            "which is not installed. Alternatively convert the folder to safetensors first."
-        ) from e
+    torch = _need_torch(src, "pytorch_model*.bin pickles")
     for f in files:
-        try:
-            state = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-        except TypeError:  # very old torch without mmap
-            state = torch.load(str(f), map_location="cpu", weights_only=True)
+        state = _torch_load(f, torch, mmap=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{f}: not a state dict (a {type(state).__name__})")
         for name in list(state.keys()):
             yield name, _torch_to_numpy(state.pop(name))
         del state
-
-
-def write_checkpoint(dst: str | Path, flat_params: dict[str, np.ndarray], *, src: str | Path, family: str,
-                     param_dtype: str, force: bool = False, config_path: str | Path | None = None) -> Path:
-    """Write ``dst/params`` (orbax StandardCheckpointer, a flat ``{name: array}`` dict),
-    ``dst/config.json``, ``dst/srsmc_checkpoint.json`` and any tokenizer files of ``src``."""
-    import orbax.checkpoint as ocp
-
-    from models.load import CHECKPOINT_META, PARAMS_DIR
-
-    dst = Path(dst).absolute()
-    src = Path(src)
-    params_dir = dst / PARAMS_DIR
-    if params_dir.exists():
-        if not force:
-            raise ValueError(f"{params_dir} already exists (use --force to overwrite)")
-        shutil.rmtree(params_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(params_dir, flat_params)
-    ckptr.wait_until_finished()
-    ckptr.close()
-    shutil.copyfile(Path(config_path) if config_path is not None else src / "config.json", dst / "config.json")
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-    meta = {"format": "srsmc-jax/1", "family": family, "param_dtype": param_dtype,
-            "source": str(src.absolute()), "n_params": int(sum(a.size for a in flat_params.values()))}
-    (dst / CHECKPOINT_META).write_text(json.dumps(meta, indent=2) + "\n")
-    return dst

@@ -1,17 +1,24 @@
-"""LLaDA(-1.5) and Dream as Flax NNX models, with ``models.load(path)`` for checkpoints converted by
-``python -m convert``. See ``models/README.md``."""
+"""Model families as Flax NNX modules (LLaDA, Dream, MDLM, BD3-LM), their registry, and
+``models.load(path)`` for checkpoints converted by ``python -m convert``. See ``models/README.md``.
 
-from models.load import (
-    CHECKPOINT_META,
-    FAMILIES,
+``FAMILIES`` maps each family name to its :class:`FamilySpec` (config and module classes,
+Hugging Face key table, cache kinds, chat template, ...); ``family_spec(name)`` looks one up.
+"""
+
+from models.family import FAMILIES, FamilySpec, detect_family, family_spec, register_family
+
+# The built-in families register themselves on import (one spec per folder).
+from models import llada, dream, dit  # noqa: E402,F401  isort: skip
+
+from models.checkpoint import META_FILE as CHECKPOINT_META  # noqa: E402
+from models.load import (  # noqa: E402
     LoadedModel,
     abstract_model,
     config_from_dict,
-    detect_family,
     load,
     param_count,
     random_model,
 )
 
 __all__ = ["load", "LoadedModel", "abstract_model", "config_from_dict", "detect_family", "random_model",
-           "param_count", "FAMILIES", "CHECKPOINT_META"]
+           "param_count", "FAMILIES", "FamilySpec", "family_spec", "register_family", "CHECKPOINT_META"]

@@ -1,18 +1,11 @@
-"""Pieces shared by the LLaDA and Dream ports: RMSNorm, rotary embeddings, attention, masks,
-and flat parameter-name helpers used by the converter and the loader.
-
-Conventions (all functions are pure and jittable):
-
-* ``B`` batch, ``Q`` query length, ``L`` key length (the full sequence), ``H`` query heads,
-  ``KV`` key/value heads (``H % KV == 0``; query head ``h`` uses KV head ``h // (H // KV)``,
-  exactly like ``repeat_kv`` / ``repeat_interleave`` in the official code), ``hd`` head dim.
-* Key/value caches hold **pre-RoPE** keys and values, as the Fast-dLLM caches of the official
-  SR-SMC code do; RoPE is applied to the whole key set on every call.
+"""Pieces shared by the ports: RMSNorm, rotary embeddings, ``nnx.Linear`` construction, and the
+flat parameter-name helpers (``"blocks.3.q_proj.kernel"`` <-> ``nnx.State``) used by the converter
+and the loader. Attention lives in ``models/attention.py``. All functions are pure and jittable.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,22 +14,24 @@ from flax import nnx
 
 __all__ = [
     "RMSNorm",
+    "Rope",
     "linear",
-    "self_attention",
-    "stack_hidden",
+    "rope_inv_freq",
     "rope_cos_sin",
     "apply_rope",
-    "attention",
-    "mix_cached_kv",
     "flat_abstract_params",
+    "check_flat_params",
     "flat_to_state",
     "flat_name",
     "dtype_from_name",
 ]
 
-# The additive bias for a masked key: the official LLaDA key-padding variant (dllm) adds
-# ``(1 - m) * finfo(float32).min``. Finite, so a fully masked row never produces NaN.
-_MASK_BIAS = float(np.finfo(np.float32).min)
+
+class Rope(NamedTuple):
+    """RoPE tables for a set of positions: cos, sin float32[..., T, hd] (``emb = cat(freqs, freqs)``)."""
+
+    cos: jax.Array
+    sin: jax.Array
 
 
 class RMSNorm(nnx.Module):
@@ -64,12 +59,12 @@ def rope_inv_freq(head_dim: int, theta: float) -> jax.Array:
     return jnp.asarray(np.float32(1.0) / np.power(np.float32(theta), exponent, dtype=np.float32))
 
 
-def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """positions: int[..., T] -> (cos, sin) float32[..., T, hd] with ``emb = cat(freqs, freqs)``."""
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> Rope:
+    """positions: int[..., T] -> :class:`Rope` (cos, sin float32[..., T, hd])."""
     inv = rope_inv_freq(head_dim, theta)
     freqs = positions.astype(jnp.float32)[..., None] * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    return Rope(jnp.cos(emb), jnp.sin(emb))
 
 
 def _rotate_half(x: jax.Array) -> jax.Array:
@@ -77,12 +72,13 @@ def _rotate_half(x: jax.Array) -> jax.Array:
     return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *, full_precision: bool) -> jax.Array:
-    """Rotate-half RoPE. x: [B, T, heads, hd]; cos/sin: float32[B, T, hd] (or [T, hd]).
+def apply_rope(x: jax.Array, rope: Rope, *, full_precision: bool) -> jax.Array:
+    """Rotate-half RoPE. x: [B, T, heads, hd]; rope: cos/sin float32[B, T, hd] (or [T, hd]).
 
-    ``full_precision=True`` (LLaDA's ``rope_full_precision``): compute in float32, cast back.
-    ``False`` (Dream/Qwen2): cos/sin are cast to x's dtype and the product is computed in it.
+    ``full_precision=True`` (LLaDA's ``rope_full_precision``, the DiT): compute in float32, cast
+    back. ``False`` (Dream/Qwen2): cos/sin are cast to x's dtype and the product is computed in it.
     """
+    cos, sin = rope
     if cos.ndim == 2:
         cos, sin = cos[None], sin[None]
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
@@ -93,91 +89,10 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *, full_precision: 
     return x * cos + _rotate_half(x) * sin
 
 
-def attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    key_mask: Optional[jax.Array] = None,
-    query_valid: Optional[jax.Array] = None,
-) -> jax.Array:
-    """Bidirectional scaled dot-product attention with GQA, scale ``1/sqrt(hd)``.
-
-    q: [B, Q, H, hd]; k, v: [B, L, KV, hd]; key_mask: bool[B, L] (False = key ignored, additive
-    ``finfo(float32).min`` bias as in the key-padding LLaDA variant); query_valid: bool[B, Q]
-    (False rows return zeros, like torch's SDPA for a fully masked row). Scores and softmax run
-    in float32; the output has q's dtype. Returns [B, Q, H, hd].
-    """
-    b, qlen, h, hd = q.shape
-    kvh = k.shape[2]
-    g = h // kvh
-    qg = q.reshape(b, qlen, kvh, g, hd)
-    scores = jnp.einsum("bqkgd,blkd->bkgql", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * jnp.float32(1.0 / np.sqrt(hd))
-    if key_mask is not None:
-        scores = scores + jnp.where(key_mask, 0.0, _MASK_BIAS).astype(jnp.float32)[:, None, None, None, :]
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgql,blkd->bqkgd", probs, v, preferred_element_type=jnp.float32)
-    out = out.reshape(b, qlen, h, hd).astype(q.dtype)
-    if query_valid is not None:
-        out = jnp.where(query_valid[:, :, None, None], out, jnp.zeros((), out.dtype))
-    return out
-
-
-def mix_cached_kv(
-    cached: jax.Array, fresh: jax.Array, window_start: jax.Array, lo: jax.Array, hi: jax.Array
-) -> jax.Array:
-    """Key/value set of a cached call: cached: [B, L, KV, hd]; fresh: [B, Q, KV, hd] computed for
-    positions ``window_start .. window_start+Q-1``. Positions in ``[lo, hi)`` take the fresh
-    values (they must lie inside the window), every other position the cached ones."""
-    written = jax.lax.dynamic_update_slice_in_dim(cached, fresh.astype(cached.dtype), window_start, axis=1)
-    pos = jnp.arange(cached.shape[1])
-    sel = (pos >= lo) & (pos < hi)
-    return jnp.where(sel[None, :, None, None], written, cached)
-
-
-def linear(din: int, dout: int, bias: bool, dtype: Any, param_dtype: Any, precision: Any, rngs: nnx.Rngs) -> nnx.Linear:
+def linear(din: int, dout: int, bias: bool, *, dtype: Any, param_dtype: Any, precision: Any,
+           rngs: nnx.Rngs) -> nnx.Linear:
     """``nnx.Linear`` with kernel [din, dout] (torch weight transposed) and optional bias [dout]."""
     return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
-
-
-def self_attention(h, q_proj, k_proj, v_proj, n_heads, kv_heads, head_dim, q_rope, k_rope, key_mask, query_valid,
-                   cached=None, mix=None, *, rope_full_precision: bool):
-    """Project ``h`` [B, Q, D] to q/k/v, mix k/v with a cache, apply RoPE and attend.
-
-    q_rope / k_rope: (cos, sin) float32 [B, Q, hd] / [B, L, hd]; cached: optional pre-RoPE (k, v)
-    [B, L, KV, hd]; mix: ``(window_start, lo, hi)`` (see :func:`mix_cached_kv`).
-    Returns (attention output [B, Q, H*hd], (k, v) pre-RoPE [B, Q, KV, hd] of the query tokens).
-    """
-    b, q_len, _ = h.shape
-    q = q_proj(h).reshape(b, q_len, n_heads, head_dim)
-    k = k_proj(h).reshape(b, q_len, kv_heads, head_dim)
-    v = v_proj(h).reshape(b, q_len, kv_heads, head_dim)
-    fresh = (k, v)
-    if cached is not None:
-        ws, lo, hi = mix
-        k = mix_cached_kv(cached[0], k, ws, lo, hi)
-        v = mix_cached_kv(cached[1], v, ws, lo, hi)
-    q = apply_rope(q, *q_rope, full_precision=rope_full_precision)
-    k = apply_rope(k, *k_rope, full_precision=rope_full_precision)
-    att = attention(q, k, v, key_mask, query_valid)
-    return att.reshape(b, q_len, n_heads * head_dim), fresh
-
-
-def stack_hidden(embed, layers, final_norm, dtype, head_dim, theta, tokens, q_pos, k_pos, key_mask=None,
-                 query_valid=None, cache=None, mix=None, collect_kv=False):
-    """Embedding -> layers -> final norm, shared by both families (see ``LLaDAModel.hidden``)."""
-    q_rope = rope_cos_sin(q_pos, head_dim, theta)
-    k_rope = rope_cos_sin(k_pos, head_dim, theta)
-    x = embed(tokens).astype(dtype)
-    ks, vs = [], []
-    for i, layer in enumerate(layers):
-        cached = None if cache is None else (cache["k"][:, i], cache["v"][:, i])
-        x, (k, v) = layer(x, q_rope, k_rope, key_mask, query_valid, cached, mix)
-        if collect_kv:
-            ks.append(k)
-            vs.append(v)
-    kv = {"k": jnp.stack(ks, 1), "v": jnp.stack(vs, 1)} if collect_kv else None
-    return final_norm(x), kv
 
 
 # --------------------------------------------------------------------------------------------

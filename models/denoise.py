@@ -33,6 +33,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.attention import CacheWindow
+from models.protocol import KVCachedLM
+from models.transformer import AttentionInputs, CachedKV
 from srsmc_jax.denoiser import CachedDenoiser, Denoiser, SequenceInfo
 
 __all__ = ["build_denoiser"]
@@ -49,7 +52,7 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
     cfg_scale = float(cfg_scale)
 
     def parts(params, tokens, seq: SequenceInfo):
-        m = nnx.merge(graphdef, params)
+        m: KVCachedLM = nnx.merge(graphdef, params)
         valid = seq.valid[None].astype(bool)
         pos = m.positions(valid)
         qvalid = valid if m.mask_pad_queries else None
@@ -68,7 +71,7 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
     # ---------------------------------------------------------------- no cache
     def plain(params, tokens, seq):
         m, valid, pos, qvalid = parts(params, tokens, seq)
-        h, _ = m.hidden(tokens[None], pos, pos, valid, qvalid)
+        h, _ = m.hidden(tokens[None], AttentionInputs(q_pos=pos, k_pos=pos, key_mask=valid, query_valid=qvalid))
         logits = m.head(h[0])
         if m.position_shift:
             logits = jnp.concatenate([logits[:1], logits[:-1]], axis=0)
@@ -76,19 +79,17 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
 
     # ---------------------------------------------------------------- caches
     def init(params, tokens, seq):
-        m = nnx.merge(graphdef, params)
-        c = m.config
-        n_layers = getattr(c, "n_layers", None) or c.num_hidden_layers
-        kvh = getattr(c, "kv_heads", None) or c.num_key_value_heads
-        shape = (n_layers, tokens.shape[0], kvh, c.head_dim)
+        m: KVCachedLM = nnx.merge(graphdef, params)
+        shape = m.kv_cache_shape(tokens.shape[0])
         return {"k": jnp.zeros(shape, m.dtype), "v": jnp.zeros(shape, m.dtype)}
 
     def refresh(params, tokens, seq, cache_, block_start, block_length):
         del cache_
         m, valid, pos, qvalid = parts(params, tokens, seq)
-        h, kv = m.hidden(tokens[None], pos, pos, valid, qvalid, collect_kv=True)
+        h, kv = m.hidden(tokens[None], AttentionInputs(q_pos=pos, k_pos=pos, key_mask=valid, query_valid=qvalid),
+                         collect_kv=True)
         logits = block_rows(m, h[0], 0, block_start, block_length)
-        return logits, {"k": kv["k"][0], "v": kv["v"][0]}
+        return logits, {"k": kv.k[0], "v": kv.v[0]}
 
     def step(params, tokens, seq, cache_, block_start, block_length):
         m, valid, pos, qvalid = parts(params, tokens, seq)
@@ -106,8 +107,8 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
         tq = jax.lax.dynamic_slice_in_dim(tokens, ws, wq)[None]
         q_pos = jax.lax.dynamic_slice_in_dim(pos, ws, wq, axis=1)
         qv = None if qvalid is None else jax.lax.dynamic_slice_in_dim(qvalid, ws, wq, axis=1)
-        batched = {"k": cache_["k"][None], "v": cache_["v"][None]}
-        h, _ = m.hidden(tq, q_pos, pos, valid, qv, cache=batched, mix=(ws, block_start, hi))
+        cached = CachedKV(cache_["k"][None], cache_["v"][None], CacheWindow(start=ws, lo=block_start, hi=hi))
+        h, _ = m.hidden(tq, AttentionInputs(q_pos=q_pos, k_pos=pos, key_mask=valid, query_valid=qv), cached)
         return block_rows(m, h[0], ws, block_start, block_length), cache_
 
     if cache is None:

@@ -1,30 +1,49 @@
-"""Test setup: 8 virtual CPU devices (must happen before any JAX computation) and shared paths."""
+"""Test setup: 8 virtual CPU devices (must happen before any JAX computation), the shared fixture
+folder, and the converted reference checkpoints.
 
-import os
+Fixtures: ``shared`` (Path of the shared folder, ``$SRSMC_SHARED`` or ``../shared``);
+``reference_checkpoint(family)`` / ``reference_model(family)`` (the reference checkpoint
+converted with ``python -m convert`` once per session, and loaded); and, for a test module that
+sets ``FAMILY = "llada"`` (or parametrises ``family`` indirectly): ``family``, ``reference``
+(its folder), ``cases`` (``cases.npz``), ``converted`` and ``model``.
+"""
+
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SRSMC_SHARED", REPO.parent / "shared"))
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from shared_files import REPO, reference_dir, shared_dir  # noqa: E402
 
-import subprocess
-import sys
 
-import pytest
+def pytest_configure(config):
+    # the reference folders have no tokenizer files: every conversion warns (tested in test_bad_inputs)
+    config.addinivalue_line("filterwarnings", "ignore::convert.ConversionWarning")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared fixture folder (skips the test when it is absent)."""
+    d = shared_dir()
+    if not d.is_dir():
+        pytest.skip(f"{d} is absent (set SRSMC_SHARED)")
+    return d
 
 
 @pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory):
-    """``get(family) -> Path``: ../shared/reference/<family> converted with ``python -m convert``,
+    """``get(family) -> Path``: shared/reference/<family> converted with ``python -m convert``,
     once per test session (skips when the fixture folder is absent)."""
     done = {}
 
     def get(family: str):
         if family not in done:
-            src = SHARED / "reference" / family
+            src = reference_dir(family)
             if not (src / "config.json").is_file():
                 pytest.skip(f"{src} is absent")
             dst = tmp_path_factory.mktemp(family) / "ckpt"
@@ -50,3 +69,29 @@ def reference_model(reference_checkpoint):
         return loaded[family]
 
     return get
+
+
+# ---- one family's reference, for a module with FAMILY = "..." ----------------------------------
+@pytest.fixture(scope="module")
+def family(request) -> str:
+    return getattr(request, "param", None) or request.module.FAMILY
+
+
+@pytest.fixture(scope="module")
+def reference(family) -> Path:
+    return reference_dir(family)
+
+
+@pytest.fixture(scope="module")
+def cases(reference):
+    return np.load(reference / "cases.npz")
+
+
+@pytest.fixture(scope="module")
+def converted(reference_checkpoint, family) -> Path:
+    return reference_checkpoint(family)
+
+
+@pytest.fixture(scope="module")
+def model(reference_model, family):
+    return reference_model(family)

@@ -5,40 +5,25 @@ the engine's exact block KV cache vs the no-cache path, and a full SR-SMC run wi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shared_files import missing, reference_dir
 from toys import seq_info as _seq
 
-ROOT = Path(__file__).resolve().parents[1]
-
-REF = ROOT / ".." / "shared" / "reference" / "bd3lm"
+FAMILY = "bd3lm"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
 
-pytestmark = pytest.mark.skipif(not (REF / "cases.npz").is_file(), reason="../shared/reference/bd3lm is absent")
+pytestmark = pytest.mark.skipif(not (reference_dir(FAMILY) / "cases.npz").is_file(),
+                                reason=missing(reference_dir(FAMILY) / "cases.npz"))
 
 
-@pytest.fixture(scope="module")
-def cases():
-    return np.load(REF / "cases.npz")
-
-
-@pytest.fixture(scope="module")
-def converted(reference_checkpoint):
-    return reference_checkpoint("bd3lm")
-
-
-@pytest.fixture(scope="module")
-def model(reference_model):
-    return reference_model("bd3lm")
-
-
-def test_config_from_checkpoint(model, cases):
-    raw = json.loads((REF / "config.json").read_text())
+def test_config_from_checkpoint(model, cases, reference):
+    raw = json.loads((reference / "config.json").read_text())
     c = model.config
     assert model.family == "bd3lm"
     assert c.block_size == raw["block_size"] == int(cases["block_size"])
@@ -80,8 +65,6 @@ def test_official_kv_cache(model, cases, tokens, want):
     np.testing.assert_allclose(np.asarray(run(model.params, toks)), cases[want], **TOL)
     if tokens == "kv_tokens":  # equal to the no-cache path while the window is not full
         np.testing.assert_allclose(np.asarray(run(model.params, toks)), cases["kv_nocache_logits"], **TOL)
-
-
 
 
 @pytest.mark.parametrize("block_mult", [1, 2])
@@ -159,20 +142,16 @@ def test_engine_with_cache_equals_without(model):
     assert not np.any(np.asarray(b.particles) == model.mask_id)
 
 
-def test_orbax_round_trip_exact(model, converted):
+def test_orbax_round_trip_exact(model, converted, reference):
     from flax import nnx
     from safetensors.numpy import load_file
 
     import models
     from models.common import flat_name
 
-    src = load_file(str(REF / "model.safetensors"))
-    again = models.load(converted)
+    src = load_file(str(reference / "model.safetensors"))
+    chex.assert_trees_all_equal(model.params, models.load(converted).params)
     la = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(model.params))[0]
-    lb = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(again.params))[0]
-    for (pa, a), (pb, b) in zip(la, lb):
-        assert flat_name(pa) == flat_name(pb)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     flat = {flat_name(p): np.asarray(v) for p, v in la}
     np.testing.assert_array_equal(flat["output_layer.linear.kernel"], src["backbone.output_layer.linear.weight"].T)
     meta = json.loads((converted / "srsmc_checkpoint.json").read_text())
@@ -181,15 +160,15 @@ def test_orbax_round_trip_exact(model, converted):
                                    if k not in ("sampling_eps_min", "sampling_eps_max", "backbone.rotary_emb.inv_freq"))
 
 
-def test_unexpected_key_is_rejected(tmp_path):
+def test_unexpected_key_is_rejected(tmp_path, reference):
     from safetensors.numpy import load_file, save_file
 
     from convert import convert_checkpoint
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "config.json").write_text((REF / "config.json").read_text())
-    t = load_file(str(REF / "model.safetensors"))
+    (src / "config.json").write_text((reference / "config.json").read_text())
+    t = load_file(str(reference / "model.safetensors"))
     t["backbone.blocks.0.attn_qkv.bias"] = np.zeros(t["backbone.blocks.0.attn_qkv.weight"].shape[0], np.float32)
     save_file(t, str(src / "model.safetensors"))
     with pytest.raises(ValueError, match="unexpected key 'backbone.blocks.0.attn_qkv.bias'"):

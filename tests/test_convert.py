@@ -9,33 +9,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from shared_files import missing, reference_dir
 
-SHARED = ROOT / ".." / "shared" / "reference"
+REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["llada", "dream"]
 
-pytestmark = pytest.mark.skipif(not (SHARED / "llada" / "model.safetensors").is_file(),
-                                reason="../shared/reference is absent")
+pytestmark = pytest.mark.skipif(not (reference_dir("llada") / "model.safetensors").is_file(),
+                                reason=missing(reference_dir("llada") / "model.safetensors"))
 
 
-def _weights(family):
+@pytest.fixture(scope="module")
+def refs(shared) -> Path:
+    """shared/reference: one folder per family."""
+    return shared / "reference"
+
+
+def _weights(refs, family):
     from safetensors.numpy import load_file
 
-    return load_file(str(SHARED / family / "model.safetensors"))
+    return load_file(str(refs / family / "model.safetensors"))
 
 
-def _hf_folder(tmp_path, family, tensors, name="src"):
+def _hf_folder(refs, tmp_path, family, tensors, name="src"):
     """A Hugging Face style folder with the fixture's config.json and the given tensors."""
     from safetensors.numpy import save_file
 
     d = tmp_path / name
     d.mkdir()
-    shutil.copyfile(SHARED / family / "config.json", d / "config.json")
+    shutil.copyfile(refs / family / "config.json", d / "config.json")
     save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
     return d
 
@@ -52,15 +59,15 @@ def _flat(path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_tensor_is_mapped_exactly(tmp_path, family):
+def test_every_tensor_is_mapped_exactly(tmp_path, family, refs):
     from convert import convert_checkpoint
     from convert.mappings import table_for
     from models import config_from_dict
 
-    dst = convert_checkpoint(SHARED / family, tmp_path / "out")
+    dst = convert_checkpoint(refs / family, tmp_path / "out")
     flat = _flat(dst)
-    w = _weights(family)
-    cfg = config_from_dict(family, json.loads((SHARED / family / "config.json").read_text()))
+    w = _weights(refs, family)
+    cfg = config_from_dict(family, json.loads((refs / family / "config.json").read_text()))
     table = table_for(family, cfg)
     assert set(table) == set(w)
     for name, arr in w.items():
@@ -69,39 +76,36 @@ def test_every_tensor_is_mapped_exactly(tmp_path, family):
     meta = json.loads((dst / "srsmc_checkpoint.json").read_text())
     assert meta["family"] == family and meta["param_dtype"] == "float32"
     assert meta["n_params"] == sum(a.size for a in w.values())
-    assert json.loads((dst / "config.json").read_text()) == json.loads((SHARED / family / "config.json").read_text())
+    assert json.loads((dst / "config.json").read_text()) == json.loads((refs / family / "config.json").read_text())
 
 
-def test_orbax_round_trip_bit_exact(tmp_path):
+def test_orbax_round_trip_bit_exact(tmp_path, refs):
     import orbax.checkpoint as ocp
 
     import models
     from convert import convert_checkpoint
 
-    dst = convert_checkpoint(SHARED / "llada", tmp_path / "out")
+    dst = convert_checkpoint(refs / "llada", tmp_path / "out")
     m = models.load(dst)
     ck = ocp.StandardCheckpointer()
     ck.save(tmp_path / "again", m.params)
     ck.wait_until_finished()
     back = ck.restore(tmp_path / "again", m.params)
     ck.close()
-    for a, b in zip(jax.tree.leaves(m.params), jax.tree.leaves(back)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # and loading twice gives the same arrays
-    for a, b in zip(jax.tree.leaves(m.params), jax.tree.leaves(models.load(dst).params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(m.params, back)
+    chex.assert_trees_all_equal(m.params, models.load(dst).params)  # and loading twice gives the same arrays
 
 
-def test_sharded_safetensors_with_index(tmp_path):
+def test_sharded_safetensors_with_index(tmp_path, refs):
     from safetensors.numpy import save_file
 
     from convert import convert_checkpoint
 
-    w = _weights("dream")
+    w = _weights(refs, "dream")
     names = sorted(w)
     src = tmp_path / "sharded"
     src.mkdir()
-    shutil.copyfile(SHARED / "dream" / "config.json", src / "config.json")
+    shutil.copyfile(refs / "dream" / "config.json", src / "config.json")
     (src / "tokenizer.json").write_text("{}")
     weight_map = {}
     for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
@@ -111,19 +115,19 @@ def test_sharded_safetensors_with_index(tmp_path):
     (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     dst = convert_checkpoint(src, tmp_path / "out")
     assert (dst / "tokenizer.json").is_file()
-    ref = convert_checkpoint(SHARED / "dream", tmp_path / "ref")
+    ref = convert_checkpoint(refs / "dream", tmp_path / "ref")
     a, b = _flat(dst), _flat(ref)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_bf16_source_keeps_bf16(tmp_path):
+def test_bf16_source_keeps_bf16(tmp_path, refs):
     import models
     from convert import convert_checkpoint
 
-    w = {k: v.astype(ml_dtypes.bfloat16) for k, v in _weights("llada").items()}
-    src = _hf_folder(tmp_path, "llada", w)
+    w = {k: v.astype(ml_dtypes.bfloat16) for k, v in _weights(refs, "llada").items()}
+    src = _hf_folder(refs, tmp_path, "llada", w)
     dst = convert_checkpoint(src, tmp_path / "out")
     assert json.loads((dst / "srsmc_checkpoint.json").read_text())["param_dtype"] == "bfloat16"
     m = models.load(dst, dtype="bfloat16")
@@ -135,87 +139,87 @@ def test_bf16_source_keeps_bf16(tmp_path):
     np.testing.assert_array_equal(np.asarray(m32.params["wte"]["embedding"][...]),
                                   w["model.transformer.wte.weight"].astype(np.float32))
     # --dtype casts a float32 source
-    dst2 = convert_checkpoint(SHARED / "llada", tmp_path / "out2", dtype="bfloat16")
+    dst2 = convert_checkpoint(refs / "llada", tmp_path / "out2", dtype="bfloat16")
     assert json.loads((dst2 / "srsmc_checkpoint.json").read_text())["param_dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_missing_key_is_named(tmp_path, family):
+def test_missing_key_is_named(tmp_path, family, refs):
     from convert import convert_checkpoint
 
-    w = _weights(family)
+    w = _weights(refs, family)
     victim = sorted(w)[3]
     del w[victim]
-    src = _hf_folder(tmp_path, family, w)
+    src = _hf_folder(refs, tmp_path, family, w)
     with pytest.raises(ValueError, match=f"missing key.*{victim.replace('.', '[.]')}"):
         convert_checkpoint(src, tmp_path / "out")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_unexpected_key_is_named(tmp_path, family):
+def test_unexpected_key_is_named(tmp_path, family, refs):
     from convert import convert_checkpoint
 
-    w = _weights(family)
+    w = _weights(refs, family)
     w["model.some_extra.weight"] = np.zeros((2, 2), np.float32)
-    src = _hf_folder(tmp_path, family, w)
+    src = _hf_folder(refs, tmp_path, family, w)
     with pytest.raises(ValueError, match=r"unexpected key 'model[.]some_extra[.]weight'"):
         convert_checkpoint(src, tmp_path / "out")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_wrong_shape_is_named(tmp_path, family):
+def test_wrong_shape_is_named(tmp_path, family, refs):
     from convert import convert_checkpoint
 
-    w = _weights(family)
+    w = _weights(refs, family)
     victim = [k for k in sorted(w) if w[k].ndim == 2][1]
     w[victim] = w[victim][:, :-1].copy()
-    src = _hf_folder(tmp_path, family, w)
+    src = _hf_folder(refs, tmp_path, family, w)
     with pytest.raises(ValueError, match=f"key '{victim.replace('.', '[.]')}' has shape"):
         convert_checkpoint(src, tmp_path / "out")
 
 
-def test_mixed_dtypes_rejected_without_cast(tmp_path):
+def test_mixed_dtypes_rejected_without_cast(tmp_path, refs):
     from convert import convert_checkpoint
 
-    w = _weights("llada")
+    w = _weights(refs, "llada")
     victim = sorted(w)[-1]
     w[victim] = w[victim].astype(ml_dtypes.bfloat16)
-    src = _hf_folder(tmp_path, "llada", w)
+    src = _hf_folder(refs, tmp_path, "llada", w)
     with pytest.raises(ValueError, match=victim.replace(".", "[.]")):
         convert_checkpoint(src, tmp_path / "out")
     convert_checkpoint(src, tmp_path / "out", dtype="float32")  # explicit cast is fine
 
 
-def test_cli_reports_the_key(tmp_path):
-    w = _weights("llada")
+def test_cli_reports_the_key(tmp_path, refs):
+    w = _weights(refs, "llada")
     del w["model.transformer.ln_f.weight"]
-    src = _hf_folder(tmp_path, "llada", w)
+    src = _hf_folder(refs, tmp_path, "llada", w)
     r = subprocess.run([sys.executable, "-m", "convert", str(src), str(tmp_path / "out"), "--family", "llada"],
-                       cwd=ROOT, capture_output=True, text=True)
+                       cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0
     assert "model.transformer.ln_f.weight" in r.stderr
 
 
-def test_existing_destination_needs_force(tmp_path):
+def test_existing_destination_needs_force(tmp_path, refs):
     from convert import convert_checkpoint
 
-    convert_checkpoint(SHARED / "llada", tmp_path / "out")
+    convert_checkpoint(refs / "llada", tmp_path / "out")
     with pytest.raises(ValueError, match="--force"):
-        convert_checkpoint(SHARED / "llada", tmp_path / "out")
-    convert_checkpoint(SHARED / "llada", tmp_path / "out", force=True)
+        convert_checkpoint(refs / "llada", tmp_path / "out")
+    convert_checkpoint(refs / "llada", tmp_path / "out", force=True)
 
 
-def test_family_detection_and_wrong_family(tmp_path):
+def test_family_detection_and_wrong_family(tmp_path, refs):
     from convert import convert_checkpoint
     from models import detect_family
 
-    assert detect_family(json.loads((SHARED / "llada" / "config.json").read_text())) == "llada"
-    assert detect_family(json.loads((SHARED / "dream" / "config.json").read_text())) == "dream"
+    assert detect_family(json.loads((refs / "llada" / "config.json").read_text())) == "llada"
+    assert detect_family(json.loads((refs / "dream" / "config.json").read_text())) == "dream"
     with pytest.raises(ValueError, match="wrong --family"):
-        convert_checkpoint(SHARED / "llada", tmp_path / "out", family="dream")
+        convert_checkpoint(refs / "llada", tmp_path / "out", family="dream")
 
 
-def test_pytorch_bin_without_torch(tmp_path):
+def test_pytorch_bin_without_torch(tmp_path, refs):
     try:
         import torch  # noqa: F401
 
@@ -226,16 +230,16 @@ def test_pytorch_bin_without_torch(tmp_path):
 
     src = tmp_path / "bin"
     src.mkdir()
-    shutil.copyfile(SHARED / "llada" / "config.json", src / "config.json")
+    shutil.copyfile(refs / "llada" / "config.json", src / "config.json")
     (src / "pytorch_model.bin").write_bytes(b"not a pickle")
     with pytest.raises(RuntimeError, match="PyTorch"):
         convert_checkpoint(src, tmp_path / "out")
 
 
-def test_load_error_paths(tmp_path):
+def test_load_error_paths(tmp_path, refs):
     import models
 
     with pytest.raises(ValueError, match="not a converted checkpoint folder"):
         models.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="python -m convert"):
-        models.load(SHARED / "llada")  # a Hugging Face folder, not converted
+        models.load(refs / "llada")  # a Hugging Face folder, not converted

@@ -5,46 +5,30 @@ shift, Fast-dLLM caches, bf16, and the official ``_sample`` traces at temperatur
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.attention import CacheWindow
+from models.transformer import AttentionInputs, CachedKV
+from shared_files import missing, reference_dir
 from toys import seq_info as _seq
 
-ROOT = Path(__file__).resolve().parents[1]
-
-REF = ROOT / ".." / "shared" / "reference" / "dream"
+FAMILY = "dream"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
 
-pytestmark = pytest.mark.skipif(not (REF / "cases.npz").is_file(), reason="../shared/reference/dream is absent")
-
-
-@pytest.fixture(scope="module")
-def cases():
-    return np.load(REF / "cases.npz")
-
-
-@pytest.fixture(scope="module")
-def converted(reference_checkpoint):
-    return reference_checkpoint("dream")
-
-
-@pytest.fixture(scope="module")
-def model(reference_model):
-    return reference_model("dream")
-
-
+pytestmark = pytest.mark.skipif(not (reference_dir(FAMILY) / "cases.npz").is_file(),
+                                reason=missing(reference_dir(FAMILY) / "cases.npz"))
 
 
 def _shift(raw):
     return np.concatenate([raw[..., :1, :], raw[..., :-1, :]], axis=-2)
 
 
-def test_config_from_checkpoint(model):
-    raw = json.loads((REF / "config.json").read_text())
+def test_config_from_checkpoint(model, reference):
+    raw = json.loads((reference / "config.json").read_text())
     assert model.family == "dream"
     assert model.config.hidden_size == raw["hidden_size"]
     assert model.config.num_key_value_heads == raw["num_key_value_heads"]
@@ -90,9 +74,9 @@ def _raw_cached(model, tokens, cache, window_start, lo, hi):
     L = cache["k"].shape[1]
     pos = jnp.arange(L)[None]
     q_len = tokens.shape[0]
-    h, _ = m.hidden(jnp.asarray(tokens)[None], pos[:, window_start:window_start + q_len], pos, None, None,
-                    cache={"k": cache["k"][None], "v": cache["v"][None]},
-                    mix=(jnp.int32(window_start), jnp.int32(lo), jnp.int32(hi)))
+    window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
+    h, _ = m.hidden(jnp.asarray(tokens)[None], AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
+                    CachedKV(cache["k"][None], cache["v"][None], window))
     return np.asarray(m.head(h[0]))
 
 
@@ -227,9 +211,9 @@ TRACES = [f"{pre}{alg}_{rest}" for alg in ("maskgit_plus", "topk_margin", "entro
 
 
 @pytest.mark.parametrize("name", TRACES)
-def test_sample_traces(model, name):
-    info = {t["name"]: t for t in json.loads((REF / "traces.json").read_text())["traces"]}[name]
-    tr = np.load(REF / "traces.npz")
+def test_sample_traces(model, name, reference):
+    info = {t["name"]: t for t in json.loads((reference / "traces.json").read_text())["traces"]}[name]
+    tr = np.load(reference / "traces.npz")
     a = info["args"]
     prompt = tr[info["prompt"]]
     am = tr["padded/attention_mask"] if info["prompt"] == "padded/prompt" else None

@@ -4,42 +4,26 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models.attention import CacheWindow
+from models.transformer import AttentionInputs, CachedKV
+from shared_files import missing, reference_dir
 from toys import seq_info as _seq
 
-ROOT = Path(__file__).resolve().parents[1]
-
-REF = ROOT / ".." / "shared" / "reference" / "llada"
+FAMILY = "llada"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
 
-pytestmark = pytest.mark.skipif(not (REF / "cases.npz").is_file(), reason="../shared/reference/llada is absent")
+pytestmark = pytest.mark.skipif(not (reference_dir(FAMILY) / "cases.npz").is_file(),
+                                reason=missing(reference_dir(FAMILY) / "cases.npz"))
 
 
-@pytest.fixture(scope="module")
-def cases():
-    return np.load(REF / "cases.npz")
-
-
-@pytest.fixture(scope="module")
-def converted(reference_checkpoint):
-    return reference_checkpoint("llada")
-
-
-@pytest.fixture(scope="module")
-def model(reference_model):
-    return reference_model("llada")
-
-
-
-
-def test_config_from_checkpoint(model):
-    raw = json.loads((REF / "config.json").read_text())
+def test_config_from_checkpoint(model, reference):
+    raw = json.loads((reference / "config.json").read_text())
     assert model.family == "llada"
     assert model.config.d_model == raw["d_model"] and model.config.n_layers == raw["n_layers"]
     assert model.mask_id == raw["mask_token_id"]
@@ -92,9 +76,9 @@ def _raw_cached(model, tokens, cache, window_start, lo, hi):
     L = cache["k"].shape[1]
     q_len = tokens.shape[0]
     pos = jnp.arange(L)[None]
-    h, _ = m.hidden(jnp.asarray(tokens)[None], pos[:, window_start:window_start + q_len], pos, None, None,
-                    cache={"k": cache["k"][None], "v": cache["v"][None]},
-                    mix=(jnp.int32(window_start), jnp.int32(lo), jnp.int32(hi)))
+    window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
+    h, _ = m.hidden(jnp.asarray(tokens)[None], AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
+                    CachedKV(cache["k"][None], cache["v"][None], window))
     return np.asarray(m.head(h[0]))
 
 
@@ -251,9 +235,9 @@ TRACES = ["gen16_steps16_block16", "gen16_steps8_block8", "gen12_steps5_block12"
 
 
 @pytest.mark.parametrize("name", TRACES)
-def test_generate_traces(model, name):
-    info = {t["name"]: t for t in json.loads((REF / "traces.json").read_text())["traces"]}[name]
-    tr = np.load(REF / "traces.npz")
+def test_generate_traces(model, name, reference):
+    info = {t["name"]: t for t in json.loads((reference / "traces.json").read_text())["traces"]}[name]
+    tr = np.load(reference / "traces.npz")
     a = info["args"]
     am = None if a["attention_mask"] is None else tr[a["attention_mask"]]
     honours_mask = "dllm" in name  # the hub revision of the other traces ignores the mask

@@ -9,41 +9,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from shared_files import missing, reference_dir, shared_dir
 from toys import seq_info as _seq
 
-ROOT = Path(__file__).resolve().parents[1]
-
-SHARED = ROOT / ".." / "shared"
-REF = SHARED / "reference" / "mdlm"
-GPT2 = SHARED / "data" / "tokenizers" / "gpt2"
+FAMILY = "mdlm"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
+REPO = Path(__file__).resolve().parents[1]
 
-needs_ref = pytest.mark.skipif(not (REF / "cases.npz").is_file(), reason="../shared/reference/mdlm is absent")
-
-
-@pytest.fixture(scope="module")
-def cases():
-    return np.load(REF / "cases.npz")
+needs_ref = pytest.mark.skipif(not (reference_dir(FAMILY) / "cases.npz").is_file(),
+                               reason=missing(reference_dir(FAMILY) / "cases.npz"))
+GPT2_SUBDIR = Path("data") / "tokenizers" / "gpt2"
 
 
 @pytest.fixture(scope="module")
-def raw_config():
-    return json.loads((REF / "config.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def converted(reference_checkpoint):
-    return reference_checkpoint("mdlm")
-
-
-@pytest.fixture(scope="module")
-def model(reference_model):
-    return reference_model("mdlm")
+def raw_config(reference):
+    return json.loads((reference / "config.json").read_text())
 
 
 @needs_ref
@@ -106,35 +92,34 @@ def test_engine_runs_ancestral(model):
                               beta_schedule="revealed_fraction")
     prompt = jnp.asarray([model.config.bos_token_id] * 4, jnp.int32)
     r = srsmc_jax.make_sampler(model.as_denoiser(), cfg)(jax.random.key(0), model.params, prompt)
-    assert int(r.error) == 0 and r.particles.shape == (2, 16)
+    assert int(r.error) == 0
+    chex.assert_shape([r.particles, r.token_logprobs], (2, 16))
+    chex.assert_shape(r.log_weights, (2,))
 
 
 @needs_ref
-def test_orbax_round_trip_exact(model, converted):
+def test_orbax_round_trip_exact(model, converted, reference):
     from safetensors.numpy import load_file
 
     import models
 
-    src = load_file(str(REF / "model.safetensors"))
+    src = load_file(str(reference / "model.safetensors"))
     flat = dict(_flat(model.params))
     np.testing.assert_array_equal(flat["blocks.0.attn_qkv.kernel"], src["backbone.blocks.0.attn_qkv.weight"].T)
     np.testing.assert_array_equal(flat["vocab_embed.embedding"], src["backbone.vocab_embed.embedding"])
-    again = models.load(converted)
-    for (ka, a), (kb, b) in zip(_flat(model.params), _flat(again.params)):
-        assert ka == kb
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(model.params, models.load(converted).params)
 
 
 @needs_ref
-def test_bad_inv_freq_is_rejected(tmp_path):
+def test_bad_inv_freq_is_rejected(tmp_path, reference):
     from safetensors.numpy import load_file, save_file
 
     from convert import convert_checkpoint
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "config.json").write_text((REF / "config.json").read_text())
-    t = load_file(str(REF / "model.safetensors"))
+    (src / "config.json").write_text((reference / "config.json").read_text())
+    t = load_file(str(reference / "model.safetensors"))
     t["backbone.rotary_emb.inv_freq"] = t["backbone.rotary_emb.inv_freq"] * 2
     save_file(t, str(src / "model.safetensors"))
     with pytest.raises(ValueError, match="inv_freq"):
@@ -144,17 +129,17 @@ def test_bad_inv_freq_is_rejected(tmp_path):
 # ---------------------------------------------------------------------------------- .ckpt
 
 
-def _fake_lightning_ckpt(path: Path, *, ema: bool, noise: float):
+def _fake_lightning_ckpt(path: Path, reference: Path, *, ema: bool, noise: float):
     """A Lightning checkpoint like MDLM's: raw weights (perturbed by ``noise``) in state_dict and
     the reference weights as EMA shadow params (backbone.parameters() order, then noise params)."""
     import torch
     from safetensors.numpy import load_file
 
-    from convert.mappings import dit_table
+    from models.dit.hf_keys import dit_table
     from models.dit import MDLMConfig
 
-    ref = load_file(str(REF / "model.safetensors"))
-    cfg = MDLMConfig.from_json(REF / "config.json")
+    ref = load_file(str(reference / "model.safetensors"))
+    cfg = MDLMConfig.from_json(reference / "config.json")
     order = list(dit_table(cfg))
     sd = {}
     for k, v in ref.items():  # state_dict order: params and buffers as registered
@@ -169,35 +154,35 @@ def _fake_lightning_ckpt(path: Path, *, ema: bool, noise: float):
 
 
 @needs_ref
-def test_lightning_ckpt_uses_ema(tmp_path, cases):
+def test_lightning_ckpt_uses_ema(tmp_path, cases, reference):
     pytest.importorskip("torch")
     import models
 
     ck = tmp_path / "last.ckpt"
-    _fake_lightning_ckpt(ck, ema=True, noise=0.5)
+    _fake_lightning_ckpt(ck, reference, ema=True, noise=0.5)
     dst = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "convert", str(ck), str(dst), "--family", "mdlm",
-                        "--config", str(REF / "config.json")], cwd=ROOT, capture_output=True, text=True)
+                        "--config", str(reference / "config.json")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     got = np.asarray(models.load(dst).logits(cases["tokens"], sigma=cases["sigma"]))
     np.testing.assert_allclose(got, cases["logits"], **TOL)
     # --no-ema takes the (perturbed) raw weights
     raw = models.load(__import__("convert").convert_checkpoint(ck, tmp_path / "raw", family="mdlm",
-                                                                config=REF / "config.json", ema=False))
+                                                                config=reference / "config.json", ema=False))
     assert np.abs(np.asarray(raw.logits(cases["tokens"])) - cases["logits"]).max() > 1e-2
 
 
 @needs_ref
-def test_lightning_ckpt_errors(tmp_path):
+def test_lightning_ckpt_errors(tmp_path, reference):
     pytest.importorskip("torch")
     import torch
 
     from convert import convert_checkpoint
 
     ck = tmp_path / "noema.ckpt"
-    _fake_lightning_ckpt(ck, ema=False, noise=0.0)
+    _fake_lightning_ckpt(ck, reference, ema=False, noise=0.0)
     with pytest.raises(ValueError, match="no EMA"):
-        convert_checkpoint(ck, tmp_path / "o1", family="mdlm", config=REF / "config.json")
+        convert_checkpoint(ck, tmp_path / "o1", family="mdlm", config=reference / "config.json")
     with pytest.raises(ValueError, match="--config"):
         convert_checkpoint(ck, tmp_path / "o2", family="mdlm")
 
@@ -206,31 +191,33 @@ def test_lightning_ckpt_errors(tmp_path):
     bad = tmp_path / "objects.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=3e-4)}, str(bad))
     with pytest.raises(RuntimeError, match="weights_only"):
-        convert_checkpoint(bad, tmp_path / "o3", family="mdlm", config=REF / "config.json")
+        convert_checkpoint(bad, tmp_path / "o3", family="mdlm", config=reference / "config.json")
 
 
 @needs_ref
-def test_ckpt_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+def test_ckpt_without_torch_is_a_clear_error(tmp_path, monkeypatch, reference):
     from convert import convert_checkpoint
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     ck = tmp_path / "model.ckpt"
     ck.write_bytes(b"not a pickle")
     with pytest.raises(RuntimeError, match="PyTorch"):
-        convert_checkpoint(ck, tmp_path / "out", family="mdlm", config=REF / "config.json")
+        convert_checkpoint(ck, tmp_path / "out", family="mdlm", config=reference / "config.json")
 
 
 # ------------------------------------------------------------------------------ tokenizer
 
 
-@pytest.mark.skipif(not (GPT2 / "encoder.json").is_file(), reason="../shared/data/tokenizers/gpt2 is absent")
-def test_gpt2_tokenizer_round_trip(tmp_path):
+@pytest.mark.skipif(not (shared_dir() / GPT2_SUBDIR / "encoder.json").is_file(),
+                    reason=missing(shared_dir() / GPT2_SUBDIR / "encoder.json"))
+def test_gpt2_tokenizer_round_trip(tmp_path, shared):
     pytest.importorskip("tokenizers")
     import shutil
 
     from models.dit.tokenizer import GPT2_EOS_ID, GPT2_MASK_ID, MASK_TOKEN, gpt2_tokenizer
 
-    tok = gpt2_tokenizer(GPT2)
+    gpt2 = shared / GPT2_SUBDIR
+    tok = gpt2_tokenizer(gpt2)
     assert tok.encode("Hello world").ids == [15496, 995]
     assert tok.encode(" The quick brown fox.").ids == [383, 2068, 7586, 21831, 13]
     for s in ["Hello world", "naïve café 🙂 — ok?", "  two  spaces\nnew line", "<|endoftext|>Hi"]:
@@ -239,14 +226,12 @@ def test_gpt2_tokenizer_round_trip(tmp_path):
     assert tok.token_to_id(MASK_TOKEN) == GPT2_MASK_ID
     assert tok.decode([15496, GPT2_MASK_ID, 995], skip_special_tokens=False) == "Hello[MASK] world"
     # HF file names, as a converted folder holds them
-    shutil.copyfile(GPT2 / "encoder.json", tmp_path / "vocab.json")
-    shutil.copyfile(GPT2 / "vocab.bpe", tmp_path / "merges.txt")
+    shutil.copyfile(gpt2 / "encoder.json", tmp_path / "vocab.json")
+    shutil.copyfile(gpt2 / "vocab.bpe", tmp_path / "merges.txt")
     assert gpt2_tokenizer(tmp_path).encode("Hello world").ids == [15496, 995]
 
 
 # -------------------------------------------------------------------------------- helpers
-
-
 
 
 def _flat(state):

@@ -7,35 +7,30 @@ from __future__ import annotations
 
 import json
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import srsmc_jax as sr
+from shared_files import missing, reference_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT / ".." / "shared" / "reference" / "llada"
+FAMILY = "llada"  # the conftest fixtures `reference` and `model` serve this family
 
-pytestmark = pytest.mark.skipif(not (REF / "traces.npz").is_file(), reason="../shared/reference/llada is absent")
-
-
-@pytest.fixture(scope="module")
-def model(reference_model):
-    return reference_model("llada")
+pytestmark = pytest.mark.skipif(not (reference_dir(FAMILY) / "traces.npz").is_file(),
+                                reason=missing(reference_dir(FAMILY) / "traces.npz"))
 
 
-def smc_traces():
-    if not (REF / "traces.json").is_file():
+def smc_traces():  # at collection time, before fixtures exist
+    f = reference_dir("llada") / "traces.json"
+    if not f.is_file():
         return []
-    return [t for t in json.loads((REF / "traces.json").read_text())["traces"] if t["name"].startswith("smc_")]
+    return [t for t in json.loads(f.read_text())["traces"] if t["name"].startswith("smc_")]
 
 
 @pytest.mark.parametrize("trace", smc_traces(), ids=lambda t: t["name"])
-def test_reference_srsmc_trace(model, trace):
-    arrays = np.load(REF / "traces.npz")
+def test_reference_srsmc_trace(model, trace, reference):
+    arrays = np.load(reference / "traces.npz")
     args = trace["args"]
     prompt = arrays[trace["prompt"]][0]
     blocks = args["gen_length"] // args["block_length"]
@@ -67,18 +62,18 @@ def test_reference_srsmc_trace(model, trace):
     assert int(res.nfe) == trace["n_model_calls"] * args["num_particles"]
 
 
-def dream_traces():
-    ref = ROOT / ".." / "shared" / "reference" / "dream" / "traces.json"
+def dream_traces():  # at collection time, before fixtures exist
+    ref = reference_dir("dream") / "traces.json"
     if not ref.is_file():
         return []
     return [t for t in json.loads(ref.read_text())["traces"] if not t["name"].startswith("smc_")]
 
 
 @pytest.mark.parametrize("trace", dream_traces(), ids=lambda t: t["name"])
-def test_reference_dream_sample_trace(reference_model, trace):
+def test_reference_dream_sample_trace(reference_model, shared, trace):
     """Dream's official `_sample` (maskgit_plus / topk_margin / entropy, T = 0, padded or not) is the
     engine with N = 1, one block, the 'dream' transfer schedule and the matching confidence."""
-    dream_ref = ROOT / ".." / "shared" / "reference" / "dream"
+    dream_ref = shared / "reference" / "dream"
     arrays = np.load(dream_ref / "traces.npz")
     args = trace["args"]
     model = reference_model("dream")

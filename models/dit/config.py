@@ -39,7 +39,6 @@ class DiTConfig:
     rope_theta: float = 10000.0
     layer_norm_eps: float = 1e-5
 
-    family = "dit"
 
     def __post_init__(self):
         if self.mask_token_id < 0:
@@ -54,12 +53,13 @@ class DiTConfig:
         return self.hidden_dim // self.n_heads
 
     @property
-    def max_sequence_length(self) -> int:
+    def max_length(self) -> int:
+        """Context length (``model_length``)."""
         return self.model_length
 
     @property
-    def n_layers(self) -> int:
-        return self.n_blocks
+    def max_sequence_length(self) -> int:
+        return self.model_length
 
     @classmethod
     def _common(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -85,8 +85,6 @@ class DiTConfig:
 class MDLMConfig(DiTConfig):
     """MDLM (``kuleshov-group/mdlm-owt``): bidirectional attention."""
 
-    family = "mdlm"
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MDLMConfig":
         return cls(**cls._common(d))
@@ -110,8 +108,6 @@ class BD3LMConfig(DiTConfig):
     attn_backend: str = "sdpa"
     sampling_eps_min: float = 1e-3
     sampling_eps_max: float = 0.999
-
-    family = "bd3lm"
 
     def __post_init__(self):
         super().__post_init__()

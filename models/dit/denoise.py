@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.attention import KV
 from models.dit.config import BD3LMConfig, DiTConfig
-from models.dit.model import block_causal_mask
 from srsmc_jax.denoiser import CachedDenoiser, Denoiser, SequenceInfo
 
 __all__ = ["build_dit_denoiser", "subs_log_probs", "NEG_INFINITY"]
@@ -110,9 +110,10 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         checks(n)
         m = nnx.merge(graphdef, params)
         pos = jnp.arange(n, dtype=jnp.int32)
-        _, kv = m.run(tokens[None], m.cond(None, 1), pos, pos, block_causal_mask(pos, pos, bs), collect_kv=True)
+        _, kv = m.run(tokens[None], m.cond(None, 1), q_pos=pos, k_pos=pos, mask=m.attention_mask(pos, pos),
+                      collect_kv=True)
         keep = seq.prompt[None, :, None, None]
-        return {"k": jnp.where(keep, kv["k"][0], 0).astype(m.dtype), "v": jnp.where(keep, kv["v"][0], 0).astype(m.dtype)}
+        return {"k": jnp.where(keep, kv.k[0], 0).astype(m.dtype), "v": jnp.where(keep, kv.v[0], 0).astype(m.dtype)}
 
     def query(params, tokens, cache_, ws, width, collect):
         m = nnx.merge(graphdef, params)
@@ -120,10 +121,10 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         q_tokens = jax.lax.dynamic_slice_in_dim(tokens, ws, width)
         q_pos = ws + jnp.arange(width, dtype=jnp.int32)
         k_pos = jnp.arange(n, dtype=jnp.int32)
-        batched = {"k": cache_["k"][None], "v": cache_["v"][None]}
-        logits, kv = m.run(q_tokens[None], m.cond(None, 1), q_pos, k_pos, block_causal_mask(q_pos, k_pos, bs),
-                           cache=batched, write_at=ws, collect_kv=collect)
-        new = {"k": kv["k"][0], "v": kv["v"][0]} if collect else None
+        logits, kv = m.run(q_tokens[None], m.cond(None, 1), q_pos=q_pos, k_pos=k_pos,
+                           mask=m.attention_mask(q_pos, k_pos), cache=KV(cache_["k"][None], cache_["v"][None]),
+                           write_at=ws, collect_kv=collect)
+        new = {"k": kv.k[0], "v": kv.v[0]} if collect else None
         return subs_log_probs(logits[0], q_tokens, mask_id), new
 
     def refresh(params, tokens, seq, cache_, block_start, block_length):

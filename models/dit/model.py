@@ -38,19 +38,18 @@ does; RoPE is applied to the whole key window on every call.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.common import apply_rope, linear, rope_cos_sin
-from models.dit.config import BD3LMConfig, DiTConfig, MDLMConfig
+from models.attention import KV, attention
+from models.common import Rope, apply_rope, linear, rope_cos_sin
+from models.dit.config import DiTConfig
 
 __all__ = ["DiTModel", "MDLMModel", "BD3LMModel", "DiTBlock", "block_causal_mask", "block_diff_mask"]
-
-_MASK_BIAS = float(np.finfo(np.float32).min)
 
 
 def layer_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -85,26 +84,31 @@ def block_diff_mask(n: int, block_size: int) -> jax.Array:
     return jnp.asarray(diag | offset | causal)
 
 
-def dit_attention(q, k, v, mask: Optional[jax.Array]) -> jax.Array:
-    """SDPA with scale 1/sqrt(hd). q: [B, Q, H, hd]; k, v: [B, K, H, hd]; mask: bool[Q, K] or
-    [B, Q, K] (True = attend) or None. Scores/softmax in float32. Returns [B, Q, H*hd]."""
-    b, q_len, h, hd = q.shape
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores * jnp.float32(1.0 / math.sqrt(hd))
-    if mask is not None:
-        m = mask if mask.ndim == 3 else mask[None]
-        scores = jnp.where(m[:, None], scores, _MASK_BIAS)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(b, q_len, h * hd).astype(q.dtype)
+class DiTCall(NamedTuple):
+    """What every block of one DiT call shares: RoPE tables of the query / key positions
+    (float32 [Q, hd] / [K, hd]), the attention mask (bool [Q, K] or [B, Q, K], True = attend; None =
+    bidirectional) and, for a cached call, where this call's keys/values are written (traced int)."""
+
+    q_rope: Rope
+    k_rope: Rope
+    mask: Optional[jax.Array] = None
+    write_at: Optional[jax.Array] = None
+
+
+def _mask4(mask: Optional[jax.Array]) -> Optional[jax.Array]:
+    """bool [Q, K] / [B, Q, K] -> [1|B, 1, Q, K] for :func:`models.attention.attention`."""
+    if mask is None:
+        return None
+    return mask[None, None] if mask.ndim == 2 else mask[:, None]
 
 
 class TimestepEmbedder(nnx.Module):
     """``sigma_map``: 256-dim sinusoid (cos first) -> Linear -> SiLU -> Linear."""
 
     def __init__(self, cond_dim: int, freq_dim: int, *, dtype, param_dtype, precision, rngs):
-        self.linear1 = linear(freq_dim, cond_dim, True, jnp.float32, param_dtype, precision, rngs)
-        self.linear2 = linear(cond_dim, cond_dim, True, jnp.float32, param_dtype, precision, rngs)
+        kw = dict(dtype=jnp.float32, param_dtype=param_dtype, precision=precision, rngs=rngs)
+        self.linear1 = linear(freq_dim, cond_dim, True, **kw)
+        self.linear2 = linear(cond_dim, cond_dim, True, **kw)
         self.freq_dim = freq_dim
 
     def __call__(self, sigma: jax.Array) -> jax.Array:
@@ -122,23 +126,23 @@ class DiTBlock(nnx.Module):
 
     def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         d = cfg.hidden_dim
-        mk = lambda i, o, b: linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o, b: linear(i, o, b, dtype=dtype, param_dtype=param_dtype, precision=precision,  # noqa: E731
+                                    rngs=rngs)
         self.norm1 = _NormWeight(d, param_dtype)
         self.attn_qkv = mk(d, 3 * d, False)
         self.attn_out = mk(d, d, False)
         self.norm2 = _NormWeight(d, param_dtype)
         self.mlp_in = mk(d, cfg.mlp_ratio * d, True)
         self.mlp_out = mk(cfg.mlp_ratio * d, d, True)
-        self.adaLN_modulation = linear(cfg.cond_dim, 6 * d, True, jnp.float32, param_dtype, precision, rngs)
+        self.adaLN_modulation = linear(cfg.cond_dim, 6 * d, True, dtype=jnp.float32, param_dtype=param_dtype,
+                                       precision=precision, rngs=rngs)
         self.n_heads, self.head_dim, self.eps, self.dtype = cfg.n_heads, cfg.head_dim, cfg.layer_norm_eps, dtype
 
-    def __call__(self, x, c, q_rope, k_rope, mask, cache=None, write_at=None):
-        """x: [B, Q, D]; c: [B, C]; q_rope / k_rope: (cos, sin) [Q, hd] / [K, hd].
-
-        cache: None (keys = the query tokens) or pre-RoPE (k, v) [B, K, H, hd] into which this
-        call's k/v are written at ``write_at`` (traced int) before attending to the whole window.
-        Returns (x, (k, v)): the pre-RoPE keys/values attended to ([B, K, H, hd]).
-        """
+    def __call__(self, x: jax.Array, c: jax.Array, call: DiTCall, cache: Optional[KV] = None
+                 ) -> tuple[jax.Array, KV]:
+        """x: [B, Q, D]; c: [B, C]. cache: None (keys = the query tokens) or pre-RoPE (k, v)
+        [B, K, H, hd] into which this call's k/v are written at ``call.write_at`` before attending
+        to the whole window. Returns (x, the pre-RoPE keys/values attended to [B, K, H, hd])."""
         b, q_len, d = x.shape
         mods = self.adaLN_modulation(c.astype(jnp.float32))[:, None]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mods, 6, axis=-1)
@@ -146,12 +150,13 @@ class DiTBlock(nnx.Module):
         qkv = self.attn_qkv(h).reshape(b, q_len, 3, self.n_heads, self.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), write_at, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), write_at, axis=1)
-        kv = (k, v)
-        q = apply_rope(q, *q_rope, full_precision=True)
-        k = apply_rope(k, *k_rope, full_precision=True)
-        att = dit_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), call.write_at, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), call.write_at, axis=1)
+        kv = KV(k, v)
+        q = apply_rope(q, call.q_rope, full_precision=True)
+        k = apply_rope(k, call.k_rope, full_precision=True)
+        att = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=_mask4(call.mask))
+        att = att.reshape(b, q_len, self.n_heads * self.head_dim)
         x = x + (gate_msa * self.attn_out(att)).astype(x.dtype)
         h = modulate(layer_norm(x, self.norm2.weight[...], self.eps), shift_mlp, scale_mlp).astype(self.dtype)
         h = self.mlp_out(jax.nn.gelu(self.mlp_in(h), approximate=True))
@@ -170,8 +175,10 @@ class FinalLayer(nnx.Module):
     def __init__(self, cfg: DiTConfig, *, dtype, param_dtype, precision, rngs):
         d = cfg.hidden_dim
         self.norm_final = _NormWeight(d, param_dtype)
-        self.linear = linear(d, cfg.vocab_size, True, dtype, param_dtype, precision, rngs)
-        self.adaLN_modulation = linear(cfg.cond_dim, 2 * d, True, jnp.float32, param_dtype, precision, rngs)
+        self.linear = linear(d, cfg.vocab_size, True, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                             rngs=rngs)
+        self.adaLN_modulation = linear(cfg.cond_dim, 2 * d, True, dtype=jnp.float32, param_dtype=param_dtype,
+                                       precision=precision, rngs=rngs)
         self.eps, self.dtype = cfg.layer_norm_eps, dtype
 
     def __call__(self, x, c):
@@ -185,8 +192,6 @@ class DiTModel(nnx.Module):
 
     The conditioning path (``sigma_map``, adaLN modulations), LayerNorm and RoPE run in float32.
     """
-
-    family = "dit"
 
     def __init__(self, config: DiTConfig, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  precision: Any = None, rngs: nnx.Rngs):
@@ -215,27 +220,28 @@ class DiTModel(nnx.Module):
         c = self.config
         return rope_cos_sin(pos, c.head_dim, c.rope_theta)
 
-    def run(self, tokens, c, q_pos, k_pos, mask, cache=None, write_at=None, collect_kv=False):
+    def run(self, tokens: jax.Array, c: jax.Array, *, q_pos: jax.Array, k_pos: jax.Array,
+            mask: Optional[jax.Array], cache: Optional[KV] = None, write_at: Optional[jax.Array] = None,
+            collect_kv: bool = False) -> tuple[jax.Array, Optional[KV]]:
         """Embed ``tokens`` [B, Q] and run the blocks and the output layer.
 
-        q_pos: int[Q] RoPE positions of the queries; k_pos: int[K] of the keys; mask: bool[Q, K] /
-        [B, Q, K] / None. cache: None or ``{"k","v"}: [B, n_layers, K, H, hd]`` pre-RoPE; this
-        call's keys/values are written at ``write_at`` first. Returns (logits float32[B, Q, V],
-        kv or None) with kv ``{"k","v"}: [B, n_layers, K, H, hd]`` (the window attended to, with
-        this call's entries written) when ``collect_kv``.
+        c: float32[B, C] conditioning (:meth:`cond`); q_pos: int[Q] RoPE positions of the queries;
+        k_pos: int[K] of the keys; mask: bool[Q, K] / [B, Q, K] / None. cache: None or pre-RoPE
+        ``KV`` [B, n_layers, K, H, hd]; this call's keys/values are written at ``write_at`` first.
+        Returns (logits float32[B, Q, V], ``KV`` [B, n_layers, K, H, hd] (the window attended to,
+        with this call's entries written) when ``collect_kv``, else None).
         """
-        q_rope, k_rope = self.rope(q_pos), self.rope(k_pos)
+        call = DiTCall(q_rope=self.rope(q_pos), k_rope=self.rope(k_pos), mask=mask, write_at=write_at)
         x = self.vocab_embed(tokens).astype(self.dtype)
         ks, vs = [], []
         for i, blk in enumerate(self.blocks):
-            layer_cache = None if cache is None else (cache["k"][:, i], cache["v"][:, i])
-            x, (k, v) = blk(x, c, q_rope, k_rope, mask, layer_cache, write_at)
+            layer_cache = None if cache is None else KV(cache.k[:, i], cache.v[:, i])
+            x, kv = blk(x, c, call, layer_cache)
             if collect_kv:
-                ks.append(k)
-                vs.append(v)
+                ks.append(kv.k)
+                vs.append(kv.v)
         logits = self.output_layer(x, c)
-        kv = {"k": jnp.stack(ks, 1), "v": jnp.stack(vs, 1)} if collect_kv else None
-        return logits, kv
+        return logits, (KV(jnp.stack(ks, 1), jnp.stack(vs, 1)) if collect_kv else None)
 
     def attention_mask(self, q_pos: jax.Array, k_pos: jax.Array) -> Optional[jax.Array]:
         """The sampling-time mask: None (MDLM, bidirectional); block-causal for BD3-LM."""
@@ -246,21 +252,17 @@ class DiTModel(nnx.Module):
         at positions 0..L-1 with the family's sampling-time attention (``sigma`` is used as given)."""
         b, n = tokens.shape
         pos = jnp.arange(n, dtype=jnp.int32)
-        logits, _ = self.run(tokens, self.cond(sigma, b), pos, pos, self.attention_mask(pos, pos))
+        logits, _ = self.run(tokens, self.cond(sigma, b), q_pos=pos, k_pos=pos, mask=self.attention_mask(pos, pos))
         return logits
 
 
 class MDLMModel(DiTModel):
     """MDLM: bidirectional attention, no mask."""
 
-    family = "mdlm"
-
 
 class BD3LMModel(DiTModel):
     """BD3-LM: block-causal attention for sampling, ``[x_t, x_0]`` layout for training, and the
     official sliding block KV cache (:meth:`init_block_cache`, :meth:`cached_block_logits`)."""
-
-    family = "bd3lm"
 
     def attention_mask(self, q_pos, k_pos):
         return block_causal_mask(q_pos, k_pos, self.config.block_size)
@@ -280,7 +282,8 @@ class BD3LMModel(DiTModel):
         n = n2 // 2
         half = jnp.arange(n, dtype=jnp.int32)
         pos = jnp.concatenate([half, half])
-        logits, _ = self.run(tokens, self.cond(sigma, b), pos, pos, block_diff_mask(n, self.config.block_size))
+        logits, _ = self.run(tokens, self.cond(sigma, b), q_pos=pos, k_pos=pos,
+                             mask=block_diff_mask(n, self.config.block_size))
         return logits[:, :n]
 
     # -- the official KV cache (batched, sliding window) --------------------------------------
@@ -312,24 +315,17 @@ class BD3LMModel(DiTModel):
         k_pos = jnp.arange(n, dtype=jnp.int32)
         mask = k_pos[None, :] < (idx + bs)
         mask = jnp.broadcast_to(mask, (bs, n))
-        logits, kv = self.run(block, self.cond(sigma, bsz), q_pos, k_pos, mask,
-                              cache={"k": cache["k"], "v": cache["v"]}, write_at=idx, collect_kv=True)
+        logits, kv = self.run(block, self.cond(sigma, bsz), q_pos=q_pos, k_pos=k_pos, mask=mask,
+                              cache=KV(cache["k"], cache["v"]), write_at=idx, collect_kv=True)
         if not store_kv:
-            return logits, {"k": kv["k"], "v": kv["v"], "idx": idx}
+            return logits, {"k": kv.k, "v": kv.v, "idx": idx}
         new_idx = idx + bs
         full = new_idx >= n
 
         def shift(a):
             return jnp.concatenate([a[:, :, bs:], a[:, :, -bs:]], axis=2)
 
-        k = jnp.where(full, shift(kv["k"]), kv["k"])
-        v = jnp.where(full, shift(kv["v"]), kv["v"])
+        k = jnp.where(full, shift(kv.k), kv.k)
+        v = jnp.where(full, shift(kv.v), kv.v)
         return logits, {"k": k, "v": v, "idx": jnp.where(full, n - bs, new_idx).astype(jnp.int32)}
 
-
-def model_class(cfg: DiTConfig):
-    if isinstance(cfg, BD3LMConfig):
-        return BD3LMModel
-    if isinstance(cfg, MDLMConfig):
-        return MDLMModel
-    raise ValueError(f"not a DiT config: {type(cfg).__name__}")

@@ -2,5 +2,6 @@
 
 from models.dream.config import DREAM_7B, DreamConfig
 from models.dream.model import DreamLayer, DreamModel, dream_position_ids
+from models.dream.spec import DREAM  # registers the family (models/family.py)
 
-__all__ = ["DreamConfig", "DreamModel", "DreamLayer", "dream_position_ids", "DREAM_7B"]
+__all__ = ["DREAM", "DreamConfig", "DreamModel", "DreamLayer", "dream_position_ids", "DREAM_7B"]

@@ -36,6 +36,11 @@ class DreamConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def max_length(self) -> int:
+        """Context length (``max_position_embeddings``)."""
+        return self.max_position_embeddings
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DreamConfig":
         def need(cond: bool, what: str) -> None:

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.common import RMSNorm, linear, self_attention, stack_hidden
+from models.attention import KV, AttentionCall, GQASelfAttention, HeadLayout
+from models.common import RMSNorm, linear
 from models.dream.config import DreamConfig
+from models.transformer import AttentionInputs, RotaryTransformer
 
 __all__ = ["DreamModel", "DreamLayer", "dream_position_ids"]
 
@@ -41,20 +43,26 @@ def dream_position_ids(valid: jax.Array) -> jax.Array:
     return jnp.where(valid, pos, 1).astype(jnp.int32)
 
 
-class DreamAttention(nnx.Module):
+class DreamAttention(nnx.Module, GQASelfAttention):
+    """``self_attn``: q/k/v projections with biases, ``o_proj`` without (Qwen2)."""
+
+    rope_full_precision = False  # Qwen2 applies RoPE in the compute dtype
+
     def __init__(self, cfg: DreamConfig, *, dtype, param_dtype, precision, rngs):
         d, hd = cfg.hidden_size, cfg.head_dim
-        mk = lambda i, o, b: linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o, b: linear(i, o, b, dtype=dtype, param_dtype=param_dtype, precision=precision,  # noqa: E731
+                                    rngs=rngs)
         self.q_proj = mk(d, cfg.num_attention_heads * hd, True)
         self.k_proj = mk(d, cfg.num_key_value_heads * hd, True)
         self.v_proj = mk(d, cfg.num_key_value_heads * hd, True)
         self.o_proj = mk(cfg.num_attention_heads * hd, d, False)
-        self.n_heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+        self.heads = HeadLayout(cfg.num_attention_heads, cfg.num_key_value_heads, hd)
 
 
 class DreamMLP(nnx.Module):
     def __init__(self, cfg: DreamConfig, *, dtype, param_dtype, precision, rngs):
-        mk = lambda i, o: linear(i, o, False, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o: linear(i, o, False, dtype=dtype, param_dtype=param_dtype, precision=precision,  # noqa: E731
+                                 rngs=rngs)
         self.gate_proj = mk(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = mk(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = mk(cfg.intermediate_size, cfg.hidden_size)
@@ -73,21 +81,17 @@ class DreamLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = DreamMLP(cfg, precision=precision, rngs=rngs, **kw)
 
-    def __call__(self, x, q_rope, k_rope, key_mask, query_valid, cached=None, mix=None):
+    def __call__(self, x: jax.Array, call: AttentionCall, cached: Optional[KV] = None) -> tuple[jax.Array, KV]:
         """Same contract as ``LLaDABlock.__call__``."""
-        a = self.self_attn
-        att, fresh = self_attention(self.input_layernorm(x), a.q_proj, a.k_proj, a.v_proj, a.n_heads, a.kv_heads,
-                                    a.head_dim, q_rope, k_rope, key_mask, query_valid, cached, mix,
-                                    rope_full_precision=False)
-        x = x + a.o_proj(att)
+        att, fresh = self.self_attn.self_attention(self.input_layernorm(x), call, cached)
+        x = x + self.self_attn.o_proj(att)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, fresh
 
 
-class DreamModel(nnx.Module):
+class DreamModel(RotaryTransformer):
     """Dream ``DreamModel``. dtype: compute dtype; param_dtype: storage dtype; logits float32."""
 
-    family = "dream"
     position_shift = 1  # raw row j predicts token j + 1
     mask_pad_queries = True  # pad query rows are fully masked (zero attention output)
 
@@ -95,25 +99,25 @@ class DreamModel(nnx.Module):
                  precision: Any = None, rngs: nnx.Rngs):
         cfg = config
         self.config = cfg
-        self.dtype = dtype
+        self._init_stack(dtype=dtype, n_layers=cfg.num_hidden_layers, kv_heads=cfg.num_key_value_heads,
+                         head_dim=cfg.head_dim, rope_theta=cfg.rope_theta)
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, **kw)
         self.layers = nnx.List([
             DreamLayer(cfg, precision=precision, rngs=rngs, **kw) for _ in range(cfg.num_hidden_layers)
         ])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
-        self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype, param_dtype, precision, rngs)
+        self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype=dtype, param_dtype=param_dtype,
+                              precision=precision, rngs=rngs)
+
+    # -- the KVCachedLM protocol (models/protocol.py) ------------------------------------------
+
+    def _stack(self):
+        return self.embed_tokens, self.layers, self.norm
 
     def positions(self, valid: jax.Array) -> jax.Array:
         """RoPE positions of a left-padded row: :func:`dream_position_ids`."""
         return dream_position_ids(valid)
-
-    def hidden(self, tokens, q_pos, k_pos, key_mask=None, query_valid=None, cache=None, mix=None,
-               collect_kv=False):
-        """Same contract as ``LLaDAModel.hidden``."""
-        c = self.config
-        return stack_hidden(self.embed_tokens, self.layers, self.norm, self.dtype, c.head_dim, c.rope_theta, tokens,
-                            q_pos, k_pos, key_mask, query_valid, cache, mix, collect_kv)
 
     def head(self, h: jax.Array) -> jax.Array:
         """LM head: h [..., D] -> float32 logits [..., V]."""
@@ -138,5 +142,5 @@ class DreamModel(nnx.Module):
             pos = dream_position_ids(valid)
         if position_ids is not None:
             pos = jnp.asarray(position_ids, jnp.int32)
-        h, _ = self.hidden(tokens, pos, pos, valid, valid)
+        h, _ = self.hidden(tokens, AttentionInputs(q_pos=pos, k_pos=pos, key_mask=valid, query_valid=valid))
         return self.head(h)

@@ -2,5 +2,6 @@
 
 from models.llada.config import LLADA_8B, LLaDAConfig
 from models.llada.model import LLaDABlock, LLaDAModel
+from models.llada.spec import LLADA  # registers the family (models/family.py)
 
-__all__ = ["LLaDAConfig", "LLaDAModel", "LLaDABlock", "LLADA_8B"]
+__all__ = ["LLADA", "LLaDAConfig", "LLaDAModel", "LLaDABlock", "LLADA_8B"]

@@ -41,6 +41,11 @@ class LLaDAConfig:
         return self.d_model // self.n_heads
 
     @property
+    def max_length(self) -> int:
+        """Context length (``max_sequence_length``)."""
+        return self.max_sequence_length
+
+    @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else int(self.n_kv_heads)
 

@@ -26,18 +26,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.common import RMSNorm, linear, self_attention, stack_hidden
+from models.attention import KV, AttentionCall, GQASelfAttention, HeadLayout
+from models.common import RMSNorm, linear
 from models.llada.config import LLaDAConfig
+from models.transformer import AttentionInputs, RotaryTransformer
 
 __all__ = ["LLaDAModel", "LLaDABlock"]
 
 
-class LLaDABlock(nnx.Module):
+class LLaDABlock(nnx.Module, GQASelfAttention):
     """One ``LLaDALlamaBlock``."""
 
     def __init__(self, cfg: LLaDAConfig, *, dtype, param_dtype, precision, rngs: nnx.Rngs):
         d, hd = cfg.d_model, cfg.head_dim
-        mk = lambda i, o, b: linear(i, o, b, dtype, param_dtype, precision, rngs)  # noqa: E731
+        mk = lambda i, o, b: linear(i, o, b, dtype=dtype, param_dtype=param_dtype, precision=precision,  # noqa: E731
+                                    rngs=rngs)
         self.attn_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.q_proj = mk(d, cfg.n_heads * hd, cfg.qkv_bias)
         self.k_proj = mk(d, cfg.kv_heads * hd, cfg.qkv_bias)
@@ -47,23 +50,20 @@ class LLaDABlock(nnx.Module):
         self.ff_proj = mk(d, cfg.mlp_hidden_size, cfg.include_bias)
         self.up_proj = mk(d, cfg.mlp_hidden_size, cfg.include_bias)
         self.ff_out = mk(cfg.mlp_hidden_size, d, cfg.include_bias)
-        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, hd
+        self.heads = HeadLayout(cfg.n_heads, cfg.kv_heads, hd)
         self.rope_full_precision = cfg.rope_full_precision
 
-    def __call__(self, x, q_rope, k_rope, key_mask, query_valid, cached=None, mix=None):
-        """x: [B, Q, D]. q_rope / k_rope: (cos, sin) float32 [B, Q, hd] / [B, L, hd].
-        cached: optional (k, v) [B, L, KV, hd] pre-RoPE; mix: (window_start, lo, hi) scalars.
-        Returns (x [B, Q, D], (k, v) pre-RoPE [B, Q, KV, hd] of this call's tokens)."""
-        att, fresh = self_attention(self.attn_norm(x), self.q_proj, self.k_proj, self.v_proj, self.n_heads,
-                                    self.kv_heads, self.head_dim, q_rope, k_rope, key_mask, query_valid, cached, mix,
-                                    rope_full_precision=self.rope_full_precision)
+    def __call__(self, x: jax.Array, call: AttentionCall, cached: Optional[KV] = None) -> tuple[jax.Array, KV]:
+        """x: [B, Q, D]; cached: optional pre-RoPE (k, v) [B, L, KV, hd] (mixed in with
+        ``call.window``). Returns (x [B, Q, D], pre-RoPE (k, v) [B, Q, KV, hd] of this call's tokens)."""
+        att, fresh = self.self_attention(self.attn_norm(x), call, cached)
         x = x + self.attn_out(att)
         h = self.ff_norm(x)
         x = x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
         return x, fresh
 
 
-class LLaDAModel(nnx.Module):
+class LLaDAModel(RotaryTransformer):
     """LLaDA ``LLaDAModelLM`` (block_type ``llama``).
 
     dtype: compute dtype (float32 or bfloat16); param_dtype: storage dtype of the params;
@@ -71,7 +71,6 @@ class LLaDAModel(nnx.Module):
     always returned in float32.
     """
 
-    family = "llada"
     position_shift = 0  # row j of the output predicts token j
     mask_pad_queries = False  # pad query rows are computed normally (dllm key-padding variant)
 
@@ -79,36 +78,25 @@ class LLaDAModel(nnx.Module):
                  precision: Any = None, rngs: nnx.Rngs):
         cfg = config
         self.config = cfg
-        self.dtype = dtype
+        self._init_stack(dtype=dtype, n_layers=cfg.n_layers, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                         rope_theta=cfg.rope_theta)
         self.wte = nnx.Embed(cfg.embedding_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.blocks = nnx.List([
             LLaDABlock(cfg, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
             for _ in range(cfg.n_layers)
         ])
         self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.ff_out = linear(cfg.d_model, cfg.embedding_size, cfg.include_bias, dtype, param_dtype, precision, rngs)
+        self.ff_out = linear(cfg.d_model, cfg.embedding_size, cfg.include_bias, dtype=dtype, param_dtype=param_dtype,
+                             precision=precision, rngs=rngs)
 
-    # -- pieces used by the denoisers ------------------------------------------------------
+    # -- the KVCachedLM protocol (models/protocol.py) ------------------------------------------
+
+    def _stack(self):
+        return self.wte, self.blocks, self.ln_f
 
     def positions(self, valid: jax.Array) -> jax.Array:
         """RoPE positions for a row with validity ``valid: bool[B, L]``: always ``0..L-1``."""
         return jnp.broadcast_to(jnp.arange(valid.shape[-1], dtype=jnp.int32), valid.shape)
-
-    def hidden(self, tokens, q_pos, k_pos, key_mask=None, query_valid=None, cache=None, mix=None,
-               collect_kv=False):
-        """Final-norm hidden states.
-
-        tokens: int[B, Q] (the query tokens); q_pos: int[B, Q]; k_pos: int[B, L] RoPE positions
-        of all keys; key_mask: bool[B, L] or None; cache: None (then Q == L and the keys are the
-        query tokens) or ``{"k","v"}: [B, n_layers, L, KV, hd]`` pre-RoPE; mix:
-        ``(window_start, lo, hi)``: the query tokens sit at ``window_start..``; key positions in
-        ``[lo, hi)`` use their fresh values, the others the cache.
-        Returns (h [B, Q, D] in the compute dtype, kv or None) where kv is
-        ``{"k","v"}: [B, n_layers, Q, KV, hd]`` (pre-RoPE) when ``collect_kv``.
-        """
-        c = self.config
-        return stack_hidden(self.wte, self.blocks, self.ln_f, self.dtype, c.head_dim, c.rope_theta, tokens, q_pos,
-                            k_pos, key_mask, query_valid, cache, mix, collect_kv)
 
     def head(self, h: jax.Array) -> jax.Array:
         """LM head: h [..., D] -> float32 logits [..., E]."""
@@ -121,5 +109,5 @@ class LLaDAModel(nnx.Module):
         b, n = tokens.shape
         pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
         key_mask = None if attention_mask is None else attention_mask.astype(bool)
-        h, _ = self.hidden(tokens, pos, pos, key_mask)
+        h, _ = self.hidden(tokens, AttentionInputs(q_pos=pos, k_pos=pos, key_mask=key_mask))
         return self.head(h)

@@ -1,0 +1,48 @@
+"""The Dream family's entry in the registry (``models/family.py``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from models.dream.config import DreamConfig
+from models.dream.hf_keys import dream_ignored_keys, dream_table
+from models.dream.model import DreamModel
+from models.family import FamilySpec, register_family
+
+__all__ = ["DREAM"]
+
+# Dream-v0-Instruct's chat template (Qwen2 style) with its default system turn, one user turn.
+CHAT_TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}"
+                 "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def _forward(m: DreamModel, tokens, attention_mask=None, position_ids=None):
+    am = None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    pid = None if position_ids is None else jnp.asarray(position_ids, jnp.int32)
+    return m(tokens, am, pid)
+
+
+def _denoiser(graphdef, cfg: DreamConfig, *, cache: Optional[str], cfg_scale: float, gen_length: Optional[int]):
+    from models.denoise import build_denoiser
+
+    return build_denoiser(graphdef, cache=cache, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
+                          max_length=cfg.max_length, gen_length=gen_length)
+
+
+DREAM = register_family(FamilySpec(
+    name="dream",
+    config_class=DreamConfig,
+    module_class=DreamModel,
+    key_table=dream_table,
+    ignored_keys=dream_ignored_keys,
+    forward=_forward,
+    forward_inputs=("attention_mask", "position_ids"),
+    build_denoiser=_denoiser,
+    model_types=("dream",),
+    architectures=("DreamModel",),
+    cache_kinds=("none", "prefix", "dual"),
+    cache_note="prefix / dual are the approximate Fast-dLLM caches",
+    chat_template=CHAT_TEMPLATE,
+))

@@ -1,0 +1,46 @@
+"""The LLaDA family's entry in the registry (``models/family.py``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from models.family import FamilySpec, register_family
+from models.llada.config import LLaDAConfig
+from models.llada.hf_keys import llada_table
+from models.llada.model import LLaDAModel
+
+__all__ = ["LLADA"]
+
+# LLaDA-8B-Instruct's tokenizer_config chat template (Llama-3 style), one user turn.
+CHAT_TEMPLATE = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+                 "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def _forward(m: LLaDAModel, tokens, attention_mask=None):
+    return m(tokens, None if attention_mask is None else jnp.asarray(attention_mask, jnp.int32))
+
+
+def _denoiser(graphdef, cfg: LLaDAConfig, *, cache: Optional[str], cfg_scale: float, gen_length: Optional[int]):
+    from models.denoise import build_denoiser
+
+    return build_denoiser(graphdef, cache=cache, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
+                          max_length=cfg.max_length, gen_length=gen_length)
+
+
+LLADA = register_family(FamilySpec(
+    name="llada",
+    config_class=LLaDAConfig,
+    module_class=LLaDAModel,
+    key_table=llada_table,
+    forward=_forward,
+    forward_inputs=("attention_mask",),
+    build_denoiser=_denoiser,
+    model_types=("llada",),
+    architectures=("LLaDAModelLM",),
+    cache_kinds=("none", "prefix", "dual"),
+    cache_note="prefix / dual are the approximate Fast-dLLM caches",
+    supports_cfg=True,
+    chat_template=CHAT_TEMPLATE,
+))
