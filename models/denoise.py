@@ -42,14 +42,19 @@ __all__ = ["build_denoiser"]
 
 
 def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: float = 0.0, mask_id: int,
-                   max_length: Optional[int] = None, gen_length: Optional[int] = None) -> Denoiser | CachedDenoiser:
+                   max_length: Optional[int] = None, gen_length: Optional[int] = None,
+                   vocab_size: Optional[int] = None) -> Denoiser | CachedDenoiser:
     """Build a :class:`Denoiser` (``cache=None``) or :class:`CachedDenoiser` (``"prefix"`` /
     ``"dual"``) for the module described by ``graphdef``. ``cfg_scale > 0``: LLaDA's
     classifier-free guidance ``un + (cfg+1)(cond - un)``, ``un`` = the sequence with its (valid)
-    prompt positions replaced by ``mask_id``."""
+    prompt positions replaced by ``mask_id``. The denoiser declares the model's mask id, logits
+    width and context length (and, for the prefix cache, the ``gen_length`` it was built for), which
+    ``make_sampler`` checks against the ``SMCConfig``."""
     if cache not in (None, "prefix", "dual"):
         raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
     cfg_scale = float(cfg_scale)
+    facts = dict(max_length=max_length, mask_id=int(mask_id), vocab_size=vocab_size)
+    cached_facts = dict(facts, gen_length=None if cache != "prefix" or gen_length is None else int(gen_length))
 
     def parts(params, tokens, seq: SequenceInfo):
         m: KVCachedLM = nnx.merge(graphdef, params)
@@ -113,17 +118,17 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
 
     if cache is None:
         if cfg_scale == 0.0:
-            return Denoiser(fn=plain, max_length=max_length)
+            return Denoiser(fn=plain, **facts)
 
         def guided(params, tokens, seq):
             cond = plain(params, tokens, seq)
             un = plain(params, uncond(tokens, seq), seq)
             return un + (cfg_scale + 1.0) * (cond - un)
 
-        return Denoiser(fn=guided, max_length=max_length)
+        return Denoiser(fn=guided, **facts)
 
     if cfg_scale == 0.0:
-        return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=max_length)
+        return CachedDenoiser(init=init, refresh=refresh, step=step, **cached_facts)
 
     def g_init(params, tokens, seq):
         c = init(params, tokens, seq)
@@ -137,4 +142,4 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
 
         return wrapped
 
-    return CachedDenoiser(init=g_init, refresh=guide(refresh), step=guide(step), max_length=max_length)
+    return CachedDenoiser(init=g_init, refresh=guide(refresh), step=guide(step), **cached_facts)

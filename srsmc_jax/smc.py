@@ -275,11 +275,12 @@ def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, m
     prompts = jnp.asarray(prompt, jnp.int32) if batched else jnp.asarray(prompt, jnp.int32)[None]
     if prompt_mask is None:
         return prompts, jnp.ones(prompts.shape, bool), batched
-    if not den.sees_padding:
-        raise ValueError("prompt_mask: this denoiser is a bare (params, tokens) callable and cannot see "
-                         "padding; wrap it in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
     if not hasattr(prompt_mask, "shape"):
         prompt_mask = np.asarray(prompt_mask)
+    if not den.sees_padding and not (_is_concrete(prompt_mask) and np.asarray(prompt_mask).astype(bool).all()):
+        raise ValueError("prompt_mask: this denoiser cannot see padding (a bare (params, tokens) callable, or a "
+                         "model without a padding mask); give unpadded prompts of one length, or wrap a callable "
+                         "in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
     if tuple(prompt_mask.shape) != tuple(prompt.shape):
         raise ValueError(f"prompt_mask: expected shape {tuple(prompt.shape)}, got {tuple(prompt_mask.shape)}")
     if _is_concrete(prompt_mask):

@@ -93,7 +93,7 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         return subs_log_probs(logits, tokens, mask_id)
 
     if cache is None:
-        return Denoiser(fn=plain, max_length=n_max)
+        return Denoiser(fn=plain, max_length=n_max, sees_padding=False, mask_id=mask_id, vocab_size=int(cfg.vocab_size))
 
     bs = int(cfg.block_size)
 
@@ -141,4 +141,5 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         logp, _ = query(params, tokens, cache_, jnp.asarray(block_start, jnp.int32), block_length, False)
         return logp, cache_
 
-    return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=n_max)
+    return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=n_max, sees_padding=False, mask_id=mask_id,
+                          vocab_size=int(cfg.vocab_size), block_multiple=bs)

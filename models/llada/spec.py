@@ -26,7 +26,7 @@ def _denoiser(graphdef, cfg: LLaDAConfig, *, cache: Optional[str], cfg_scale: fl
     from models.denoise import build_denoiser
 
     return build_denoiser(graphdef, cache=cache, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
-                          max_length=cfg.max_length, gen_length=gen_length)
+                          max_length=cfg.max_length, gen_length=gen_length, vocab_size=cfg.embedding_size)
 
 
 LLADA = register_family(FamilySpec(

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, default=None,
                    help="a converted checkpoint folder (python -m convert); default: the embedded Sudoku model")
     s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
+    s.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
     s.add_argument("--cache", default="none",
                    help="the model family's cache: none; prefix / dual (LLaDA, Dream: Fast-dLLM, approximate); "
                         "block (BD3-LM, exact) (default: none)")
@@ -188,7 +190,7 @@ def _load(args):
         hint = " (a Hugging Face folder: convert it first with `python -m convert SRC DST`)" \
             if (p / "config.json").is_file() else ""
         raise CLIError(f"--model {p}: not a converted checkpoint folder{hint}")
-    model = models.load(args.model, dtype=args.dtype)
+    model = models.load(args.model, dtype=args.dtype, verify=not args.no_verify)
     return model, task_for(model.path)
 
 
@@ -218,10 +220,9 @@ def _encode(args, model, task):
 
 
 def _chat(model, text: str) -> str:
-    template = _family(model).chat_template
-    if template is None:
-        raise CLIError(f"--chat: no chat template is known for the {model.family} family")
-    return template(text)
+    if model.spec.chat_template is None:
+        raise CLIError(f"--chat: the {model.family} family has no chat template")
+    return model.spec.apply_chat_template(text)
 
 
 def _decode(model, task, ids) -> str:
@@ -277,28 +278,13 @@ def _check_plot(path: Optional[Path]) -> None:
         raise CLIError("--plot needs matplotlib: pip install 'srsmc-jax[plot]'") from None
 
 
-def _family(model):
-    import models
-
-    if not hasattr(models, "family_spec"):  # TEMPORARY until the family registry lands
-        import types
-        kinds = {"llada": ("none", "prefix", "dual"), "dream": ("none", "prefix", "dual"), "mdlm": ("none",),
-                 "bd3lm": ("none", "block")}[model.family]
-        return types.SimpleNamespace(cache_kinds=kinds, chat_template=None)
-    return models.family_spec(model.family)
-
-
-def _cache_kinds(model) -> tuple[str, ...]:
-    return _family(model).cache_kinds
-
-
 # ---- the command --------------------------------------------------------------------------------------------
 def _sample(args) -> int:
     progress = Progress(enabled=not args.quiet)
     _check_plot(args.plot)
     with progress.phase("loading the model"):
         model, task = _load(args)
-    kinds = _cache_kinds(model)
+    kinds = model.spec.cache_kinds
     if args.cache not in kinds:
         raise CLIError(f"--cache {args.cache}: the {model.family} family supports {', '.join(kinds)}")
     prompt = _encode(args, model, task)
@@ -352,6 +338,9 @@ def _summary(args, model, task, config, result, seconds) -> dict[str, Any]:
         out["solved"] = bool(task.check(args.prompt, result.tokens))
     out["particles"] = [{"text": _decode(model, task, p), "log_weight": float(w), "trajectory_confidence": float(c)}
                         for p, w, c in zip(result.particles, result.log_weights, result.trajectory_confidence)]
+    if task is not None:
+        for entry, ids in zip(out["particles"], result.particles):
+            entry["solved"] = bool(task.check(args.prompt, ids))
     out["ess"] = [None if np.isnan(e) else float(e) for e in result.ess]
     return out
 
@@ -373,8 +362,13 @@ def _what_happened(config, out) -> str:
         config.selection if isinstance(config.selection, str) else "", "the configured answer rule")
     if n == 1:
         return f"Decoded one sequence in {out['num_steps']} steps ({out['nfe']} forward passes)."
-    resampled = ("never resampled: their weights stayed even" if events == 0 else
-                 f"resampled {events} time{'s' if events != 1 else ''} when their weights became uneven")
+    every = {"block": "at block ends", "step": "after every step"}.get(config.resample_every,
+                                                                      f"every {config.resample_every} steps")
+    if events:
+        resampled = (f"resampled {events} time{'s' if events != 1 else ''} when the effective sample size fell "
+                     f"below {config.ess_threshold * n:g} (checked {every})")
+    else:
+        resampled = f"never resampled (the effective sample size stayed above {config.ess_threshold * n:g}, checked {every})"
     return (f"SR-SMC ran {n} particles for {out['num_steps']} steps ({out['nfe']} forward passes), "
             f"{resampled}, and returned particle {out['selected']}: {rule}.")
 
@@ -389,10 +383,13 @@ def _print_text(args, task, config, out, prompt, tokens) -> None:
     if not args.quiet:
         print(_what_happened(config, out), file=sys.stderr)
     if args.show_particles:
-        print(f"\n{'particle':>8}  {'Σ log p':>9}  {'log weight':>10}  answer   (* = returned)")
+        solved = task is not None
+        head = f"{'particle':>8}  {'Σ log p':>9}  {'log weight':>10}  " + ("solved  " if solved else "")
+        print(f"\n{head}answer   (* = returned)")
         for i, p in enumerate(out["particles"]):
             mark = "*" if i == out["selected"] else " "
-            print(f"{i:>7}{mark}  {p['trajectory_confidence']:9.3f}  {p['log_weight']:10.3f}  {p['text']}")
+            ok = (f"{'yes' if p['solved'] else 'no':>6}  " if solved else "")
+            print(f"{i:>7}{mark}  {p['trajectory_confidence']:9.3f}  {p['log_weight']:10.3f}  {ok}{p['text']}")
     if not args.quiet:
         print(f"({out['seconds']:.1f}s sampling; log Ẑ = {out['log_z']:.3f})", file=sys.stderr)
 
