@@ -453,7 +453,9 @@ def _check_staged(staging: Path, flat: Mapping[str, Any]) -> None:
             back = ckptr.restore(staging / PARAMS_DIR, args=ocp.args.PyTreeRestore(
                 item=item, restore_args=args, partial_restore=True))
             for n in group:
-                if not np.array_equal(np.asarray(back[n]), np.asarray(flat[n])):
+                a, b = np.asarray(back[n]), np.asarray(flat[n])
+                # bit patterns, so that a NaN written reads back equal to itself
+                if a.tobytes() != b.astype(a.dtype, copy=False).tobytes():
                     raise RuntimeError(f"{staging}: parameter {n} reads back different from what was written")
             del back
     finally:

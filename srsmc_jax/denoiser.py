@@ -59,8 +59,8 @@ class Denoiser:
         model's logits for the clean token at position ``j`` (x0 prediction). Rows of unmasked
         positions are ignored by the engine.
     max_length: the model's context length, checked before tracing; ``None`` = unlimited.
-    sees_padding: False for a bare ``fn(params, tokens)`` that cannot see padding (what
-        :func:`as_denoiser` makes of a plain callable); padded prompts are then refused.
+    sees_padding: False for a model that ignores ``seq.valid`` (e.g. what :func:`as_denoiser`
+        makes of a bare ``fn(params, tokens)``); a ``prompt_mask`` is then refused.
     vocab_size, mask_id, gen_length, block_multiple: optional facts checked by ``make_sampler``
         (see the module docstring).
     """
@@ -74,9 +74,18 @@ class Denoiser:
     block_multiple: Optional[int] = None
 
     def __call__(self, params: Any, tokens: jax.Array, seq: SequenceInfo) -> jax.Array:
-        if not self.sees_padding:
-            return self.fn(params, tokens)
         return self.fn(params, tokens, seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithoutSequenceInfo:
+    """A bare ``fn(params, tokens)`` called with the ``(params, tokens, seq)`` signature."""
+
+    fn: Callable[..., jax.Array]
+
+    def __call__(self, params, tokens, seq):
+        del seq
+        return self.fn(params, tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +128,7 @@ def as_denoiser(model: Any) -> Denoiser | CachedDenoiser:
     if hasattr(model, "as_denoiser"):
         return as_denoiser(model.as_denoiser())
     if callable(model):
-        return Denoiser(model, sees_padding=False)
+        return Denoiser(_WithoutSequenceInfo(model), sees_padding=False)
     raise TypeError(
         "denoiser: expected a callable (params, tokens) -> logits, a srsmc_jax.Denoiser or a "
         f"srsmc_jax.CachedDenoiser, got {type(model).__name__}"

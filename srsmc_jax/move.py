@@ -90,8 +90,9 @@ class MoveOps(NamedTuple):
 
 
 class MoveOutput(NamedTuple):
-    """particles; logits float32[N, Lb, V] of the moved state (None unless ``need_logits``);
-    psi float32[N]; accepted bool[N]; nfe int32[] forward passes counted per particle."""
+    """particles; logits float32[N, Lb, V] of the moved state (None unless ``need_logits``; only
+    the accepted rows are used); psi float32[N]; accepted bool[N]; nfe int32[] forward passes
+    counted per particle (0: the move did not run, and its acceptance is recorded as NaN)."""
 
     particles: Any
     logits: Optional[jax.Array]
@@ -153,23 +154,34 @@ class RewindMove:
             p, inc = ops.reveal(keys, p, logits, first + i)
             return i + 1, p, w + inc
 
-        done, moved, new_w = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), start, jnp.zeros((n,))))
-        logits = None
-        psi_new = jnp.zeros((n,), jnp.float32)
-        extra = 0
-        if inp.need_logits:
-            logits, moved = ops.forward(moved)
-            psi_new = ops.twist(logits, moved)
-            extra = 1
-        log_alpha = (new_w + psi_new) - (old_w + inp.psi)
-        accepted = self.accept(jax.random.fold_in(key, ACCEPT_STREAM), log_alpha)
+        def run(_):
+            done, moved, new_w = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), start,
+                                                                 jnp.zeros((n,))))
+            logits = None
+            psi_new = jnp.zeros((n,), jnp.float32)
+            extra = 0
+            if inp.need_logits:
+                logits, moved = ops.forward(moved)
+                psi_new = ops.twist(logits, moved)
+                extra = 1
+            log_alpha = (new_w + psi_new) - (old_w + inp.psi)
+            accepted = self.accept(jax.random.fold_in(key, ACCEPT_STREAM), log_alpha)
 
-        def pick(new, old):
-            shape = (n,) + (1,) * (new.ndim - 1)
-            return jnp.where(accepted.reshape(shape), new, old)
+            def pick(new, old):
+                shape = (n,) + (1,) * (new.ndim - 1)
+                return jnp.where(accepted.reshape(shape), new, old)
 
-        particles = jax.tree.map(pick, moved, parts)
-        return MoveOutput(particles, logits, pick(psi_new, inp.psi), accepted, (done + extra).astype(jnp.int32))
+            return MoveOutput(jax.tree.map(pick, moved, parts), logits, pick(psi_new, inp.psi), accepted,
+                              (done + extra).astype(jnp.int32))
+
+        def skip(_):  # nothing to re-simulate yet (the block's first step is never redone)
+            logits = None
+            if inp.need_logits:
+                shape = jax.eval_shape(ops.forward, parts)[0]
+                logits = jnp.zeros(shape.shape, shape.dtype)
+            return MoveOutput(parts, logits, inp.psi, jnp.zeros((n,), bool), jnp.zeros((), jnp.int32))
+
+        return jax.lax.cond(rewind > 0, run, skip, None)
 
 
 MOVES: Registry[Optional[Callable]] = Registry("move")

@@ -277,10 +277,10 @@ def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, m
         return prompts, jnp.ones(prompts.shape, bool), batched
     if not hasattr(prompt_mask, "shape"):
         prompt_mask = np.asarray(prompt_mask)
-    if not den.sees_padding and not (_is_concrete(prompt_mask) and np.asarray(prompt_mask).astype(bool).all()):
+    if not den.sees_padding:
         raise ValueError("prompt_mask: this denoiser cannot see padding (a bare (params, tokens) callable, or a "
-                         "model without a padding mask); give unpadded prompts of one length, or wrap a callable "
-                         "in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
+                         "model without a padding mask); pass unpadded prompts of one length and no prompt_mask, "
+                         "or wrap a callable in srsmc_jax.Denoiser(fn) with fn(params, tokens, seq)")
     if tuple(prompt_mask.shape) != tuple(prompt.shape):
         raise ValueError(f"prompt_mask: expected shape {tuple(prompt.shape)}, got {tuple(prompt_mask.shape)}")
     if _is_concrete(prompt_mask):
@@ -557,8 +557,9 @@ def _move(ctx: _Context, state: SMCState, logits, psi, block_start, last_step, a
     out = strat.move(move_key, inp, ops)
     if logits is not None:
         logits = jnp.where(out.accepted[:, None, None], out.logits, logits)
+    acceptance = jnp.where(out.nfe > 0, jnp.mean(out.accepted), jnp.nan)
     state = state._replace(particles=out.particles, nfe=state.nfe + n * out.nfe,
-                           move_acceptance=state.move_acceptance.at[t].set(jnp.mean(out.accepted)))
+                           move_acceptance=state.move_acceptance.at[t].set(acceptance))
     return state, logits, out.psi
 
 

@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = r"""
 import importlib, json, pkgutil, sys
 import srsmc_jax
-engine = [m.name for m in pkgutil.walk_packages(srsmc_jax.__path__, "srsmc_jax.")
-          if not m.name.startswith("srsmc_jax.app") and m.name != "srsmc_jax.__main__"]
+# the engine's modules (not the app sub-package, which walk_packages would import to look inside)
+engine = ["srsmc_jax." + m.name for m in pkgutil.iter_modules(srsmc_jax.__path__)
+          if m.name not in ("app", "__main__")]
 for name in engine:
     importlib.import_module(name)
 after_engine = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "convert") or m.startswith("srsmc_jax.app"))

@@ -71,6 +71,13 @@ class Workspace:
     """A temporary folder: ``src`` (a copy of the LLaDA reference as a Hugging Face folder, with a
     real tokenizer.json) and, on demand, converted checkpoints."""
 
+    @classmethod
+    def bare(cls, root: Path) -> "Workspace":
+        """Just the folder (for rows that need no reference checkpoint)."""
+        ws = cls.__new__(cls)
+        ws.root = root
+        return ws
+
     def __init__(self, root: Path, base_ckpt: Path):
         self.root = root
         self.src = root / "src"
@@ -603,3 +610,210 @@ def test_force_killed_midway_leaves_a_valid_checkpoint(ws: Workspace):
 
     convert_checkpoint(ws.src, dst, force=True)
     assert models.load(dst).family == "llada"
+
+
+# ---- surface 4: srsmc sample (in-process through srsmc_jax.app.cli.main) ---------------------------
+PUZZLE = "..2.34 ...... 5..... ....4. 61.... ..36.."
+
+
+def _nan_weights_checkpoint(ws: Workspace) -> Path:
+    """The embedded model with one NaN weight, written by our own checkpoint writer (the converter
+    refuses NaN weights, but a user's own training run could produce one)."""
+    import jax
+
+    import models
+    from models.checkpoint import write_checkpoint
+    from models.common import flat_name
+    from models.embedded import CHECKPOINT
+    from flax import nnx
+
+    m = models.load()
+    flat = {flat_name(p): np.asarray(v) for p, v in
+            jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(m.params))[0]}
+    name = next(k for k in flat if k.endswith("q_proj.kernel"))
+    flat[name] = flat[name].copy()
+    flat[name][0, 0] = np.nan
+    dst = ws.root / "nan"
+    write_checkpoint(dst, flat, family="llada", param_dtype="float32", config=CHECKPOINT / "config.json",
+                     source="test", files={"tokenizer.json": CHECKPOINT / "tokenizer.json"})
+    return dst
+
+
+def _embedded_base() -> Path:
+    from models.embedded import CHECKPOINT
+
+    return CHECKPOINT
+
+
+def _read_only_dir(ws: Workspace) -> Path:
+    d = unwritable_dir(ws)
+    return d / "g.png"
+
+
+SAMPLE_CLI = [
+    Case("temperature-inf", lambda ws: ["sample", PUZZLE, "-t", "inf"], OneLineError("--temperature")),
+    Case("temperature-denormal", lambda ws: ["sample", PUZZLE, "-t", "1e-45"], OneLineError("--temperature")),
+    Case("beta-nan", lambda ws: ["sample", PUZZLE, "--weight", "tempered", "--beta", "nan"], OneLineError("--beta")),
+    Case("beta-negative", lambda ws: ["sample", PUZZLE, "--weight", "tempered", "--beta", "-1"], OneLineError("--beta")),
+    Case("top-p-nan", lambda ws: ["sample", PUZZLE, "--top-p", "nan"], OneLineError("--top-p")),
+    Case("ess-above-one", lambda ws: ["sample", PUZZLE, "--ess-threshold", "2"], OneLineError("--ess-threshold")),
+    Case("gen-length-0", lambda ws: ["sample", PUZZLE, "--gen-length", "0"], OneLineError("--gen-length")),
+    Case("block-length-0", lambda ws: ["sample", PUZZLE, "--block-length", "0"], OneLineError("--block-length")),
+    Case("gen-length-12-on-sudoku", lambda ws: ["sample", PUZZLE, "--gen-length", "12"],
+         OneLineError(("--gen-length", "exactly 36"))),
+    Case("chat-without-template", lambda ws: ["sample", PUZZLE, "--chat"], OneLineError("--chat")),
+    Case("unused-threshold", lambda ws: ["sample", PUZZLE, "--threshold", "0.5"],
+         OneLineError(("--threshold", "select 'threshold'"))),
+    Case("plot-is-a-folder", lambda ws: ["sample", PUZZLE, "--plot", ws.root], OneLineError("--plot")),
+    Case("plot-not-png", lambda ws: ["sample", PUZZLE, "--plot", ws.root / "g.txt"], OneLineError(("--plot", ".png"))),
+    Case("plot-folder-missing", lambda ws: ["sample", PUZZLE, "--plot", ws.root / "no" / "g.png"],
+         OneLineError(("--plot", "does not exist"))),
+    Case("plot-unwritable", lambda ws: ["sample", PUZZLE, "--plot", _read_only_dir(ws)],
+         OneLineError(("--plot", "not writable")), needs=lambda: "root can write anywhere" if os.geteuid() == 0 else None),
+    Case("seed-too-big", lambda ws: ["sample", PUZZLE, "--seed", str(2**70)], OneLineError("--seed")),
+    Case("seed-negative", lambda ws: ["sample", PUZZLE, "--seed", "-1"], OneLineError("--seed")),
+    Case("select-unknown", lambda ws: ["sample", PUZZLE, "--select", "bogus"], OneLineError(("--select", "invalid choice"))),
+    Case("no-command", lambda ws: [], OneLineError("missing command")),
+    Case("no-prompt", lambda ws: ["sample"], OneLineError("prompt: missing")),
+    Case("prompt-and-ids", lambda ws: ["sample", PUZZLE, "--prompt-ids", "1,2"], OneLineError("--prompt-ids")),
+    Case("prompt-ids-garbage", lambda ws: ["sample", "--prompt-ids", "1,x"], OneLineError("--prompt-ids")),
+    Case("model-missing", lambda ws: ["sample", PUZZLE, "--model", ws.root / "nope"], OneLineError("--model")),
+    Case("model-is-hf-folder", lambda ws: ["sample", PUZZLE, "--model", ws.src], OneLineError("convert it first")),
+    Case("model-no-tokenizer", lambda ws: ["sample", "hello", "--model", ws.ckpt()],
+         OneLineError(("no tokenizer", "--prompt-ids")), needs=lambda: None if (LLADA / "model.safetensors").is_file()
+         else missing(LLADA)),
+    Case("prompt-ids-outside-vocab", lambda ws: ["sample", "--prompt-ids", "500000,3", "--model", ws.ckpt(),
+                                                 "--gen-length", "8", "--block-length", "8"],
+         OneLineError(("prompt", "500000", "vocabulary")),
+         needs=lambda: None if (LLADA / "model.safetensors").is_file() else missing(LLADA)),
+    Case("cache-unknown-for-family", lambda ws: ["sample", PUZZLE, "--cache", "block"], OneLineError(("--cache", "llada"))),
+    Case("nan-weights", lambda ws: ["sample", PUZZLE, "--model", _nan_weights_checkpoint(ws)],
+         OneLineError("NaN logits")),
+    Case("corrupt-tokenizer", lambda ws: ["sample", PUZZLE, "--model",
+                                          truncate(ws.ckpt("emb", base=_embedded_base()) / "tokenizer.json").parent],
+         OneLineError("tokenizer.json"), needs=lambda: None if (LLADA / "model.safetensors").is_file()
+         else missing(LLADA)),
+]
+
+
+@pytest.mark.parametrize("case", SAMPLE_CLI, ids=lambda c: c.id)
+def test_sample_cli(case: Case, tmp_path, request, capsys):
+    from srsmc_jax.app import cli
+
+    if case.needs is not None and (reason := case.needs()):
+        pytest.skip(reason)
+    ws = request.getfixturevalue("ws") if _uses_workspace_files(case) else Workspace.bare(tmp_path)
+    argv = [str(a) for a in case.setup(ws)]
+    before = ws.snapshot()
+    try:
+        code = cli.main(argv + ["--quiet"] if argv else argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    lines = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert "Traceback" not in out.err, out.err
+    assert code == case.expect.exit_status, (code, out.err)
+    assert out.out == "", out.out
+    assert len(lines) == 1 and lines[0].startswith("srsmc: error: "), out.err
+    case.expect.check(lines[0], ws.root)
+    assert ws.snapshot() == before, "a file changed"
+
+
+def _uses_workspace_files(case: Case) -> bool:
+    return case.id in {"model-is-hf-folder", "model-no-tokenizer", "prompt-ids-outside-vocab", "corrupt-tokenizer"}
+
+
+# ---- surface 5: the Python API of the engine ------------------------------------------------------
+def _engine_case(build):
+    """``build() -> callable`` that raises; run in-process."""
+    return build
+
+
+def _toy():
+    import jax
+    import jax.numpy as jnp
+
+    import srsmc_jax as sr
+
+    V, MASK = 100, 99
+    W = jax.random.normal(jax.random.key(0), (V, V))
+
+    def fn(params, tokens):
+        h = jax.nn.one_hot(tokens, V) @ params
+        return h + h.mean(axis=0)
+
+    cfg = sr.SMCConfig(num_particles=2, gen_length=8, block_length=4, mask_id=MASK)
+    return sr, jnp, W, fn, cfg
+
+
+def _api_sample(den_kw=None, cfg_kw=None, prompt=(5, 7, 11), mask=None):
+    def call():
+        sr, jnp, W, fn, cfg = _toy()
+        den = sr.Denoiser(lambda p, t, s: fn(p, t), **(den_kw or {"vocab_size": 100, "mask_id": 99}))
+        sample = sr.make_sampler(den, cfg.replace(**(cfg_kw or {})))
+        import jax
+
+        sample(jax.random.key(0), W, jnp.asarray(prompt), None if mask is None else jnp.asarray(mask))
+    return call
+
+
+def _embedded_prefix_with_other_length():
+    import jax
+
+    import models
+    import srsmc_jax as sr
+
+    m = models.load()
+    cfg = sr.SMCConfig(num_particles=2, gen_length=36, block_length=36, mask_id=m.mask_id)
+    sr.make_sampler(m.as_denoiser(cache="prefix", gen_length=12), cfg)(jax.random.key(0), m.params,
+                                                                          np.ones(36, np.int32))
+
+
+def _embedded_with_config_mask(mask_id):
+    def call():
+        import models
+        import srsmc_jax as sr
+
+        m = models.load()
+        sr.make_sampler(m.as_denoiser(), sr.SMCConfig(gen_length=36, block_length=36, mask_id=mask_id))
+    return call
+
+
+ENGINE_API = [
+    ("temperature-inf", lambda: _toy()[4].replace(temperature=float("inf")), "SMCConfig.temperature"),
+    ("temperature-nan", lambda: _toy()[4].replace(temperature=float("nan")), "SMCConfig.temperature"),
+    ("beta-nan", lambda: _toy()[4].replace(beta=float("nan")), "SMCConfig.beta"),
+    ("beta-inf", lambda: _toy()[4].replace(beta=float("inf")), "SMCConfig.beta"),
+    ("beta-negative", lambda: _toy()[4].replace(beta=-1.0), "SMCConfig.beta"),
+    ("threshold-nan", lambda: _toy()[4].replace(select="threshold", threshold=float("nan")), "SMCConfig.threshold"),
+    ("top-p-nan", lambda: _toy()[4].replace(top_p=float("nan")), "SMCConfig.top_p"),
+    ("twist-beta-negative", lambda: _toy()[4].replace(twist="lookahead", twist_beta=-2.0), "SMCConfig.twist_beta"),
+    ("prompt-id-500", _api_sample(prompt=(5, 500, 11)), "prompt: token id 500"),
+    ("prompt-id-negative", _api_sample(prompt=(-3, 7, 11)), "prompt: token id -3"),
+    ("prompt-mask-right-padded", _api_sample(mask=(True, True, False)), "prompt_mask: row 0 is not left padding"),
+    ("prompt-mask-holed", _api_sample(mask=(True, False, True)), "prompt_mask: row 0 is not left padding"),
+    ("prompt-empty", _api_sample(prompt=np.zeros((0,), np.int32)), "prompt: expected at least one"),
+    ("prefix-cache-other-gen-length", _embedded_prefix_with_other_length, "SMCConfig.gen_length: 36 differs"),
+    ("config-mask-not-the-models", _embedded_with_config_mask(3), "SMCConfig.mask_id: 3 is not the model's mask id 8"),
+    ("config-mask-outside-vocab", _embedded_with_config_mask(99), "SMCConfig.mask_id: 99"),
+]
+
+
+@pytest.mark.parametrize("case", ENGINE_API, ids=lambda c: c[0])
+def test_engine_api(case):
+    _, call, names = case
+    with pytest.raises(ValueError) as info:
+        call()
+    text = str(info.value)
+    assert "\n" not in text.strip() and names in text, text
+
+
+def test_out_of_vocab_prompt_ids_of_a_traced_prompt_are_flagged():
+    import jax
+
+    sr, jnp, W, fn, cfg = _toy()
+    sample = sr.make_sampler(fn, cfg)
+    res = jax.jit(lambda p: sample(jax.random.key(0), W, p))(jnp.array([5, 500, 11]))
+    assert int(res.error) & sr.smc.ERROR_PROMPT_OUT_OF_VOCAB
+    with pytest.raises(FloatingPointError, match="outside the model's vocabulary"):
+        res.raise_if_error()

@@ -11,7 +11,9 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED
+from shared_files import REPO, shared_dir
+
+SHARED = shared_dir()
 
 from benchmarks.eval import TASK_NAMES, DataError, apply_until, get_task
 from benchmarks.eval.gsm8k import fewshot_indices

@@ -6,7 +6,9 @@ import os
 import tempfile
 
 import pytest
-from conftest import SHARED
+from shared_files import shared_dir
+
+SHARED = shared_dir()
 
 from benchmarks.eval.humaneval import HumanEval
 from benchmarks.eval.mbpp import MBPP

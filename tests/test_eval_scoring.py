@@ -6,7 +6,9 @@ import math
 from functools import lru_cache
 
 import pytest
-from conftest import REPO, SHARED
+from shared_files import REPO, shared_dir
+
+SHARED = shared_dir()
 
 from benchmarks.eval import get_task, mean_pass_at_k, mean_scores, pass_at_k
 from benchmarks.eval.gsm8k import FLEXIBLE_PATTERN, STRICT_PATTERN, extract
