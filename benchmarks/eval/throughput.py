@@ -144,8 +144,9 @@ def _steady_seconds(gen, prepared, repeats: int) -> float:
 # ---- extrapolation -----------------------------------------------------------------------------------------
 ACCELERATORS = {"H100 SXM (bf16 dense 989 TFLOP/s)": 989e12, "TPU v5p (bf16 459 TFLOP/s)": 459e12}
 UTILISATION = 0.4
-# Steps per 256 generated tokens with threshold-0.9 decoding, from the reference SR-SMC code's LLaDA-1.5
-# GSM8K logs (avg NFE per sample; ../shared/notes/reference-srsmc.md): baseline N=1 and SR-SMC N=4.
+# Steps per 256 generated tokens with threshold-0.9 decoding: the mean NFE per sample in the reference SR-SMC
+# code's development logs (LLaDA-8B-Instruct, GSM8K 5-shot, tau=1; ../shared/notes/reference-srsmc.md),
+# baseline N=1 and SR-SMC N=4; assumed for every model and task.
 STEPS_PER_256 = {1: 82.9, 4: 102.4}
 TASKS = ("gsm8k", "minerva_math", "humaneval", "mbpp")
 
