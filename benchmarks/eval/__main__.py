@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
     run.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
                      help="run folder (default: eval_runs/TASK/METHOD-nN-LG-seedS); rerun to resume")
-    run.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+    from srsmc_jax.app.cli import SEED_MAX, _seed
+
+    run.add_argument("--seed", type=_seed, default=0, help=f"PRNG seed in [0, {SEED_MAX}] (default: 0)")
     run.add_argument("--limit", type=_positive_int, default=None, help="only the first K documents (after --doc-ids)")
     run.add_argument("--doc-ids", default=None, help="only these doc ids, e.g. 0,5,10-19")
     run.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per sampler call (default: 8)")

@@ -119,8 +119,8 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
     """Generate for the selected documents of ``task`` with ``config`` and score them (see the
     module docstring). ``chat``: None, ``"family"`` (the model family's template) or
     ``"module:function"``. Every prompt is encoded and checked before anything is compiled."""
-    from srsmc_jax.app.generate import Generator, PromptRecord, chat_template_for
-    from srsmc_jax.app.jsonl import FINGERPRINT_FIELD, ResultsLog, key_text
+    from srsmc_jax.app.generate import Generator, PromptRecord, chat_template_for, config_dict
+    from srsmc_jax.app.jsonl import FINGERPRINT_FIELD, ResultsLog, key_text, read_records
 
     out_dir = Path(out_dir)
     docs = select_documents(task.documents(), limit=limit, doc_ids=doc_ids)
@@ -139,10 +139,8 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
             "model": None if model.path is None else str(model.path), "family": model.family,
             "dtype": str(getattr(model.dtype, "__name__", model.dtype)), "cache": cache or "none",
             "describe": dict(describe(config, cache)), "metrics": list(task.metrics),
-            "add_special_tokens": add_special_tokens, "add_bos": add_bos, "buckets": buckets}
-    from srsmc_jax.app.generate import config_dict
-
-    meta["config"] = config_dict(config)
+            "add_special_tokens": add_special_tokens, "add_bos": add_bos, "buckets": buckets,
+            "config": config_dict(config)}
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path = out_dir / RUN_META
     if meta_path.is_file():
@@ -171,8 +169,6 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
                        for (doc, _), r, s in zip(items, batch, scores))
     finally:
         log.close()
-
-    from srsmc_jax.app.jsonl import read_records
 
     finished = {(r["task"], r["doc_id"]): {k: v for k, v in r.items() if k != FINGERPRINT_FIELD}
                 for r in read_records(out_dir / SAMPLES)}
