@@ -1,8 +1,9 @@
-"""Host-side helpers to lay out prompts the way the engine expects (left padding)."""
+"""Host-side helpers: lay out prompts the way the engine expects (left padding), and cut decoded
+completions at stop strings."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -27,3 +28,16 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, length: int | Non
         tokens[i, width - len(p):] = np.asarray(p, np.int32)
         mask[i, width - len(p):] = True
     return tokens, mask
+
+
+def cut_at_stop_strings(text: str, until: Iterable[str]) -> str:
+    """``text`` cut before the earliest occurrence of any non-empty stop string (what lm-eval's HF
+    model and the LLaDA / Fast-dLLM / SR-SMC evaluation code do to a decoded generation: split at
+    each stop string in turn and keep the first piece)."""
+    cut = len(text)
+    for stop in until:
+        if stop:
+            at = text.find(stop)
+            if at != -1:
+                cut = min(cut, at)
+    return text[:cut]

@@ -15,7 +15,7 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.eval import TASK_NAMES, DataError, apply_until, get_task
+from benchmarks.eval import LM_EVAL_TASK_NAMES, DataError, apply_until, get_task
 from benchmarks.eval.gsm8k import fewshot_indices
 from benchmarks.eval.minerva_math import minerva_prompt
 from benchmarks.eval.task import fewshot_prompt
@@ -41,7 +41,7 @@ def _compare(task_name: str, rows: list[dict]) -> None:
 
 
 def test_fixtures_cover_every_task():
-    subtasks = {n for n in TASK_NAMES if n != "minerva_math"}
+    subtasks = {n for n in LM_EVAL_TASK_NAMES if n != "minerva_math"}
     assert set(FIXTURE_TASKS) == subtasks
     meta = json.loads((FIXTURES / "meta.json").read_text())
     assert meta["lm_eval"] == "0.4.8" and meta["fewshot_seed"] == 1234

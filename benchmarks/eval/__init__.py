@@ -14,8 +14,9 @@ See ``benchmarks/eval/README.md`` for tasks, prompts, scoring, the sandbox and i
 
 from benchmarks.eval.data import DataError, default_data_dir
 from benchmarks.eval.pass_at_k import mean_pass_at_k, pass_at_k
-from benchmarks.eval.registry import TASK_NAMES, get_task
+from benchmarks.eval.registry import LM_EVAL_TASK_NAMES, TASK_NAMES, get_task
 from benchmarks.eval.task import ChatTemplate, Document, Request, Task, apply_until, mean_scores
 
-__all__ = ["ChatTemplate", "DataError", "Document", "Request", "TASK_NAMES", "Task", "apply_until",
+__all__ = ["ChatTemplate", "DataError", "Document", "LM_EVAL_TASK_NAMES", "Request", "TASK_NAMES", "Task",
+           "apply_until",
            "default_data_dir", "get_task", "mean_pass_at_k", "mean_scores", "pass_at_k"]

@@ -1,4 +1,5 @@
-"""The one table of task names (as lm-evaluation-harness spells them) and their constructors."""
+"""The one table of task names (as lm-evaluation-harness spells them, plus the synthetic ``sudoku6``)
+and their constructors."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from benchmarks.eval.gsm8k import GSM8K
 from benchmarks.eval.humaneval import HumanEval
 from benchmarks.eval.mbpp import MBPP
 from benchmarks.eval.minerva_math import SUBJECTS, MinervaMath
+from benchmarks.eval.sudoku6 import Sudoku6
 from benchmarks.eval.task import Task
 
-TASK_NAMES = ("gsm8k", "minerva_math", "minerva_math500", "humaneval", "mbpp",
-              *(f"minerva_math_{s}" for s in SUBJECTS))
+LM_EVAL_TASK_NAMES = ("gsm8k", "minerva_math", "minerva_math500", "humaneval", "mbpp",
+                      *(f"minerva_math_{s}" for s in SUBJECTS))
+TASK_NAMES = (*LM_EVAL_TASK_NAMES, "sudoku6")
 
 
 def get_task(name: str, data_dir=None) -> Task:
@@ -21,6 +24,8 @@ def get_task(name: str, data_dir=None) -> Task:
         return HumanEval(data_dir)
     if name == "mbpp":
         return MBPP(data_dir)
+    if name == "sudoku6":  # synthetic, for the embedded model (not an lm-eval task)
+        return Sudoku6(data_dir)
     if name in TASK_NAMES:
         return MinervaMath(name, data_dir)
     raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")

@@ -59,16 +59,34 @@ class Request:
     until: tuple[str, ...]
 
 
+FAMILY_CHAT = "family"
+"""The ``chat`` spec meaning "the model family's own template" (``models.family_spec(...).chat_template``)."""
+
+
+def load_chat_template(spec: str) -> ChatTemplate:
+    """The callable named by ``"package.module:function"``; ValueError naming ``--chat`` otherwise."""
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--chat {spec!r}: expected MODULE:FUNCTION")
+    try:
+        template = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--chat {spec!r}: cannot import it ({e})") from None
+    if not callable(template):
+        raise ValueError(f"--chat {spec!r}: not callable")
+    return template
+
+
 def apply_until(text: str, until: Sequence[str]) -> str:
     """``text`` cut before the earliest occurrence of any non-empty stop string (as lm-eval's HF model
-    does to a generation: it splits at each stop string in turn and keeps the first piece)."""
-    cut = len(text)
-    for stop in until:
-        if stop:
-            at = text.find(stop)
-            if at != -1:
-                cut = min(cut, at)
-    return text[:cut]
+    does to a generation: it splits at each stop string in turn and keeps the first piece). The one
+    implementation is :func:`srsmc_jax.prompts.cut_at_stop_strings`, imported here on first use so
+    that prompt writing does not import JAX."""
+    from srsmc_jax.prompts import cut_at_stop_strings
+
+    return cut_at_stop_strings(text, until)
 
 
 def fewshot_prompt(exemplars: Sequence[tuple[str, str]], question: str, *, target_delimiter: str = " ",

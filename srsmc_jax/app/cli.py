@@ -97,12 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plot", type=Path, default=None,
                      help="write the ESS trace and particle genealogy to this .png file (needs matplotlib)")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress messages on stderr")
+    from srsmc_jax.app import generate  # `srsmc generate` (batch generation)
+
+    generate.add_subparser(sub)
     return ap
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "generate":
+            from srsmc_jax.app.generate import run_command
+
+            return run_command(args)
         return _sample(args)
     except (CLIError, ValueError, FileNotFoundError, NotImplementedError, ImportError, FloatingPointError,
             OSError) as e:

@@ -1,0 +1,80 @@
+"""Decoding methods and presets of the evaluation runner (and of the ``lm_eval --model srsmc`` adapter).
+
+Methods (each a set of ``SMCConfig`` knobs it FIXES; a flag that contradicts one is an error):
+
+* ``greedy``: N = 1, τ = 0 (same SELECT, block and cache as the others).
+* ``sampling``: N = 1 at the preset's τ — the reference code's "baseline" (``use_smc=False`` with
+  ``temperature=1.0`` in its LLaDA and Dream GSM8K scripts).
+* ``best_of_n``: N independent particles (uniform weights, never resampled), the one with the
+  highest trajectory confidence Σ log p returned.
+* ``srsmc``: SR-SMC, the reference setting unless flags change it: self-reward weights, multinomial
+  resampling when ESS < N/2 at block ends, the highest trajectory confidence returned.
+
+Presets (defaults a flag overrides): ``paper`` = the SR-SMC paper's Table 2 setting — N = 4,
+L = 256 generated tokens (``--gen-length 512`` for its L = 512 rows), blocks of 32, threshold-0.9
+decoding (Fast-dLLM), τ = 1, the prefix cache; ``none`` = the ``SMCConfig`` defaults, no cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping
+
+from srsmc_jax.app import flags
+
+METHODS: dict[str, dict[str, Any]] = {
+    "greedy": {"num_particles": 1, "temperature": 0.0},
+    "sampling": {"num_particles": 1},
+    "best_of_n": {"weight": "uniform", "ess_threshold": 0.0, "selection": "trajectory_confidence"},
+    "srsmc": {},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"knobs": {"num_particles": 4, "gen_length": 256, "block_length": 32, "select": "threshold",
+                        "threshold": 0.9, "temperature": 1.0}, "cache": "prefix"},
+    "none": {"knobs": {}, "cache": "none"},
+}
+
+
+class MethodError(ValueError):
+    """A flag that contradicts the method, or an unknown method / preset (one line)."""
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--preset``, ``--cache`` and every SMCConfig flag (given flags only are kept)."""
+    parser.add_argument("--method", choices=tuple(METHODS), default="srsmc",
+                        help="greedy | sampling (the reference's baseline) | best_of_n | srsmc (default: srsmc)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="paper",
+                        help="defaults for the sampler flags: paper (N=4, L=256, block 32, threshold 0.9, τ=1, "
+                             "prefix cache) or none (SMCConfig defaults, no cache) (default: paper)")
+    parser.add_argument("--cache", default=None,
+                        help="none | prefix | dual (LLaDA, Dream) | block (BD3-LM) (default: the preset's)")
+    flags.add_config_flags(parser, default_help={
+        "num_particles": "the preset's (paper: 4); 1 for greedy and sampling",
+        "gen_length": "the preset's (paper: 256)", "block_length": "the preset's (paper: 32)",
+        "select": "the preset's (paper: threshold)", "temperature": "the preset's (paper: 1.0); 0 for greedy"},
+        short={"num_particles": "-n", "temperature": "-t"})
+
+
+def method_config(args: argparse.Namespace, *, mask_id: int):
+    """(SMCConfig, cache) for ``args.method`` / ``args.preset`` and the sampler flags given."""
+    if args.method not in METHODS:
+        raise MethodError(f"--method: unknown method {args.method!r}; expected one of {', '.join(METHODS)}")
+    if args.preset not in PRESETS:
+        raise MethodError(f"--preset: unknown preset {args.preset!r}; expected one of {', '.join(PRESETS)}")
+    fixed = METHODS[args.method]
+    given = flags.given_knobs(args)
+    for knob, value in fixed.items():
+        if knob in given and given[knob] != value:
+            raise MethodError(f"{flags.flag_name(knob)} {given[knob]}: --method {args.method} fixes it to {value!r}")
+    preset = PRESETS[args.preset]
+    defaults: dict[str, Any] = dict(preset["knobs"])
+    config = flags.config_from_args(args, defaults, mask_id=mask_id, **fixed)
+    cache = args.cache if args.cache is not None else preset["cache"]
+    return config, (None if cache == "none" else cache)
+
+
+def describe(config, cache) -> Mapping[str, Any]:
+    """The knobs a results table shows."""
+    return {"N": config.num_particles, "L": config.gen_length, "block": config.block, "select": str(config.select),
+            "temperature": config.temperature, "cache": cache or "none"}
