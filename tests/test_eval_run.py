@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SHARED
+from shared_files import REPO, shared_dir
+
+SHARED = shared_dir()
 
 from benchmarks.eval import get_task
 from benchmarks.eval.methods import METHODS, MethodError, add_method_flags, method_config

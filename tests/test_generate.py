@@ -17,7 +17,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from shared_files import REPO, shared_dir
+
+SHARED = shared_dir()
 
 import models
 import srsmc_jax as sr
@@ -192,10 +194,23 @@ def test_killed_run_resumes_without_repeating_finished_prompts(tmp_path):
     _same_results([{k: v for k, v in by_id[c["id"]].items() if k != "fingerprint"} for c in clean], clean)
 
 
+def _without_tokenizer(dst):
+    """The embedded model written as a checkpoint with no tokenizer files (as a conversion of a
+    source folder without them would be)."""
+    import jax
+    from flax import nnx
+
+    from models.checkpoint import write_checkpoint
+    from models.common import flat_name
+
+    m = models.load()
+    flat = {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(m.params))[0]}
+    return write_checkpoint(dst, flat, family="llada", param_dtype="float32",
+                            config=models.embedded.CHECKPOINT / "config.json", source="test")
+
+
 def test_bad_input_is_a_one_line_error_before_any_model_work(tmp_path):
-    no_tok = tmp_path / "no_tokenizer"
-    shutil.copytree(models.embedded.CHECKPOINT, no_tok)
-    (no_tok / "tokenizer.json").unlink()
+    no_tok = _without_tokenizer(tmp_path / "no_tokenizer")
     cases = [
         ([], "--input", "no such file"),
         (['{"id": 1, "prompt": "12"}', '{"id": 2, "prompt": "12"'], "--input", "in.jsonl:2: malformed JSON"),

@@ -15,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from shared_files import REPO
 
 import models
 import srsmc_jax as sr

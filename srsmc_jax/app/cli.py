@@ -197,7 +197,7 @@ def _load(args):
         hint = " (a Hugging Face folder: convert it first with `python -m convert SRC DST`)" \
             if (p / "config.json").is_file() else ""
         raise CLIError(f"--model {p}: not a converted checkpoint folder{hint}")
-    model = models.load(args.model, dtype=args.dtype, verify=not args.no_verify)
+    model = models.load(args.model, dtype=args.dtype, verify=not getattr(args, "no_verify", False))
     return model, task_for(model.path)
 
 

@@ -194,18 +194,15 @@ def bucket_size(length: int, buckets: tuple[str, Any], *, limit: int, multiple: 
 
 # ---- model-side helpers -------------------------------------------------------------------------------------
 def family_spec(model):
-    """The family's facts (``cache_kinds``, ``chat_template``); see ``srsmc_jax.app.cli._family``."""
-    from srsmc_jax.app.cli import _family
-
-    return _family(model)
+    """The model family's registry entry (``cache_kinds``, ``chat_template``...)."""
+    return model.spec
 
 
 def chat_template_for(model) -> Callable[[str], str]:
     """The model family's chat template ``text -> text`` (one user turn, generation prompt added)."""
-    template = getattr(family_spec(model), "chat_template", None)
-    if template is None:
+    if model.spec.chat_template is None:
         raise GenerateError(f"--chat: no chat template is known for the {model.family} family")
-    return template
+    return model.spec.apply_chat_template
 
 
 def _special_token_ids(model) -> tuple[Optional[int], Optional[int]]:
@@ -621,6 +618,8 @@ def add_subparser(sub) -> None:
     g.add_argument("--input", type=Path, required=True, help="prompts, one JSON object per line")
     g.add_argument("--output", type=Path, required=True, help="results JSONL (appended to; resumed from)")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
+    g.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
     g.add_argument("--cache", default="none", help="the model family's cache: none, prefix / dual (LLaDA, Dream), "
                                                    "block (BD3-LM) (default: none)")
     g.add_argument("--chat", action="store_true", help="wrap text prompts in the model family's chat template")
