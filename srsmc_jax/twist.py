@@ -15,13 +15,20 @@ the intermediate targets, i.e. the resampling decisions, look ahead. ``log_z`` s
 estimate of the same normalising constant.
 
 A twist is a callable ``twist(log_probs: float32[R, V], masked: bool[R]) -> float32[]`` (one
-particle; ``R`` rows, untempered log-softmax) with an attribute ``rows``: ``"block"`` (the current
-block's rows, what every denoiser provides) or ``"generation"`` (every generation row, so ψ also
-covers later blocks; needs a denoiser that can return any rows, i.e. one without a KV cache).
-With ``rows="generation"`` ψ at a block's end is not 0 (later blocks are still masked); the engine
-then completes the block's last step with ψ of the next block's start... which it does not know
-before the next forward, so "generation" rows are only allowed with a single block (one block of
-``gen_length``), where the start (everything masked, the same for every particle) and the end are 0.
+particle; ``R`` rows, untempered log-softmax) with an attribute ``rows``:
+
+* ``"block"``: the current block's rows, what every denoiser provides (the dual cache computes no
+  others). ψ is set to 0 at a block's start and end, so the intermediate target at every block
+  boundary is the untwisted one and a block's last step is completed at once; within a block the
+  targets look ahead at the block's still-masked rows only.
+* ``"generation"``: every generation row, so ψ also covers later blocks (needs a denoiser that can
+  return any rows, i.e. one without a KV cache: ``CachedDenoiser.any_rows``). ψ is then one function
+  of the state across block boundaries: a block's last step is completed after the next block's
+  first forward, with ψ of the whole remaining generation; ψ of the run's start (everything masked,
+  the same for every particle) is 0 by definition and ψ of the end is 0.
+
+Either way the final target is the paper's self-rewarded target and ``log_z`` is unbiased for its
+normalising constant (``tests/test_twist_move.py`` checks both on an enumerable toy with two blocks).
 """
 
 from __future__ import annotations
