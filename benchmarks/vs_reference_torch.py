@@ -7,7 +7,8 @@ project, only torch, numpy, the standard library and the reference checkout)::
 
 SPEC.json (written by the driver): ``job`` (``fn`` one of ``smc_prefix`` =
 ``generate_smc.generate_with_prefix_cache_smc``, ``smc_nocache`` = ``generate_smc.generate``,
-``llada_generate`` = LLaDA's ``generate.generate``; ``steps`` (total, as the functions take it),
+``llada_generate`` = LLaDA's ``generate.generate``, ``pieces`` = timings of the pieces of one
+prefix-cache step, see ``_time_pieces``; ``steps`` (total, as the functions take it),
 ``threshold``, ``temperature``, ``num_particles``, ``prompts``: number of sequential calls),
 ``checkpoint`` (official-format folder), ``prompts_file`` (int32[B, P] .npy), ``gen_length``,
 ``block_length``, ``mask_id``, ``repeats``, ``threads``, ``seed``, ``reference`` (checkout root
@@ -45,6 +46,46 @@ def _load_llada_generate(path: str):
     return mod
 
 
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(ts)
+
+
+def _time_pieces(model, generate_smc, prompt, job, *, g: int, blk: int, mask_id: int, repeats: int) -> dict:
+    """Milliseconds of the pieces of one step of ``generate_with_prefix_cache_smc``, at a block start
+    where the window ``x[:, block_start:]`` has W rows (W = g, g - blk, ..., blk): the full forward
+    with ``use_cache=True`` (block start), the cached forward of the window, and
+    ``get_transfer_index`` on the window's logits (float64 Gumbel, log-softmax, per-row top-k and
+    threshold loop) with the block's masks still all masked."""
+    import torch
+
+    n = int(job["num_particles"])
+    x = torch.full((n, prompt.shape[1] + g), mask_id, dtype=torch.long)
+    x[:, :prompt.shape[1]] = prompt
+    length = x.shape[1]
+    out = {"full_forward_ms": None, "window_forward_ms": {}, "transfer_index_ms": {}}
+    with torch.inference_mode():
+        out["full_forward_ms"] = _median_ms(lambda: model(x, use_cache=True), repeats)
+        past = model(x, use_cache=True).past_key_values
+        for w in range(g, 0, -blk):
+            s = length - w
+            cut = [tuple(t[:, :, :s] for t in layer) for layer in past]
+            out["window_forward_ms"][w] = _median_ms(
+                lambda: model(x[:, s:], past_key_values=cut, use_cache=True), repeats)
+            logits = model(x[:, s:], past_key_values=cut, use_cache=True).logits
+            mask_index = x[:, s:] == mask_id
+            mask_index[:, blk:] = 0
+            out["transfer_index_ms"][w] = _median_ms(
+                lambda: generate_smc.get_transfer_index(logits, job["temperature"], "low_confidence", mask_index,
+                                                        x[:, s:], None, job["threshold"]), repeats)
+    return out
+
+
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -70,6 +111,12 @@ def main(spec_path: str, out_path: str) -> None:
     prompts = torch.from_numpy(np.load(spec["prompts_file"]).astype(np.int64))
     g, blk, mask_id = int(spec["gen_length"]), int(spec["block_length"]), int(spec["mask_id"])
     fn = job["fn"]
+    if fn == "pieces":
+        out = _time_pieces(model, generate_smc, prompts[:1], job, g=g, blk=blk, mask_id=mask_id,
+                           repeats=int(spec["repeats"]))
+        out |= {"side": "reference", "job": job, "torch": torch.__version__, "threads": torch.get_num_threads()}
+        Path(out_path).write_text(json.dumps(out, indent=2))
+        return
     if fn == "llada_generate":
         gen = _load_llada_generate(spec["llada_generate"])
 
