@@ -204,7 +204,7 @@ def _run_worker(cmd: list[str], spec: dict, name: str, workdir: Path, env: dict)
     if p.returncode != 0 or not out_f.is_file():
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"worker {name} failed (exit {p.returncode}):\n{tail}")
-    return json.loads(out_f.read_text())
+    return json.loads(out_f.read_text()) | {"load_average_after": _loadavg()}
 
 
 def _loadavg() -> list[float]:
