@@ -224,3 +224,18 @@ def test_side_by_side_tiny_all_cases(tmp_path):
     res = _side_by_side(tmp_path, "a,b,c,d,e,f")
     assert [r["case"] for r in res["rows"]] == list("abcdef")
     _check_like_with_like(res)
+
+
+@pytest.mark.slow
+def test_breakdown_tiny():
+    from benchmarks import vs_reference_breakdown as vb
+
+    res = vb.main(["--repeats", "1", "--d-model", "32", "--layers", "2", "--heads", "2", "--mlp", "48",
+                   "--vocab", "96", "--prompt-length", "6", "--gen-length", "8", "--block-length", "4",
+                   "--particles", "2"])
+    ours = res["ours"]
+    # the table-lookup model keeps confidences below 0.9 too: one token per step on both runs
+    assert ours["num_steps"] == ours["engine_only_num_steps"] == 8
+    assert ours["x0_draw"]["same_tokens"]  # max-then-first-index is the same Gumbel-max draw
+    assert sorted(ours["float32"]["window_step_ms"]) == [4, 8]
+    assert ours["bfloat16"]["sample_ms"] > 0
