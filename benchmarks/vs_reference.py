@@ -360,8 +360,23 @@ def render_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def check_torch_python(python: str) -> Optional[str]:
+    """None if ``python`` imports torch and transformers, else the reason (one line)."""
+    p = subprocess.run([python, "-c", "import torch, transformers, safetensors, numpy"], capture_output=True,
+                       text=True)
+    if p.returncode == 0:
+        return None
+    lines = (p.stderr or p.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit status {p.returncode}"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    reason = check_torch_python(args.torch_python)
+    if reason is not None:
+        print(f"python -m benchmarks.vs_reference: error: --torch-python: {args.torch_python} cannot import "
+              f"torch, transformers, safetensors and numpy ({reason})", file=sys.stderr)
+        sys.exit(2)
     started = time.time()
     load_before = _loadavg()
     with contextlib.ExitStack() as stack:
@@ -404,4 +419,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:  # a worker or the converter failed: say which, without a traceback
+        print(f"vs_reference: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -239,3 +239,21 @@ def test_breakdown_tiny():
     assert ours["x0_draw"]["same_tokens"]  # max-then-first-index is the same Gumbel-max draw
     assert sorted(ours["float32"]["window_step_ms"]) == [4, 8]
     assert ours["bfloat16"]["sample_ms"] > 0
+
+
+def test_driver_refuses_a_python_without_torch(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named torch' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    ref = tmp_path / "ref"
+    (ref / "llada" / "model").mkdir(parents=True)
+    (ref / "llada" / "generate_smc.py").write_text("")
+    (ref / "llada" / "model" / "modeling_llada.py").write_text("")
+    gen = tmp_path / "generate.py"
+    gen.write_text("def generate(model, prompt):\n    pass\n")
+    p = subprocess.run([sys.executable, "-m", "benchmarks.vs_reference", "--reference", str(ref),
+                        "--llada-generate", str(gen), "--torch-python", str(fake)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "--torch-python" in err[0] and "No module named torch" in err[0]
