@@ -144,7 +144,7 @@ def sweep_settings(sweep: str, gen_length: int) -> list[tuple[str, dict]]:
 def encode(value: Any) -> Any:
     """A knob value as JSON: names and numbers as they are, a strategy object (frozen dataclass) as
     ``{"object": "module:QualName", **fields}``, a plain function as ``{"function": "module:name"}``."""
-    if value is None or isinstance(value, (str, bool, int, float)):
+    if value is None or isinstance(value, (str, bool, int, float, dict)):  # a dict: already encoded
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"object": f"{type(value).__module__}:{type(value).__qualname__}",
@@ -279,8 +279,35 @@ def load_runs(path: Path) -> dict:
 
 
 def current_runs(runs: dict) -> dict:
-    """The records of the current format (first-format records carry a ``spec``, not a ``config``)."""
-    return {k: r for k, r in runs.items() if r.get("format") == FORMAT}
+    """The run records of the current format (first-format records carry a ``spec``, not a
+    ``config``; plan records say which sweeps a group ran)."""
+    return {k: r for k, r in runs.items() if r.get("format") == FORMAT and r.get("kind", "run") == "run"}
+
+
+def plan_record(task_name: str, phash: str, num_problems: int, seed: int, exclude_seeds, base: Optional[dict],
+                sweeps: list[str], only: Optional[set]) -> dict:
+    """What one ``run_sweeps`` call asked for: its group (task, problem set, seed, base) and sweeps
+    (and settings, when filtered). The summary shows, per group, exactly the sweeps and settings its
+    plans name, so a run shared with another group does not put rows into a sweep this group never ran."""
+    rec = {"format": FORMAT, "kind": "plan", "task": task_name, "problems_hash": phash, "num_problems": num_problems,
+           "seed": seed, "exclude_seeds": list(exclude_seeds), "base": {k: encode(v) for k, v in (base or {}).items()},
+           "sweeps": list(sweeps), "settings": sorted(only) if only else None}
+    rec["key"] = "plan-" + hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:20]
+    return rec
+
+
+def planned(runs: dict, group: tuple) -> dict:
+    """sweep -> None (every setting) or the set of setting labels the group's plan records name."""
+    out: dict = {}
+    for rec in runs.values():
+        if rec.get("kind") != "plan" or _group_key(rec) != group:
+            continue
+        for sweep in rec["sweeps"]:
+            if rec["settings"] is None or out.get(sweep, set()) is None:
+                out[sweep] = None
+            else:
+                out[sweep] = out.get(sweep, set()) | set(rec["settings"])
+    return out
 
 
 def append_run(path: Path, rec: dict) -> None:
@@ -370,6 +397,10 @@ def run_sweeps(task_name: str, sweeps: list[str], num_problems: int, seed: int, 
     model = model if model is not None else models.load(task.checkpoint)
     counts = {"executed": 0, "skipped": 0}
     start = time.time()
+    intent = plan_record(task_name, phash, len(problems), seed, exclude_seeds, base, sweeps, only)
+    if intent["key"] not in done:
+        append_run(store, intent)
+        done[intent["key"]] = intent
 
     def ensure(sweep, label, role, spec):
         key = run_key(task_name, spec, phash, seed, batch)
@@ -428,8 +459,11 @@ def _group_key(rec: dict) -> tuple:
 
 def summarise(runs: dict, task_name: str, seed: int, num_problems: int, exclude_seeds=(), base=None,
               sweeps=SWEEP_ORDER):
-    """Rows per sweep setting: SR-SMC with its best-of-N (N and N'), greedy and base partners."""
+    """Rows per sweep setting: SR-SMC with its best-of-N (N and N'), greedy and base partners, for
+    the sweeps (and settings) the group's plan records name."""
     task = task_named(task_name)
+    asked = planned(runs, (task_name, seed, num_problems, tuple(exclude_seeds),
+                           json.dumps({k: encode(v) for k, v in (base or {}).items()}, sort_keys=True)))
     by_spec = {}
     for rec in current_runs(runs).values():
         if (rec["task"] == task_name and rec["seed"] == seed and rec["num_problems"] == num_problems
@@ -439,9 +473,11 @@ def summarise(runs: dict, task_name: str, seed: int, num_problems: int, exclude_
                                                         sort_keys=True))
     base_sr = find("sr_smc", {})
     table = {}
-    for sweep in sweeps:
+    for sweep in (s for s in sweeps if s in asked):
         rows, shown = [], set()
         for label, setting in sweep_settings(sweep, task.gen_length):
+            if asked[sweep] is not None and label not in asked[sweep] and label.split(" ")[0] not in asked[sweep]:
+                continue
             s, b, g = (find(role, setting) for role in ROLES)
             if s is None or b is None or s["key"] in shown:
                 continue
@@ -675,7 +711,7 @@ def write_summary(out: Path, groups: list[tuple]) -> str:
              "events per problem; move acc. = accepted fraction of the moved particles. Tables of the "
              "study's first format (engine before strategy objects): `summary_v1.md`.", ""]
     for task_name, seed, n, excl, base_json in groups:
-        base = json.loads(base_json)
+        base = {k: decode(v) for k, v in json.loads(base_json).items()}
         table = summarise(runs, task_name, seed, n, excl, base)
         if not table:
             continue
@@ -693,9 +729,11 @@ def write_summary(out: Path, groups: list[tuple]) -> str:
 
 
 def groups_in(out: Path) -> list[tuple]:
-    """(task, seed, num_problems, exclude_seeds, base as JSON) of every stored run group."""
+    """(task, seed, num_problems, exclude_seeds, base as JSON) of every group a plan record names."""
     seen = []
-    for rec in current_runs(load_runs(out / "runs.jsonl")).values():
+    for rec in load_runs(out / "runs.jsonl").values():
+        if rec.get("kind") != "plan":
+            continue
         g = _group_key(rec)
         if g not in seen:
             seen.append(g)

@@ -204,7 +204,7 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 2 and json.loads(lines[0])["kind"] == "plan"  # what was asked, then the first run
     # a write cut in the middle leaves a partial line: it is ignored and the next write ends it
     with (out / "runs.jsonl").open("a") as f:
         f.write('{"key": "partial')
@@ -212,7 +212,7 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     monkeypatch.setattr(study, "execute", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
     stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     assert stats == {**stats, "executed": 2, "skipped": 1} and len(calls) == 2
-    runs = study.load_runs(out / "runs.jsonl")
+    runs = study.current_runs(study.load_runs(out / "runs.jsonl"))
     assert len(runs) == 3 and {r["role"] for r in runs.values()} == {"sr_smc", "best_of_n", "greedy"}
     cfgs = {r["role"]: study.smc_config(r["config"]) for r in runs.values()}
     assert cfgs["sr_smc"].num_particles == cfgs["best_of_n"].num_particles == 2
@@ -221,6 +221,7 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     calls.clear()
     stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     assert stats["executed"] == 0 and stats["skipped"] == 3 and not calls
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 5  # plan, 3 runs, no second plan
     rec = next(r for r in runs.values() if r["role"] == "sr_smc")
     assert len(rec["correct"]["weighted_vote"]) == 4 and all(1 <= d <= 2 for d in rec["distinct_answers"])
     assert all(1 <= u <= 2 for u in rec["unique_ancestors"]) and rec["nfe"] == [26] * 4
@@ -228,6 +229,8 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     # summary table and figure from the stored runs
     text = study.write_summary(out, study.groups_in(out))
     assert "| N=2 |" in text and (out / "study_mult_seed0_n4.png").is_file()
+    # only the sweeps and settings a group asked for: N=2's runs are no row of another sweep
+    assert text.count("| N=") == 1 and "**select**" not in text
     assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["key"] in runs
     # a record of the study's first format stays in the file and is not read
     old = {"key": "v1", "task": "mult", "spec": {"role": "sr_smc", "tokens_per_step": 1}, "seed": 0,
