@@ -663,34 +663,37 @@ def plot_lookahead(runs: dict, out: Path) -> list[Path]:
             by_set.setdefault(g[:4], {}).setdefault(_select_name(base), {})[
                 base.get("num_particles", BASE["num_particles"])] = table
     written = []
+    name = lambda r: "off" if r["label"].startswith("off") else r["label"]  # noqa: E731
     for (task_name, seed, n, excl), panels in by_set.items():
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False, sharey=True)
-        for ax, (sel, by_n) in zip(axes.flat, sorted(panels.items())):
-            labels = []
+        labels = []  # one row per setting, the same rows in every panel
+        for by_n in panels.values():
             for tbl in by_n.values():
                 for sweep in LOOKAHEAD_SWEEPS:
-                    for r in tbl.get(sweep, []):
-                        name = "off" if r["label"].startswith("off") else r["label"]
-                        if name not in labels:
-                            labels.append(name)
-            y = {lab: i for i, lab in enumerate(labels)}
+                    labels += [name(r) for r in tbl.get(sweep, []) if name(r) not in labels]
+        y = {lab: i for i, lab in enumerate(labels)}
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 1.2 + 0.45 * len(labels)),
+                                 squeeze=False, sharex=True)
+        for ax, (sel, by_n) in zip(axes.flat, sorted(panels.items())):
             for j, (n_p, tbl) in enumerate(sorted(by_n.items())):
+                seen = set()
                 for sweep in LOOKAHEAD_SWEEPS:
                     for r in tbl.get(sweep, []):
-                        if "diff_bon_eq" not in r:
+                        if "diff_bon_eq" not in r or name(r) in seen:
                             continue
+                        seen.add(name(r))
                         d, h = r["diff_bon_eq"]
-                        name = "off" if r["label"].startswith("off") else r["label"]
-                        ax.errorbar(100 * d, y[name] + 0.22 * (j - 1), xerr=100 * h, fmt="o", color=f"C{j}",
-                                    capsize=2, ms=4, label=f"N={n_p}" if sweep == "twist" and name == "off" else None)
+                        ax.errorbar(100 * d, y[name(r)] + 0.2 * (j - 1), xerr=100 * h, fmt="o", color=f"C{j}",
+                                    capsize=2, ms=4, label=f"N={n_p}" if len(seen) == 1 else None)
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(range(len(labels)))
             ax.set_yticklabels(labels, fontsize=8)
+            ax.set_ylim(-0.6, len(labels) - 0.4)
             ax.set_title(sel, fontsize=9)
-            ax.set_xlabel("SR-SMC − best-of-N' (equal NFE), points")
+            ax.set_xlabel("SR-SMC − best-of-N' (equal NFE), points", fontsize=8)
             ax.grid(alpha=0.3)
-        axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"{task_name}: twist and move vs best-of-N at equal NFE ({describe(seed, n, excl)})", fontsize=9)
+            ax.legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"{task_name}: twist and move vs best-of-N at equal NFE\npaired difference, 95% interval "
+                     f"({describe(seed, n, excl)})", fontsize=9)
         fig.tight_layout()
         path = out / f"lookahead_{_figure_tag(task_name, seed, n, excl, {})}.png"
         fig.savefig(path, dpi=100)
@@ -767,6 +770,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--no-summary", action="store_true", help="run, but do not rebuild summary.md and the figures")
     args = ap.parse_args(argv)
     task = task_named(args.task)
     args.sweeps = list(DEFAULT_SWEEPS) if args.sweep == "all" else args.sweep.split(",")
@@ -795,7 +799,8 @@ def main(argv=None) -> int:
         stats = run_sweeps(args.task, args.sweeps, args.num_problems, args.seed, args.out, batch=args.batch,
                            only=args.only, exclude_seeds=args.exclude, base=args.base_overrides)
         print(f"executed {stats['executed']} runs, skipped {stats['skipped']} finished ones, {stats['seconds']:.0f}s")
-    print(write_summary(args.out, groups_in(args.out)))
+    if not args.no_summary:
+        print(write_summary(args.out, groups_in(args.out)))
     return 0
 
 
