@@ -671,10 +671,12 @@ def plot_lookahead(runs: dict, out: Path) -> list[Path]:
                 for sweep in LOOKAHEAD_SWEEPS:
                     labels += [name(r) for r in tbl.get(sweep, []) if name(r) not in labels]
         y = {lab: i for i, lab in enumerate(labels)}
+        all_n = sorted({n_p for by_n in panels.values() for n_p in by_n})
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 1.2 + 0.45 * len(labels)),
                                  squeeze=False, sharex=True)
         for ax, (sel, by_n) in zip(axes.flat, sorted(panels.items())):
-            for j, (n_p, tbl) in enumerate(sorted(by_n.items())):
+            for n_p, tbl in sorted(by_n.items()):
+                j = all_n.index(n_p)  # one colour and offset per N in every panel
                 seen = set()
                 for sweep in LOOKAHEAD_SWEEPS:
                     for r in tbl.get(sweep, []):
@@ -682,7 +684,7 @@ def plot_lookahead(runs: dict, out: Path) -> list[Path]:
                             continue
                         seen.add(name(r))
                         d, h = r["diff_bon_eq"]
-                        ax.errorbar(100 * d, y[name(r)] + 0.2 * (j - 1), xerr=100 * h, fmt="o", color=f"C{j}",
+                        ax.errorbar(100 * d, y[name(r)] + 0.2 * (j - (len(all_n) - 1) / 2), xerr=100 * h, fmt="o", color=f"C{j}",
                                     capsize=2, ms=4, label=f"N={n_p}" if len(seen) == 1 else None)
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(range(len(labels)))
