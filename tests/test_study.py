@@ -135,18 +135,57 @@ def test_statistics_known_values():
 
 # ---- the study runner -----------------------------------------------------------------------------
 def test_method_specs_are_canonical():
-    # best-of-N partners of settings that differ only in weighting/resampling are the same run
-    b1 = study.method_spec("best_of_n", {"weight": "tempered", "beta": 2.0})
-    b2 = study.method_spec("best_of_n", {"ess_threshold": 0.9, "resampling": "residual"})
+    import srsmc_jax as sr
+
+    task = MultiplicationTask()
+    spec = lambda role, setting, base=None: study.method_spec(role, setting, base, task=task)  # noqa: E731
+    # best-of-N partners of settings that differ only in weighting/resampling/twist/move are the same run
+    b1 = spec("best_of_n", {"weight": "tempered", "beta": 2.0})
+    b2 = spec("best_of_n", {"ess_threshold": 0.9, "resampling": "residual", "twist": "lookahead", "move": "rewind"})
     assert b1 == b2 and b1["weight"] == "uniform" and b1["ess_threshold"] == 0.0
-    g = study.method_spec("greedy", {"num_particles": 16, "temperature": 0.5})
+    g = spec("greedy", {"num_particles": 16, "temperature": 0.5})
     assert g["num_particles"] == 1 and g["temperature"] == 0.0
-    s = study.method_spec("sr_smc", {"select": "threshold", "threshold": 0.7, "tokens_per_step": 4})
-    assert s["tokens_per_step"] == 1 and s["threshold"] == 0.7
-    cfg, wp = study.smc_config(study.method_spec("sr_smc", {"weight": "margin"}), 13, 12)
-    assert callable(cfg.weight) and float(wp["coef"][1]) == 1.0 and float(wp["coef"].sum()) == 1.0
-    cfg, _ = study.smc_config(study.method_spec("sr_smc", {"tokens_per_step": 4}), 13, 12)
-    assert cfg.steps == 4 and cfg.resample_every == "step"
+    # a knob without effect is not part of the spec: steps under threshold SELECT, twist_beta without a twist
+    s = spec("sr_smc", {"select": "threshold", "threshold": 0.7, "steps": 4, "twist_beta": 3.0})
+    assert "steps" not in s and "twist_beta" not in s and s["threshold"] == 0.7
+    # two spellings of one config are one spec: steps=G is one token per step, 1 is 1.0
+    assert spec("sr_smc", {"steps": task.gen_length, "temperature": 1}) == spec("sr_smc", {})
+    # a spec is plain SMCConfig keyword arguments: it rebuilds the config it came from
+    setting = {"weight": study.FeatureWeight("margin"), "twist": "lookahead", "twist_beta": 2.0}
+    s = spec("sr_smc", setting)
+    assert s["weight"] == {"object": "benchmarks.study:FeatureWeight", "feature": "margin"}
+    assert json.loads(json.dumps(s)) == s
+    cfg = study.smc_config(s)
+    assert cfg == sr.SMCConfig(**study.role_kwargs("sr_smc", setting, None, task))
+    assert cfg.strategies.twist.beta == 2.0 and cfg.resample_every == "step"
+    cfg = study.smc_config(spec("sr_smc", {"steps": 4}))
+    assert cfg.steps == 4 and cfg.block_length == task.gen_length == cfg.gen_length
+    with pytest.raises(ValueError, match="FeatureWeight.feature"):
+        study.FeatureWeight("confidence")
+
+
+def test_feature_weight_is_the_one_hot_mixture():
+    # FeatureWeight("margin") replaces the study's former one-hot mixture_scheme: the same increments
+    import jax
+    import jax.numpy as jnp
+
+    from srsmc_jax import weights
+
+    lp = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (5, 7)), axis=-1)
+    info = weights.StepInfo(step=jnp.int32(0), step_in_block=jnp.int32(0), block_start=jnp.int32(0),
+                            tokens=jnp.zeros((5,), jnp.int32), revealed=jnp.array([1, 0, 1, 0, 0], bool),
+                            x0=jnp.argmax(lp, -1), logp=jnp.max(lp, -1), confidence=jnp.max(lp, -1), log_probs=lp,
+                            revealed_fraction=jnp.float32(0.4))
+    for i, name in enumerate(weights.FEATURES):
+        coef = jnp.zeros((len(weights.FEATURES),)).at[i].set(1.0)
+        assert float(study.FeatureWeight(name)(None, info)) == float(weights.mixture_scheme({"coef": coef}, info))
+
+
+def test_equal_nfe_particles():
+    # a move spent 20% more forwards than N · steps: best-of-N' gets round(NFE / steps) particles
+    assert study.equal_nfe_particles({"nfe": [52, 52], "num_steps": [13, 13]}) == 4
+    assert study.equal_nfe_particles({"nfe": [60, 64], "num_steps": [13, 13]}) == 5
+    assert study.equal_nfe_particles({"nfe": [26, 30], "num_steps": [6, 7]}) == 4
 
 
 def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch):
@@ -165,7 +204,7 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     lines = (out / "runs.jsonl").read_text().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 2 and json.loads(lines[0])["kind"] == "plan"  # what was asked, then the first run
     # a write cut in the middle leaves a partial line: it is ignored and the next write ends it
     with (out / "runs.jsonl").open("a") as f:
         f.write('{"key": "partial')
@@ -173,15 +212,28 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     monkeypatch.setattr(study, "execute", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
     stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     assert stats == {**stats, "executed": 2, "skipped": 1} and len(calls) == 2
-    runs = study.load_runs(out / "runs.jsonl")
-    assert len(runs) == 3 and {r["spec"]["role"] for r in runs.values()} == {"sr_smc", "best_of_n", "greedy"}
+    runs = study.current_runs(study.load_runs(out / "runs.jsonl"))
+    assert len(runs) == 3 and {r["role"] for r in runs.values()} == {"sr_smc", "best_of_n", "greedy"}
+    cfgs = {r["role"]: study.smc_config(r["config"]) for r in runs.values()}
+    assert cfgs["sr_smc"].num_particles == cfgs["best_of_n"].num_particles == 2
+    assert cfgs["best_of_n"].weight == "uniform" and cfgs["best_of_n"].ess_threshold == 0.0
+    assert (cfgs["greedy"].num_particles, cfgs["greedy"].temperature) == (1, 0.0)
     calls.clear()
     stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     assert stats["executed"] == 0 and stats["skipped"] == 3 and not calls
-    rec = next(r for r in runs.values() if r["spec"]["role"] == "sr_smc")
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 5  # plan, 3 runs, no second plan
+    rec = next(r for r in runs.values() if r["role"] == "sr_smc")
     assert len(rec["correct"]["weighted_vote"]) == 4 and all(1 <= d <= 2 for d in rec["distinct_answers"])
     assert all(1 <= u <= 2 for u in rec["unique_ancestors"]) and rec["nfe"] == [26] * 4
+    assert rec["num_steps"] == [13] * 4 and rec["moves"] == [0] * 4
     # summary table and figure from the stored runs
     text = study.write_summary(out, study.groups_in(out))
     assert "| N=2 |" in text and (out / "study_mult_seed0_n4.png").is_file()
+    # only the sweeps and settings a group asked for: N=2's runs are no row of another sweep
+    assert text.count("| N=") == 1 and "**select**" not in text
     assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["key"] in runs
+    # a record of the study's first format stays in the file and is not read
+    old = {"key": "v1", "task": "mult", "spec": {"role": "sr_smc", "tokens_per_step": 1}, "seed": 0,
+           "num_problems": 4, "exclude_seeds": [], "base": {}, "correct": {}}
+    study.append_run(out / "runs.jsonl", old)
+    assert study.write_summary(out, study.groups_in(out)) == text and "v1" in study.load_runs(out / "runs.jsonl")
