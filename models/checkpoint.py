@@ -76,6 +76,8 @@ _READ = 8 << 20
 _PIECE = 256 << 20
 # Arrays restored together when a staged checkpoint is read back (bounds the extra host memory).
 _VERIFY_GROUP_BYTES = 1 << 30
+# Largest stored chunk of an array (orbax SaveArgs.chunk_byte_size): what a sharded restore reads at least.
+_CHUNK_BYTES = 64 << 20
 
 
 class FileRecord(NamedTuple):
@@ -314,16 +316,20 @@ def param_metadata(path: str | Path) -> dict[str, Any]:
         ckptr.close()
 
 
-def restore_params(path: str | Path, stored: Mapping[str, Any]) -> dict[str, Any]:
+def restore_params(path: str | Path, stored: Mapping[str, Any],
+                   shardings: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Restore every array of ``stored`` (as returned by :func:`param_metadata`) onto the first
-    device. ValueError naming the params folder when orbax fails (a file damaged after checks
-    or with ``verify=False``)."""
+    device, or straight into ``shardings`` (``{name: jax.sharding.Sharding}``): each process then
+    reads only the pieces its own devices hold, so no full host copy of the weights is made.
+    ValueError naming the params folder when orbax fails (a file damaged after checks or with
+    ``verify=False``)."""
     import jax
     import orbax.checkpoint as ocp
 
     params_dir = Path(path).absolute() / PARAMS_DIR
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for k, s in stored.items()}
+    first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=first if shardings is None else shardings[k])
+              for k, s in stored.items()}
     ckptr = ocp.StandardCheckpointer()
     try:
         return dict(ckptr.restore(params_dir, target))
@@ -412,8 +418,11 @@ def _save_params(params_dir: Path, flat: Mapping[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
     ckptr = ocp.StandardCheckpointer()
+    # stored in chunks of at most _CHUNK_BYTES, so a sharded restore reads only the chunks of its own
+    # shards instead of decoding every whole array (models.load(path, mesh=...))
+    save_args = {k: ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES) for k in flat}
     try:
-        ckptr.save(params_dir, dict(flat))
+        ckptr.save(params_dir, dict(flat), save_args=save_args)
         ckptr.wait_until_finished()
     finally:
         ckptr.close()

@@ -97,6 +97,11 @@ class FamilySpec:
     source_kinds: source formats accepted (``"safetensors"``, ``"torch"``, ``"lightning"``).
     tokenizer: ``folder -> tokenizers.Tokenizer | None`` for a converted folder.
     tokenizer_files: files copied from the source folder next to the converted params.
+    partition_rules: the tensor-parallel layout on a ``(data, model)`` mesh, as a table
+        ``((regex over the flat parameter name, PartitionSpec), ...)`` (``srsmc_jax.sharding.
+        PartitionRules``; first full match wins): attention heads and MLP hidden columns over
+        ``"model"``, embeddings / LM head over the hidden or vocabulary axis, norms replicated.
+        ``models.load(path, mesh=...)`` applies it; a parameter no rule matches is an error.
     """
 
     name: str
@@ -119,6 +124,7 @@ class FamilySpec:
     source_kinds: tuple[str, ...] = ("safetensors", "torch")
     tokenizer: Callable[[Path], Any] = read_tokenizer_json
     tokenizer_files: tuple[str, ...] = TOKENIZER_FILES
+    partition_rules: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         if not self.cache_kinds or self.cache_kinds[0] != "none":

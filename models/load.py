@@ -17,10 +17,11 @@ import numpy as np
 from flax import nnx
 
 from models import checkpoint
-from models.common import dtype_from_name, flat_abstract_params, flat_to_state
+from models.common import dtype_from_name, flat_abstract_params, flat_name, flat_to_state
 from models.family import FamilySpec, family_spec, spec_for_config
 
-__all__ = ["load", "LoadedModel", "abstract_model", "config_from_dict", "random_model", "param_count"]
+__all__ = ["load", "LoadedModel", "abstract_model", "config_from_dict", "random_model", "param_count",
+           "partition_rules", "param_shardings"]
 
 
 def config_from_dict(family: str, config: dict, *, what: str = "config.json"):
@@ -34,6 +35,35 @@ def abstract_model(family: str, cfg: Any, *, dtype: Any = jnp.float32, param_dty
     cls = family_spec(family).module_class
     return nnx.eval_shape(lambda: cls(cfg, dtype=dtype, param_dtype=param_dtype, precision=precision,
                                       rngs=nnx.Rngs(0)))
+
+
+def partition_rules(family: str, rules: Any = None):
+    """The :class:`srsmc_jax.sharding.PartitionRules` to apply: ``rules`` when given (a table or a
+    ``PartitionRules``), else the family's own (``FamilySpec.partition_rules``)."""
+    from srsmc_jax.sharding import PartitionRules
+
+    if rules is None:
+        rules = family_spec(family).partition_rules
+        if not rules:
+            raise ValueError(f"the {family} family declares no partition rules (FamilySpec.partition_rules); "
+                             "pass rules=((regex, PartitionSpec), ...)")
+        return PartitionRules.of(rules, what=f"{family} partition rules")
+    return PartitionRules.of(rules)
+
+
+def _state_name(path) -> str:
+    """Flat name of an ``nnx.State`` leaf path, as in the checkpoint (the Variable's ``.value`` dropped)."""
+    parts = [p for p in path if getattr(p, "name", None) != "value"]
+    return flat_name(parts)
+
+
+def param_shardings(family: str, params: Any, mesh: Any, rules: Any = None) -> Any:
+    """A pytree of ``NamedSharding`` for ``params`` (an ``nnx.State``) on ``mesh`` (its Auto twin)
+    by the partition rules (default: the family's). ValueError naming a parameter no rule matches
+    or a dimension a rule cannot split."""
+    from srsmc_jax.sharding import auto_axes, tree_shardings
+
+    return tree_shardings(params, auto_axes(mesh), partition_rules(family, rules), name=_state_name)
 
 
 class LoadedModel:
@@ -131,6 +161,15 @@ class LoadedModel:
         return self.spec.build_denoiser(self.graphdef, self.config, cache=cache, cfg_scale=cfg_scale,
                                         gen_length=None if gen_length is None else int(gen_length))
 
+    def sharded(self, mesh: Any, rules: Any = None) -> "LoadedModel":
+        """The same model with its params placed on ``mesh`` by the partition rules (default: the
+        family's; ``jax.device_put``). For a checkpoint, ``models.load(path, mesh=mesh)`` restores
+        straight into the shardings instead."""
+        params = jax.device_put(self.params, param_shardings(self.family, self.params, mesh, rules))
+        out = LoadedModel(self.family, self.config, self.graphdef, params, path=self.path, dtype=self.dtype)
+        out._tokenizer, out._tokenizer_loaded = self._tokenizer, self._tokenizer_loaded
+        return out
+
     def __repr__(self) -> str:
         return f"LoadedModel(family={self.family!r}, path={str(self.path)!r}, dtype={jnp.dtype(self.dtype).name})"
 
@@ -168,7 +207,7 @@ def _dtypes(dtype: Any, param_dtype: Any) -> tuple[Any, Any]:
 
 
 def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dtype: Any = None,
-         precision: Any = None, verify: bool = True) -> LoadedModel:
+         precision: Any = None, verify: bool = True, mesh: Any = None, rules: Any = None) -> LoadedModel:
     """Load a converted checkpoint folder (``models/checkpoint.py``), verified before use.
 
     dtype: compute dtype (``"float32"`` default, ``"bfloat16"``); param_dtype: storage dtype of
@@ -176,6 +215,12 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     file against the record made at conversion (default; about 1.5 GB/s per core, in parallel);
     ``False`` checks only the metadata, file sizes and array shapes. Any damage is a one-line
     ValueError naming the file. ``path=None`` loads the embedded default model (``models/embedded``).
+
+    mesh: a ``jax.sharding.Mesh`` (e.g. ``srsmc_jax.sharding.make_mesh(data, model)``): every
+    array is restored by orbax straight into its ``NamedSharding`` on the mesh (its Auto twin), so
+    each process reads only the pieces its devices hold and no full host copy of the weights is
+    made. rules: the partition rules (default: the family's ``FamilySpec.partition_rules``);
+    checked against every parameter before anything is read.
     """
     if path is None:
         from models.embedded import CHECKPOINT, missing_checkpoint_message
@@ -197,7 +242,16 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     abstract = abstract_model(meta.family, cfg, dtype=cdtype, param_dtype=pdtype, precision=precision)
     stored = checkpoint.param_metadata(path)
     _check_stored(stored, flat_abstract_params(abstract), what=path / checkpoint.PARAMS_DIR)
-    flat = checkpoint.restore_params(path, stored)
+    shardings = None
+    if mesh is not None:
+        from srsmc_jax.sharding import auto_axes
+
+        mesh = auto_axes(mesh)
+        specs = partition_rules(meta.family, rules).specs(stored, mesh)
+        shardings = {k: jax.sharding.NamedSharding(mesh, s) for k, s in specs.items()}
+    elif rules is not None:
+        raise ValueError("rules: partition rules need a mesh (pass mesh=...)")
+    flat = checkpoint.restore_params(path, stored, shardings)
     flat = {k: (v if v.dtype == jnp.dtype(pdtype) else v.astype(pdtype)) for k, v in flat.items()}
     graphdef, state = flat_to_state(abstract, flat, what=str(path))
     return LoadedModel(meta.family, cfg, graphdef, state, path=path, dtype=cdtype)

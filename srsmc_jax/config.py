@@ -116,6 +116,10 @@ class SMCConfig:
     # memory
     particle_chunk: Optional[int] = _knob(None, "evaluate the denoiser and the proposal over at most this many "
                                                 "particles at once (lax.map; memory O(chunk) instead of O(N))")
+    # layout (srsmc_jax.sharding)
+    particle_axis: Union[str, tuple, None] = _knob(None, "mesh axis (or tuple of axes) one prompt's particles are "
+                                                         "spread over (the particle-spread layout); None: each "
+                                                         "prompt's particles together on one device", cli=False)
     # output
     selection: Union[str, Callable] = _knob("trajectory_confidence", "answer rule: which particle is returned")
     # gradients
@@ -216,6 +220,10 @@ class SMCConfig:
         real("twist_beta", 0.0)
         need(self.particle_chunk is None or (_is_int(self.particle_chunk) and self.particle_chunk >= 1),
              f"particle_chunk: expected None or an int >= 1, got {self.particle_chunk!r}")
+        need(self.particle_axis is None or isinstance(self.particle_axis, str) or (
+            isinstance(self.particle_axis, tuple) and self.particle_axis
+            and all(isinstance(a, str) for a in self.particle_axis)),
+             f"particle_axis: expected None, a mesh axis name or a tuple of names, got {self.particle_axis!r}")
         need(_is_int(self.move_steps) and self.move_steps >= 1, f"move_steps: expected an int >= 1, got "
                                                                f"{self.move_steps!r}")
         need(self.twist_confidence in twist_lib.TWIST_FEATURES,

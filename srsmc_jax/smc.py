@@ -45,6 +45,7 @@ from .config import SMCConfig
 from .denoiser import CachedDenoiser, SequenceInfo, as_cached
 from .move import MoveHistory, MoveInput, MoveOps
 from .select import SelectInput
+from .sharding import check_auto_axes
 from .weights import StepInfo
 
 STREAM_RESAMPLE = 0x4000_0001
@@ -192,6 +193,7 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
     core = jax.jit(core) if jit else core
 
     def run(fn, key, params, prompt, prompt_mask, weight_params):
+        check_auto_axes(params, prompt, prompt_mask)  # the engine's gathers need Auto mesh axes
         prompts, masks, batched = _check_prompt(prompt, prompt_mask, config, den, max_len)
         result = fn(key, params, prompts, masks, weight_params)
         return result if batched else jax.tree.map(lambda x: x[0], result)
@@ -200,6 +202,7 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
         return run(core, key, params, prompt, prompt_mask, weight_params)
 
     def lower(key, params, prompt, prompt_mask=None, weight_params=None):
+        check_auto_axes(params, prompt, prompt_mask)
         prompts, masks, _ = _check_prompt(prompt, prompt_mask, config, den, max_len)
         return core.lower(key, params, prompts, masks, weight_params)
 
@@ -215,6 +218,7 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
 
     sample.config = config
     sample.denoiser = den
+    sample.check_prompt = lambda prompt, prompt_mask=None: _check_prompt(prompt, prompt_mask, config, den, max_len)
     sample.lower = lower
     sample.compile = compile
     return sample
@@ -245,8 +249,9 @@ def _check_config_against_denoiser(config: SMCConfig, den: CachedDenoiser) -> No
 
 
 def _is_concrete(x) -> bool:
-    # a prompt inside the caller's own jit/vmap is a tracer: its values are checked in the graph instead
-    return not isinstance(x, jax.core.Tracer)
+    # a prompt inside the caller's own jit/vmap is a tracer, and a global array of several processes
+    # cannot be read by one: their values are checked in the graph instead
+    return not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
 
 
 def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, max_len):
@@ -315,6 +320,22 @@ def _map_particles(fn: Callable, chunk: Optional[int], *args):
     return jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
 
 
+def _lay_out(config: SMCConfig, state: SMCState) -> SMCState:
+    """Under a mesh (``jax.set_mesh``), pin the particle axis of everything that moves with the
+    particles to ``config.particle_axis``: None keeps a prompt's particles on one device (so
+    resampling gathers locally), an axis name spreads them (``srsmc_jax.sharding``)."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return state
+
+    spec = jax.sharding.PartitionSpec
+
+    def pin(x):  # the other dimensions stay free (e.g. a KV cache's heads split over 'model')
+        return jax.lax.with_sharding_constraint(x, spec(config.particle_axis, *[spec.UNCONSTRAINED] * (x.ndim - 1)))
+
+    particles, lw, pending = jax.tree.map(pin, (state.particles, state.log_weights, state.pending))
+    return state._replace(particles=particles, log_weights=lw, pending=pending)
+
+
 def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, *, params,
                 weight_params, progress=None) -> SMCResult:
     """SR-SMC for one prompt: int32[P] with bool[P] validity. See ``make_sampler``."""
@@ -346,6 +367,7 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
         move_acceptance=jnp.full((t_max,), jnp.nan, jnp.float32),
         error=jnp.zeros((), jnp.int32),
     )
+    state = _lay_out(config, state)
     steps = config.steps_per_block
     early_exit = strat.select.data_dependent and not config.differentiable
     across_blocks = strat.twist is not None and strat.twist.rows == "generation"
@@ -377,7 +399,7 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
                                     at_block_end=True)
         if progress is not None:
             jax.debug.callback(lambda done: progress(int(done), config.num_blocks), b + 1)
-        return state, None
+        return _lay_out(config, state), None
 
     state, _ = jax.lax.scan(run_block, state, jnp.arange(config.num_blocks))
     if across_blocks:  # the run's last step: everything is revealed, ψ = 0
@@ -452,8 +474,8 @@ def _step(ctx: _Context, state: SMCState, block_start, step_in_block, *, first: 
     particles, increments = _reveal(ctx, keys, state.particles, block_logits, block_start, step_in_block,
                                     state.step)
     psi = jnp.where(state.step == 0, 0.0, psi)  # ψ of the run's start (all masked) is 0 by definition
-    return state._replace(particles=particles, pending=_pending(increments, psi), step=state.step + 1,
-                          error=state.error | flags)
+    return _lay_out(config, state._replace(particles=particles, pending=_pending(increments, psi),
+                                           step=state.step + 1, error=state.error | flags))
 
 
 def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, step_in_block, step):

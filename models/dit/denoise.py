@@ -85,7 +85,7 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         if n > n_max:
             raise ValueError(f"sequence length {n} exceeds model_length {n_max}")
 
-    def plain(params, tokens, seq: SequenceInfo):
+    def plain(params, tokens, seq: Optional[SequenceInfo] = None):  # sees_padding=False: called without seq
         del seq
         check_length(tokens.shape[0])
         m = nnx.merge(graphdef, params)

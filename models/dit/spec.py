@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from models.dit.config import BD3LMConfig, DiTConfig, MDLMConfig
 from models.dit.hf_keys import bd3lm_ignored_keys, dit_buffer_checks, dit_table
@@ -13,6 +14,26 @@ from models.dit.model import BD3LMModel, MDLMModel
 from models.family import FamilySpec, read_tokenizer_json, register_family
 
 __all__ = ["MDLM", "BD3LM"]
+
+
+# Tensor parallelism over the "model" mesh axis: the fused q|k|v projection and the MLP input by
+# output columns, attn_out / mlp_out by input rows, the embedding over the hidden axis; the output
+# layer by its input (hidden) rows, because GPT-2's vocabulary of 50258 is divisible by 2 only;
+# norms and the small conditioning path (sigma_map, adaLN modulations: [C, 6D] per block)
+# replicated. The q|k|v columns are [3, H, hd] flattened, so a split into contiguous pieces is
+# regrouped into heads by the partitioner (a resharding per layer; MDLM / BD3-LM are small).
+PARTITION_RULES = (
+    (r"vocab_embed\.embedding", P(None, "model")),
+    (r"sigma_map\.linear[12]\.(kernel|bias)", P()),
+    (r"blocks\.\d+\.(attn_qkv|mlp_in)\.kernel", P(None, "model")),
+    (r"blocks\.\d+\.mlp_in\.bias", P("model")),
+    (r"blocks\.\d+\.(attn_out|mlp_out)\.kernel", P("model", None)),
+    (r"blocks\.\d+\.mlp_out\.bias", P()),
+    (r"blocks\.\d+\.(norm1|norm2)\.weight|output_layer\.norm_final\.weight", P()),
+    (r"(blocks\.\d+|output_layer)\.adaLN_modulation\.(kernel|bias)", P()),
+    (r"output_layer\.linear\.kernel", P("model", None)),
+    (r"output_layer\.linear\.bias", P()),
+)
 
 
 def _sigma(sigma):
@@ -54,6 +75,7 @@ _COMMON = dict(
     sees_padding=False,
     source_kinds=("safetensors", "torch", "lightning"),
     tokenizer=_tokenizer,
+    partition_rules=PARTITION_RULES,
 )
 
 MDLM = register_family(FamilySpec(

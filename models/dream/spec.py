@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from models.dream.config import DreamConfig
 from models.dream.hf_keys import dream_ignored_keys, dream_table
@@ -16,6 +17,21 @@ __all__ = ["DREAM"]
 # Dream-v0-Instruct's chat template (Qwen2 style) with its default system turn, one user turn.
 CHAT_TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{prompt}"
                  "<|im_end|>\n<|im_start|>assistant\n")
+
+
+# Tensor parallelism over the "model" mesh axis, as LLaDA's (models/llada/spec.py): q/k/v (with
+# their biases) and gate/up by output columns, o_proj / down_proj by input rows, the embedding over
+# the hidden axis, the LM head over the vocabulary.
+PARTITION_RULES = (
+    (r"embed_tokens\.embedding", P(None, "model")),
+    (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)\.kernel", P(None, "model")),
+    (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj)\.bias", P("model")),
+    (r"layers\.\d+\.self_attn\.o_proj\.kernel", P("model", None)),
+    (r"layers\.\d+\.mlp\.(gate_proj|up_proj)\.kernel", P(None, "model")),
+    (r"layers\.\d+\.mlp\.down_proj\.kernel", P("model", None)),
+    (r"layers\.\d+\.(input_layernorm|post_attention_layernorm)\.weight|norm\.weight", P()),
+    (r"lm_head\.kernel", P(None, "model")),
+)
 
 
 def _forward(m: DreamModel, tokens, attention_mask=None, position_ids=None):
@@ -45,4 +61,5 @@ DREAM = register_family(FamilySpec(
     cache_kinds=("none", "prefix", "dual"),
     cache_note="prefix / dual are the approximate Fast-dLLM caches",
     chat_template=CHAT_TEMPLATE,
+    partition_rules=PARTITION_RULES,
 ))

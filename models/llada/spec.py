@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from models.family import FamilySpec, register_family
 from models.llada.config import LLaDAConfig
@@ -16,6 +17,22 @@ __all__ = ["LLADA"]
 # LLaDA-8B-Instruct's tokenizer_config chat template (Llama-3 style), one user turn.
 CHAT_TEMPLATE = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
                  "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+# Tensor parallelism over the "model" mesh axis (Megatron layout): q/k/v and the SwiGLU input
+# projections split by output columns (whole heads when the axis divides the head counts), their
+# output projections by input rows (one all-reduce per attention / MLP), the embedding over the
+# hidden axis (the lookup stays local), the LM head over the vocabulary.
+PARTITION_RULES = (
+    (r"wte\.embedding", P(None, "model")),
+    (r"blocks\.\d+\.(q_proj|k_proj|v_proj|ff_proj|up_proj)\.kernel", P(None, "model")),
+    (r"blocks\.\d+\.(q_proj|k_proj|v_proj|ff_proj|up_proj)\.bias", P("model")),
+    (r"blocks\.\d+\.(attn_out|ff_out)\.kernel", P("model", None)),
+    (r"blocks\.\d+\.(attn_out|ff_out)\.bias", P()),
+    (r"blocks\.\d+\.(attn_norm|ff_norm)\.weight|ln_f\.weight", P()),
+    (r"ff_out\.kernel", P(None, "model")),
+    (r"ff_out\.bias", P("model")),
+)
 
 
 def _forward(m: LLaDAModel, tokens, attention_mask=None):
@@ -43,4 +60,5 @@ LLADA = register_family(FamilySpec(
     cache_note="prefix / dual are the approximate Fast-dLLM caches",
     supports_cfg=True,
     chat_template=CHAT_TEMPLATE,
+    partition_rules=PARTITION_RULES,
 ))

@@ -306,7 +306,14 @@ def _sample(args) -> int:
     den = model.as_denoiser(cache=cache, gen_length=config.gen_length)
     sample = make_sampler(den, config, progress=progress.block_done)
     key = jax.random.key(args.seed)
-    with progress.phase("compiling"):
+    # memory: estimated and refused (one line, with the numbers) before anything is compiled
+    from srsmc_jax import memory
+
+    need = memory.estimate(den, config, params=model.params, prompt_length=len(prompt))
+    free, source = memory.available_bytes()
+    memory.check(need, free, source)
+    room = "" if free is None else f" of {memory.format_bytes(free)} available"
+    with progress.phase(f"compiling (memory: about {memory.format_bytes(need.compared)}{room})"):
         compiled = sample.compile(key, model.params, prompt)
     with progress.phase(f"sampling {config.num_particles} particles, {config.num_blocks} block(s)"):
         start = time.time()

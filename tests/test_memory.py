@@ -1,0 +1,102 @@
+"""The memory estimate (srsmc_jax.memory) against the peak resident memory of real runs in fresh
+processes, chunked particles bounding memory, and the command line refusing a configuration that
+cannot fit before compiling anything."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import models
+import srsmc_jax as sr
+from shared_files import REPO
+from srsmc_jax import memory
+
+# measured / estimated peak on this CPU: 1.2-1.7 (README, "Running on many devices"); the test allows [0.5, 2]
+FACTOR = (0.5, 2.0)
+PUZZLE = "..4..1 ..2... ...5.2 3..... ..6... 5..6.."
+
+
+def _can_reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+needs_rss = pytest.mark.skipif(not _can_reset_peak(), reason="needs /proc/self/clear_refs to measure a run's peak RSS")
+
+
+def _measure(*args):
+    import json
+
+    r = subprocess.run([sys.executable, "-m", "benchmarks.scale", "run", *args, "--json"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@needs_rss
+def test_estimate_is_within_a_factor_of_the_measured_peak_and_chunks_bound_memory():
+    whole = _measure("-n", "1024")
+    chunked = _measure("-n", "1024", "--chunk", "128")
+    for run in (whole, chunked):
+        ratio = run["peak_rss_growth"] / run["estimate_without_params"]
+        assert FACTOR[0] <= ratio <= FACTOR[1], (run, ratio)
+    # O(chunk): 8x fewer particles in flight use several times less memory (the O(N) state and
+    # logits of this small-vocabulary model are a few MiB)
+    assert chunked["peak_rss_growth"] < 0.3 * whole["peak_rss_growth"], (chunked, whole)
+    assert chunked["tokens_checksum"] == whole["tokens_checksum"]
+
+
+def test_cli_refuses_a_configuration_that_cannot_fit_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "srsmc_jax", "sample", PUZZLE, "-n", "1000000"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("srsmc: error: this configuration needs about "), lines[0]
+    assert "1000000 particles" in lines[0] and ("(host MemAvailable)" in lines[0] or "cgroup" in lines[0])
+    assert "GiB" in lines[0] and "RESOURCE_EXHAUSTED" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_estimate_terms_follow_the_configuration():
+    model = models.load()
+    den = model.as_denoiser()
+    base = sr.SMCConfig(num_particles=64, gen_length=36, block_length=36, mask_id=model.mask_id)
+    e = memory.estimate(den, base, params=model.params, prompt_length=36)
+    assert e.params == sum(x.nbytes for x in jax.tree.leaves(model.params))
+    # tokens + log-probs: 8 bytes per position per particle, 3 copies; logits [36, 9] float32, 2 + 4 copies
+    assert e.state == 3 * 64 * 8 * 72
+    assert e.logits == (2 * 64 + 4 * 64) * 36 * 9 * 4
+    chunked = memory.estimate(den, base.replace(particle_chunk=8), params=model.params, prompt_length=36)
+    assert chunked.state == e.state and chunked.logits < e.logits and chunked.forward < e.forward / 4
+    cached = memory.estimate(model.as_denoiser(cache="dual"), base, params=model.params, prompt_length=36)
+    kv = 2 * 4 * 72 * 4 * 32 * 4  # k and v: [layers, L, KV heads, head dim] float32 per particle
+    assert cached.state == e.state + 3 * 64 * kv
+    if len(jax.devices()) >= 8:
+        mesh = sr.sharding.make_mesh(8, 1)  # the embedded model's 9-token vocabulary cannot be split
+        on_mesh = memory.estimate(den, base, params=model.sharded(mesh).params, prompt_length=36, batch=9,
+                                  mesh=mesh)
+        assert on_mesh.prompts_per_device == 2 and on_mesh.host_devices == 8 and on_mesh.params == e.params
+        assert on_mesh.host_total == 8 * on_mesh.per_device and on_mesh.compared == on_mesh.host_total
+        spread = memory.estimate(den, base.replace(particle_axis="data"), params=model.params, prompt_length=36,
+                                 batch=1, mesh=mesh)
+        assert spread.particles_per_device == 8 and spread.prompts_per_device == 1
+
+
+def test_check_names_both_numbers():
+    model = models.load()
+    config = sr.SMCConfig(num_particles=4, gen_length=36, block_length=36, mask_id=model.mask_id)
+    e = memory.estimate(model.as_denoiser(), config, params=model.params, prompt_length=36)
+    memory.check(e, e.compared, "test")  # exactly fits
+    with pytest.raises(memory.InsufficientMemory, match=r"needs about .* more than the 1\.0 KiB available \(test\)"):
+        memory.check(e, 1024, "test")
+    free, source = memory.available_bytes()
+    assert free is None or free > 0
+    assert source
+    np.testing.assert_equal(memory.format_bytes(3 * 2**30), "3.0 GiB")
