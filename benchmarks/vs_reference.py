@@ -1,0 +1,390 @@
+"""Side by side: the official SR-SMC PyTorch code against srsmc-jax, on the same random LLaDA.
+
+    python -m benchmarks.vs_reference --reference REF_CHECKOUT --llada-generate LLaDA/generate.py \\
+        --torch-python /work/venvs/torch/bin/python --json benchmarks/results/vs_reference.json
+
+* ``--reference``: a checkout of github.com/Algolzw/self-rewarding-smc (measured at 07b50aa); its
+  ``llada/generate_smc.py`` and ``llada/model/modeling_llada.py`` are used unmodified.
+* ``--llada-generate``: ``generate.py`` of github.com/ML-GSAI/LLaDA (measured at b7e6c35).
+* ``--torch-python``: an interpreter with torch and transformers
+  (``python -m venv V && V/bin/pip install torch==2.13.0 transformers==4.46.2 numpy safetensors``).
+  Our side runs in this interpreter (jax).
+
+What it does:
+
+1. Writes a random LLaDA in the official Hugging Face format (``benchmarks/llada_checkpoint.py``;
+   default d 256, 4 layers, 8 heads, MLP 704, vocab 2048) and converts it with
+   ``python -m convert``; both sides compute with the same float32 weights. The reference code
+   hard-codes the mask id 126336 only as a default argument: every call here passes the checkpoint's
+   ``mask_token_id`` (inside the vocabulary) explicitly, and LLaDA's ``generate`` keeps
+   ``logits_eos_inf`` / ``confidence_eos_eot_inf`` off (they index ids 126081 / 126348). Nothing of
+   the reference is patched.
+2. Runs paired rounds: per round and case, one process of the reference (torch,
+   ``torch.set_num_threads(--threads)``) and one of ours (XLA uses the machine's cores), one after
+   the other (the order flips every round so that drift hits both sides). Each process loads the
+   model, warms up (ours: compiles), then times ``--repeats`` calls; the per-process median is its
+   round's time. The table gives the median over rounds of each side and of the paired ratios
+   (reference time / ours).
+3. Checks that both sides make the same number of forward passes: the reference's model calls are
+   counted with a forward hook (one call = a batch of N particles), ours is ``result.num_steps``
+   (``result.nfe`` = steps × N). With threshold decoding the count is data-dependent; the default
+   random model has confidences far below 0.9 (its LM-head gain keeps the largest probability near
+   0.5), so at threshold 0.9 both sides reveal exactly one token per step — 128 steps for 128
+   tokens — and the threshold code path of each side runs unchanged. Where the counts differ
+   anyway (e.g. ``--lm-head-gain 8``), the ratio is taken per forward pass and marked with ``†``.
+4. Case e (greedy, τ = 0) is deterministic: the table also says whether both sides produced the
+   same tokens.
+
+Cases (the table of issue 13): a) prefix cache, threshold 0.9, τ = 1 (the reference's evaluation
+setting, ``eval_gsm8k.sh``); b) prefix cache, one token per step (top-k); c) no cache, threshold
+0.9; d) ours with the dual cache against the reference's prefix cache (a's reference time);
+e) greedy: LLaDA ``generate`` (one token per step) against ours with N = 1, τ = 0; f) 16 prompts × N
+in one batched call of ours (prefix cache, dual cache) against 16 sequential calls of the reference
+(it runs one prompt at a time), per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_WORKER = Path(__file__).resolve().with_name("vs_reference_torch.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefJob:
+    """One reference call pattern. ``fn``: ``smc_prefix`` / ``smc_nocache`` / ``llada_generate``;
+    ``threshold=None``: top-k with steps = gen_length, one token per step (else threshold decoding,
+    called with the eval script's steps = gen_length // block_length, which it ignores);
+    ``particles_one``: N = 1; ``batch``: ``--batch-prompts`` sequential calls (else one)."""
+
+    fn: str
+    threshold: Optional[float]
+    temperature: float
+    particles_one: bool = False
+    batch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OursJob:
+    """One configuration of ours. ``cache``: the denoiser's cache; ``select``: ``"threshold"``
+    (ρ = 0.9) or ``"topk"`` (one token per step); ``batch``: ``--batch-prompts`` prompts in one call."""
+
+    cache: Optional[str]
+    select: str
+    temperature: float
+    particles_one: bool = False
+    batch: bool = False
+
+
+REF_JOBS = {
+    "a": RefJob("smc_prefix", threshold=0.9, temperature=1.0),
+    "b": RefJob("smc_prefix", threshold=None, temperature=1.0),
+    "c": RefJob("smc_nocache", threshold=0.9, temperature=1.0),
+    "e": RefJob("llada_generate", threshold=None, temperature=0.0, particles_one=True),
+    "f": RefJob("smc_prefix", threshold=0.9, temperature=1.0, batch=True),
+}
+OURS_JOBS = {
+    "a": OursJob("prefix", "threshold", 1.0),
+    "b": OursJob("prefix", "topk", 1.0),
+    "c": OursJob(None, "threshold", 1.0),
+    "d": OursJob("dual", "threshold", 1.0),
+    "e": OursJob(None, "topk", 0.0, particles_one=True),
+    "f-prefix": OursJob("prefix", "threshold", 1.0, batch=True),
+    "f-dual": OursJob("dual", "threshold", 1.0, batch=True),
+}
+# table rows: case letter -> (label, reference job, our jobs)
+CASES = {
+    "a": ("prefix cache, threshold 0.9, τ = 1 (the reference's evaluation setting)", "a", ["a"]),
+    "b": ("prefix cache, one token per step", "b", ["b"]),
+    "c": ("no cache, threshold 0.9", "c", ["c"]),
+    "d": ("ours with the dual cache vs the reference's prefix cache", "a", ["d"]),
+    "e": ("greedy (LLaDA `generate` vs ours N = 1, τ = 0)", "e", ["e"]),
+    "f": ("{B} prompts × N = {N} in one call, per prompt, prefix cache / dual cache", "f", ["f-prefix", "f-dual"]),
+}
+
+
+def ref_spec(job: RefJob, args) -> dict:
+    return {
+        "fn": job.fn, "threshold": job.threshold, "temperature": job.temperature,
+        "steps": args.gen_length if job.threshold is None else args.gen_length // args.block_length,
+        "num_particles": 1 if job.particles_one else args.particles,
+        "prompts": args.batch_prompts if job.batch else 1,
+    }
+
+
+def ours_spec(job: OursJob, args) -> dict:
+    return {
+        "cache": job.cache, "select": job.select, "threshold": 0.9 if job.select == "threshold" else None,
+        "temperature": job.temperature, "num_particles": 1 if job.particles_one else args.particles,
+        "prompts": args.batch_prompts if job.batch else 1,
+    }
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.vs_reference", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference", required=True, help="checkout of Algolzw/self-rewarding-smc (with llada/)")
+    ap.add_argument("--llada-generate", required=True, help="generate.py of ML-GSAI/LLaDA")
+    ap.add_argument("--torch-python", required=True, help="Python interpreter with torch + transformers")
+    ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
+    ap.add_argument("--cases", default="a,b,c,d,e,f", help="comma-separated subset of a,b,c,d,e,f")
+    ap.add_argument("--rounds", type=int, default=3, help="paired rounds (median reported)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed calls per process after the warm-up")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on the reference side")
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--mlp", type=int, default=704)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--lm-head-gain", type=float, default=2.0,
+                    help="scale of the random LM head; larger makes confident (multi-token) threshold steps")
+    ap.add_argument("--prompt-length", type=int, default=32)
+    ap.add_argument("--gen-length", type=int, default=128)
+    ap.add_argument("--block-length", type=int, default=32)
+    ap.add_argument("--particles", type=int, default=4)
+    ap.add_argument("--batch-prompts", type=int, default=16, help="prompts of case f")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default=None, help="keep the checkpoints, specs and raw outputs here")
+    args = ap.parse_args(argv)
+
+    ref = Path(args.reference)
+    for rel in ("llada/generate_smc.py", "llada/model/modeling_llada.py"):
+        if not (ref / rel).is_file():
+            ap.error(f"--reference: {ref / rel} not found (expected a checkout of Algolzw/self-rewarding-smc)")
+    gen = Path(args.llada_generate)
+    if not gen.is_file() or "def generate(" not in gen.read_text(errors="replace"):
+        ap.error(f"--llada-generate: {gen} is not LLaDA's generate.py (no `def generate(`)")
+    tp = Path(args.torch_python)
+    if not (tp.is_file() and os.access(tp, os.X_OK)):
+        ap.error(f"--torch-python: {tp} is not an executable file")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in cases if c not in CASES]
+    if bad or not cases:
+        ap.error(f"--cases: unknown case(s) {bad or args.cases!r}; use a subset of {','.join(CASES)}")
+    args.case_list = cases
+    for name in ("rounds", "repeats", "threads", "particles", "batch_prompts", "prompt_length", "gen_length",
+                 "block_length"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    if args.gen_length % args.block_length:
+        ap.error(f"--gen-length {args.gen_length} is not a multiple of --block-length {args.block_length}")
+    if args.json and not Path(args.json).absolute().parent.is_dir():
+        ap.error(f"--json: folder {Path(args.json).absolute().parent} does not exist")
+    args.shape = LLaDAShape(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                            mlp_hidden_size=args.mlp, vocab_size=args.vocab,
+                            max_sequence_length=max(512, args.prompt_length + args.gen_length))
+    try:
+        args.shape.validate()
+    except ValueError as e:
+        ap.error(f"model shape: {e}")
+    return args
+
+
+def _run_worker(cmd: list[str], spec: dict, name: str, workdir: Path, env: dict) -> dict:
+    spec_f, out_f = workdir / f"{name}.spec.json", workdir / f"{name}.out.json"
+    spec_f.write_text(json.dumps(spec, indent=2))
+    out_f.unlink(missing_ok=True)
+    p = subprocess.run(cmd + [str(spec_f), str(out_f)], cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode != 0 or not out_f.is_file():
+        tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"worker {name} failed (exit {p.returncode}):\n{tail}")
+    return json.loads(out_f.read_text()) | {"load_average_after": _loadavg()}
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare(args, workdir: Path) -> dict:
+    """Checkpoint (official format + converted) and prompts in ``workdir``; returns the common spec."""
+    hf, conv = workdir / "llada_hf", workdir / "llada_converted"
+    if not (hf / "model.safetensors").is_file():
+        write_llada_checkpoint(hf, args.shape, seed=args.seed, lm_head_gain=args.lm_head_gain)
+    if not (conv / "srsmc_checkpoint.json").is_file():
+        p = subprocess.run([sys.executable, "-m", "convert", str(hf), str(conv), "--force"], cwd=ROOT,
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"python -m convert failed: {(p.stderr or p.stdout).strip()}")
+    rng = np.random.default_rng(args.seed + 1)
+    prompts = rng.integers(0, min(args.shape.mask_token_id, args.shape.eos_token_id),
+                           (args.batch_prompts, args.prompt_length)).astype(np.int32)
+    np.save(workdir / "prompts.npy", prompts)
+    return {"prompts_file": str(workdir / "prompts.npy"), "gen_length": args.gen_length,
+            "block_length": args.block_length, "mask_id": args.shape.mask_token_id, "repeats": args.repeats,
+            "threads": args.threads, "seed": args.seed, "hf": str(hf), "converted": str(conv)}
+
+
+def run_rounds(args, workdir: Path, common: dict) -> tuple[dict, dict, list]:
+    ref_ids = sorted({CASES[c][1] for c in args.case_list})
+    ours_ids = {r: [o for c in args.case_list if CASES[c][1] == r for o in CASES[c][2]] for r in ref_ids}
+    ref_env = dict(os.environ, TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS=str(args.threads))
+    ours_env = dict(os.environ)
+    ref_cmd = [args.torch_python, str(TORCH_WORKER)]
+    ours_cmd = [sys.executable, "-m", "benchmarks.vs_reference_ours"]
+    ref_res = {r: [] for r in ref_ids}
+    ours_res = {o: [] for r in ref_ids for o in ours_ids[r]}
+    loads = []
+    for rnd in range(args.rounds):
+        for r in ref_ids:
+            def run_ref():
+                spec = dict(common, job=ref_spec(REF_JOBS[r], args), checkpoint=common["hf"],
+                            reference=str(Path(args.reference).absolute()),
+                            llada_generate=str(Path(args.llada_generate).absolute()))
+                res = _run_worker(ref_cmd, spec, f"r{rnd}_ref_{r}", workdir, ref_env)
+                ref_res[r].append(res)
+                _log(f"round {rnd + 1}/{args.rounds} reference {r}: {res['median_s']:.3f} s, "
+                     f"{res['forward_calls'][-1]:g} forward calls, load {_loadavg()}")
+
+            def run_ours():
+                for o in ours_ids[r]:
+                    spec = dict(common, job=ours_spec(OURS_JOBS[o], args), checkpoint=common["converted"])
+                    res = _run_worker(ours_cmd, spec, f"r{rnd}_ours_{o}", workdir, ours_env)
+                    ours_res[o].append(res)
+                    _log(f"round {rnd + 1}/{args.rounds} ours {o}: {res['median_s']:.3f} s, "
+                         f"{res['forward_calls'][-1]:g} steps, compile {res['compile_s']:.1f} s, load {_loadavg()}")
+
+            for fn in ((run_ref, run_ours) if rnd % 2 == 0 else (run_ours, run_ref)):
+                fn()
+        loads.append(_loadavg())
+    return ref_res, ours_res, loads
+
+
+def _paired_ratio(ref_rounds: list[dict], ours_rounds: list[dict]) -> tuple[float, bool]:
+    """Median over rounds of reference/ours; per forward pass where the counts differ."""
+    same = all(set(a["forward_calls"]) == set(b["forward_calls"]) and len(set(a["forward_calls"])) == 1
+               for a, b in zip(ref_rounds, ours_rounds))
+    ratios = []
+    for a, b in zip(ref_rounds, ours_rounds):
+        if same:
+            ratios.append(a["median_s"] / b["median_s"])
+        else:
+            ratios.append((a["median_s"] / statistics.median(a["forward_calls"]))
+                          / (b["median_s"] / statistics.median(b["forward_calls"])))
+    return statistics.median(ratios), same
+
+
+def summarize(args, ref_res: dict, ours_res: dict) -> list[dict]:
+    rows = []
+    for c in args.case_list:
+        label, r, os_ = CASES[c]
+        label = label.format(B=args.batch_prompts, N=args.particles)
+        ref = ref_res[r]
+        row = {
+            "case": c, "label": label, "reference_job": ref_spec(REF_JOBS[r], args),
+            "reference_s": statistics.median(x["median_s"] for x in ref),
+            "reference_forward_calls": sorted({f for x in ref for f in x["forward_calls"]}),
+            "reference_rows_per_call": ref[0]["rows_per_call"],
+            "reference_cpu_per_wall": statistics.median(
+                statistics.median(x["cpu_s"]) / x["median_s"] for x in ref),
+            "ours": [],
+        }
+        for o in os_:
+            ours = ours_res[o]
+            ratio, same = _paired_ratio(ref, ours)
+            row["ours"].append({
+                "job": o, "spec": ours_spec(OURS_JOBS[o], args),
+                "ours_s": statistics.median(x["median_s"] for x in ours),
+                "ratio": ratio, "same_forward_passes": same,
+                "forward_calls": sorted({f for x in ours for f in x["forward_calls"]}),
+                "nfe": sorted({f for x in ours for f in x["nfe"]}),
+                "compile_s": statistics.median(x["compile_s"] for x in ours),
+                "cpu_per_wall": statistics.median(statistics.median(x["cpu_s"]) / x["median_s"] for x in ours),
+                "same_tokens_as_reference": (ours[-1]["tokens"] == ref[-1]["tokens"])
+                if REF_JOBS[r].temperature == 0 else None,
+            })
+        rows.append(row)
+    return rows
+
+
+def _fmt_counts(xs) -> str:
+    return "/".join(f"{x:g}" for x in xs)
+
+
+def render_table(rows: list[dict]) -> str:
+    out = ["| case | reference s | ours s | ratio | forward calls ref / ours (NFE ref / ours) | ours compile s |",
+           "|---|---|---|---|---|---|"]
+    for row in rows:
+        ours = row["ours"]
+        s = " / ".join(f"{o['ours_s']:.2f}" for o in ours)
+        ratio = " / ".join(f"{o['ratio']:.2f}{'' if o['same_forward_passes'] else '†'}" for o in ours)
+        n = row["reference_rows_per_call"]
+        calls = (f"{_fmt_counts(row['reference_forward_calls'])} / "
+                 + " / ".join(_fmt_counts(o["forward_calls"]) for o in ours)
+                 + f" ({_fmt_counts([c * n for c in row['reference_forward_calls']])} / "
+                 + " / ".join(_fmt_counts(o["nfe"]) for o in ours) + ")")
+        comp = " / ".join(f"{o['compile_s']:.1f}" for o in ours)
+        label = row["case"] + ") " + row["label"]
+        if ours[0]["same_tokens_as_reference"] is not None:
+            label += f"; same tokens: {'yes' if all(o['same_tokens_as_reference'] for o in ours) else 'NO'}"
+        out.append(f"| {label} | {row['reference_s']:.2f} | {s} | {ratio} | {calls} | {comp} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.time()
+    load_before = _loadavg()
+    with contextlib.ExitStack() as stack:
+        workdir = (Path(args.workdir) if args.workdir
+                   else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vs_reference_"))))
+        workdir.mkdir(parents=True, exist_ok=True)
+        common = prepare(args, workdir)
+        ref_res, ours_res, loads = run_rounds(args, workdir, common)
+    rows = summarize(args, ref_res, ours_res)
+    s = args.shape
+    header = (f"Random LLaDA d {s.d_model}, {s.n_layers} layers, {s.n_heads} heads, MLP {s.mlp_hidden_size}, "
+              f"vocab {s.vocab_size} (mask id {s.mask_token_id}); prompt {args.prompt_length}, gen "
+              f"{args.gen_length}, block {args.block_length}, N = {args.particles}; float32, CPU "
+              f"({os.cpu_count()} cores), torch threads {args.threads}; {args.rounds} paired rounds × "
+              f"{args.repeats} timed calls; ratio = reference / ours, median of paired rounds. "
+              f"Load average before {load_before}, after {_loadavg()}.")
+    table = render_table(rows)
+    print(header)
+    print()
+    print(table)
+    if any(not o["same_forward_passes"] for r in rows for o in r["ours"]):
+        print("\n† forward-pass counts differ between the sides; ratio per forward pass")
+    result = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("shape", "case_list")},
+        "shape": dataclasses.asdict(s) | {"mask_token_id": s.mask_token_id, "eos_token_id": s.eos_token_id},
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+        "torch": next(iter(ref_res.values()))[0]["torch"],
+        "jax": next(iter(ours_res.values()))[0]["jax"],
+        "load_average_before": load_before, "load_average_after_each_round": loads,
+        "wall_s": time.time() - started, "rows": rows, "table_markdown": table, "header": header,
+        "raw": {"reference": ref_res, "ours": ours_res},
+    }
+    if args.json:
+        out = Path(args.json)
+        tmp_out = out.with_name(out.name + ".partial")
+        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+        tmp_out.replace(out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
