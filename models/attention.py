@@ -90,10 +90,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Optional[jax.Ar
 def mix_cached_kv(cached: jax.Array, fresh: jax.Array, window: CacheWindow) -> jax.Array:
     """Key/value set of a cached call: cached [B, L, KV, hd]; fresh [B, Q, KV, hd] computed for
     positions ``window.start ..``; positions in ``[window.lo, window.hi)`` take the fresh values."""
-    written = jax.lax.dynamic_update_slice_in_dim(cached, fresh.astype(cached.dtype), window.start, axis=1)
+    # One select over a gather of the fresh rows: XLA fuses it into a single pass that writes the
+    # mixed set once (writing the fresh rows into the cached buffer first would copy the layer's
+    # cache, which is still live, at every step).
     pos = jnp.arange(cached.shape[1])
-    sel = (pos >= window.lo) & (pos < window.hi)
-    return jnp.where(sel[None, :, None, None], written, cached)
+    q_len = fresh.shape[1]
+    sel = (pos >= window.lo) & (pos < window.hi) & (pos >= window.start) & (pos < window.start + q_len)
+    placed = jnp.take(fresh.astype(cached.dtype), jnp.clip(pos - window.start, 0, q_len - 1), axis=1)
+    return jnp.where(sel[None, :, None, None], placed, cached)
 
 
 class GQASelfAttention:
