@@ -176,7 +176,7 @@ class FinalLayer(nnx.Module):
         d = cfg.hidden_dim
         self.norm_final = _NormWeight(d, param_dtype)
         self.linear = linear(d, cfg.vocab_size, True, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                             rngs=rngs)
+                             rngs=rngs, out_dtype=jnp.float32)
         self.adaLN_modulation = linear(cfg.cond_dim, 2 * d, True, dtype=jnp.float32, param_dtype=param_dtype,
                                        precision=precision, rngs=rngs)
         self.eps, self.dtype = cfg.layer_norm_eps, dtype

@@ -108,7 +108,7 @@ class DreamModel(RotaryTransformer):
         ])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype=dtype, param_dtype=param_dtype,
-                              precision=precision, rngs=rngs)
+                              precision=precision, rngs=rngs, out_dtype=jnp.float32)
 
     # -- the KVCachedLM protocol (models/protocol.py) ------------------------------------------
 

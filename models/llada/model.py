@@ -87,7 +87,7 @@ class LLaDAModel(RotaryTransformer):
         ])
         self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.ff_out = linear(cfg.d_model, cfg.embedding_size, cfg.include_bias, dtype=dtype, param_dtype=param_dtype,
-                             precision=precision, rngs=rngs)
+                             precision=precision, rngs=rngs, out_dtype=jnp.float32)
 
     # -- the KVCachedLM protocol (models/protocol.py) ------------------------------------------
 
