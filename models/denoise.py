@@ -7,10 +7,13 @@ Row ``j`` of every returned logits array is the x0 prediction for position ``j``
 is raw row ``max(j - 1, 0)`` (the generation-time right shift of the official samplers).
 
 No cache (:class:`RowsDenoiser`): a cache-free ``CachedDenoiser`` (cache ``()``, ``any_rows``)
-whose ``refresh`` and ``step`` run the full forward but the LM head over the requested rows only
-(the engine asks for the current block: 32 of 544 rows at gen 512, so the float32 logits are
-``num_rows × V`` instead of ``L × V`` per sequence); ``fn`` is the full-sequence function
-``(params, tokens, seq) -> float32[L, V]``, as ``srsmc_jax.Denoiser.fn``.
+whose ``refresh`` and ``step`` run the full forward but the last layer's queries, attention
+output and MLP and the LM head over the requested rows only (the engine asks for the current
+block: 32 of 544 rows at gen 512, so the float32 logits are ``num_rows × V`` instead of ``L × V``
+per sequence); ``fn`` is the full-sequence function ``(params, tokens, seq) -> float32[L, V]``, as
+``srsmc_jax.Denoiser.fn``. Every call below computes the last layer and the head on the returned
+rows only (``KVCachedLM.hidden(out_rows=...)``); keys and values of every layer are computed for
+all query positions as before.
 
 Caches (Fast-dLLM, as the reference SR-SMC code uses them; approximate by design). The cache of
 one sequence is ``{"k", "v"}: [n_layers, L, KV, hd]`` holding **pre-RoPE** keys/values of the
@@ -114,17 +117,19 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
     def uncond(tokens, seq):
         return jnp.where(seq.prompt & seq.valid, jnp.asarray(mask_id, tokens.dtype), tokens)
 
-    def block_rows(m, h_rows, window_start, block_start, block_length):
-        """h_rows: [Q, D] hidden states of the positions window_start.. -> block logits."""
+    def source_rows(m, window_start, window_length, block_start, block_length):
+        """int32[block_length]: where, among the query positions window_start.., the hidden state
+        of each requested row's prediction lies (Dream: the position before it)."""
         rows = block_start + jnp.arange(block_length)
         src = jnp.maximum(rows - m.position_shift, 0) - window_start
-        src = jnp.clip(src, 0, h_rows.shape[0] - 1)
-        return m.head(jnp.take(h_rows, src, axis=0))
+        return jnp.clip(src, 0, window_length - 1).astype(jnp.int32)
 
-    def full_hidden(params, tokens, seq, collect_kv=False):
+    def full_hidden(params, tokens, seq, row_start, num_rows, collect_kv=False):
+        """The forward over the whole sequence; hidden states of the requested rows only."""
         m, valid, pos, qvalid = parts(params, tokens, seq)
+        src = source_rows(m, 0, tokens.shape[0], jnp.asarray(row_start, jnp.int32), num_rows)
         h, kv = m.hidden(tokens[None], AttentionInputs(q_pos=pos, k_pos=pos, key_mask=valid, query_valid=qvalid),
-                         collect_kv=collect_kv)
+                         collect_kv=collect_kv, out_rows=src)
         return m, h[0], kv
 
     def guided(fn):
@@ -138,15 +143,16 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
 
     # ---------------------------------------------------------------- no cache
     def plain(params, tokens, seq):
-        m, h, _ = full_hidden(params, tokens, seq)
-        logits = m.head(h)
+        m, valid, pos, qvalid = parts(params, tokens, seq)
+        h, _ = m.hidden(tokens[None], AttentionInputs(q_pos=pos, k_pos=pos, key_mask=valid, query_valid=qvalid))
+        logits = m.head(h[0])
         if m.position_shift:
             logits = jnp.concatenate([logits[:1], logits[:-1]], axis=0)
         return logits
 
     def rows(params, tokens, seq, row_start, num_rows):
-        m, h, _ = full_hidden(params, tokens, seq)
-        return block_rows(m, h, 0, jnp.asarray(row_start, jnp.int32), num_rows)
+        m, h, _ = full_hidden(params, tokens, seq, row_start, num_rows)
+        return m.head(h)
 
     if cache is None:
         full, some_rows = guided(plain), guided(rows)
@@ -165,9 +171,8 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
 
     def refresh(params, tokens, seq, cache_, block_start, block_length):
         del cache_
-        m, h, kv = full_hidden(params, tokens, seq, collect_kv=True)
-        logits = block_rows(m, h, 0, block_start, block_length)
-        return logits, {"k": kv.k[0], "v": kv.v[0]}
+        m, h, kv = full_hidden(params, tokens, seq, block_start, block_length, collect_kv=True)
+        return m.head(h), {"k": kv.k[0], "v": kv.v[0]}
 
     def window_step(params, tokens, seq, cache_, block_start, block_length, *, wq, ws, hi):
         """Queries at positions ``ws .. ws + wq - 1`` (static ``wq``); fresh keys/values in
@@ -177,8 +182,9 @@ def build_denoiser(graphdef: Any, *, cache: Optional[str] = None, cfg_scale: flo
         q_pos = jax.lax.dynamic_slice_in_dim(pos, ws, wq, axis=1)
         qv = None if qvalid is None else jax.lax.dynamic_slice_in_dim(qvalid, ws, wq, axis=1)
         cached = CachedKV(cache_["k"][None], cache_["v"][None], CacheWindow(start=ws, lo=block_start, hi=hi))
-        h, _ = m.hidden(tq, AttentionInputs(q_pos=q_pos, k_pos=pos, key_mask=valid, query_valid=qv), cached)
-        return block_rows(m, h[0], ws, block_start, block_length)
+        h, _ = m.hidden(tq, AttentionInputs(q_pos=q_pos, k_pos=pos, key_mask=valid, query_valid=qv), cached,
+                        out_rows=source_rows(m, ws, wq, block_start, block_length))
+        return m.head(h[0])
 
     def step(params, tokens, seq, cache_, block_start, block_length):
         n = tokens.shape[0]
