@@ -20,7 +20,9 @@ What it does:
    ``logits_eos_inf`` / ``confidence_eos_eot_inf`` off (they index ids 126081 / 126348). Nothing of
    the reference is patched.
 2. Runs paired rounds: per round and case, one process of the reference (torch,
-   ``torch.set_num_threads(--threads)``) and one of ours (XLA uses the machine's cores), one after
+   ``torch.set_num_threads(--threads)``, ``OMP_WAIT_POLICY=PASSIVE`` unless ``--omp-wait-policy``
+   says otherwise: with other jobs on the machine, spinning OpenMP threads slowed the reference
+   2-4x, which would flatter our ratio) and one of ours (XLA uses the machine's cores), one after
    the other (the order flips every round so that drift hits both sides). Each process loads the
    model, warms up (ours: compiles), then times ``--repeats`` calls; the per-process median is its
    round's time. The table gives the median over rounds of each side and of the paired ratios
@@ -148,6 +150,10 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds (median reported)")
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per process after the warm-up")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on the reference side")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                    help="OMP_WAIT_POLICY of the reference side (default PASSIVE: on a machine shared with other "
+                         "jobs, torch's spinning OpenMP threads made the reference 2-4x slower than with PASSIVE; "
+                         "'default' leaves it unset)")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
@@ -242,6 +248,8 @@ def run_rounds(args, workdir: Path, common: dict) -> tuple[dict, dict, list]:
     ref_ids = sorted({CASES[c][1] for c in args.case_list})
     ours_ids = {r: [o for c in args.case_list if CASES[c][1] == r for o in CASES[c][2]] for r in ref_ids}
     ref_env = dict(os.environ, TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS=str(args.threads))
+    if args.omp_wait_policy != "default":
+        ref_env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     ours_env = dict(os.environ)
     ref_cmd = [args.torch_python, str(TORCH_WORKER)]
     ours_cmd = [sys.executable, "-m", "benchmarks.vs_reference_ours"]
@@ -390,7 +398,8 @@ def main(argv=None) -> dict:
     header = (f"Random LLaDA d {s.d_model}, {s.n_layers} layers, {s.n_heads} heads, MLP {s.mlp_hidden_size}, "
               f"vocab {s.vocab_size} (mask id {s.mask_token_id}); prompt {args.prompt_length}, gen "
               f"{args.gen_length}, block {args.block_length}, N = {args.particles}; float32, CPU "
-              f"({os.cpu_count()} cores), torch threads {args.threads}; {args.rounds} paired rounds × "
+              f"({os.cpu_count()} cores), torch threads {args.threads} (OMP_WAIT_POLICY "
+              f"{args.omp_wait_policy}); {args.rounds} paired rounds × "
               f"{args.repeats} timed calls; ratio = reference / ours, median of paired rounds. "
               f"Load average before {load_before}, after {_loadavg()}.")
     table = render_table(rows)

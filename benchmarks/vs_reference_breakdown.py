@@ -15,8 +15,9 @@ gen 128, block 32, N = 4), all jitted, the fastest of ``--repeats`` calls
   dual-cache ``step``, and the no-cache forward; from them the model time of case a as it runs
   today (every cached step computes the fixed window W = gen_length) and with windows that shrink
   with the block start as the reference's do;
-* the x̂0 draw at [N, block, V]: ``GumbelProposal.draw`` / ``GumbelProposal.__call__`` against the same
-  Gumbel-max written as "max, then the first index of the max";
+* the x̂0 draw at [N, block, V]: ``GumbelProposal.draw`` (Gumbel-max with
+  ``srsmc_jax.proposal.first_argmax``: the max, then the first index of the max) against the same
+  Gumbel-max with ``jnp.argmax``, and the whole proposal;
 * attention alone, our einsum form against ``jax.nn.dot_product_attention``, per layer call;
 * bf16 (``models.load(path, dtype="bfloat16")``): the same forward pieces and the whole call.
 
@@ -129,8 +130,10 @@ def ours_breakdown(conv: Path, prompt: np.ndarray, *, gen_length: int, block_len
         dstep = jax.jit(jax.vmap(lambda t, c, bs: dd.step(model.params, t, seq, c, bs, blk), in_axes=(0, 0, None)))
         res["dual_step_ms"] = _best_ms(lambda: dstep(tokens, cache, bs0), repeats)
         dn = model.as_denoiser(cache=None, gen_length=g)
-        plain = jax.jit(jax.vmap(lambda t: dn(model.params, t, seq)))
+        plain = jax.jit(jax.vmap(lambda t: dn.fn(model.params, t, seq)))
         res["no_cache_forward_ms"] = _best_ms(lambda: plain(tokens), repeats)
+        rows = jax.jit(jax.vmap(lambda t, bs: dn.step(model.params, t, seq, (), bs, blk)[0], in_axes=(0, None)))
+        res["no_cache_block_rows_ms"] = _best_ms(lambda: rows(tokens, bs0), repeats)
         blocks = g // blk
         steps_per_block = blk - 1  # one token per step: refresh + (blk - 1) cached steps per block
         res["model_estimate_fixed_window_ms"] = blocks * res["refresh_ms"] + blocks * steps_per_block * \
@@ -144,25 +147,23 @@ def ours_breakdown(conv: Path, prompt: np.ndarray, *, gen_length: int, block_len
     # x̂0 draw at [N, block, V]
     logits = 2.0 * jax.random.normal(jax.random.key(1), (n, blk, vocab), jnp.float32)
     keys = jax.random.split(jax.random.key(2), n)
-    draw = jax.jit(jax.vmap(lambda k, lg: config.strategies.proposal.draw(k, lg)))
-    prop = jax.jit(jax.vmap(lambda k, lg: config.strategies.proposal(k, lg)))
+    proposal = config.strategies.proposal  # GumbelProposal: Gumbel-max drawn with first_argmax
+    draw = jax.jit(jax.vmap(proposal.draw))
+    prop = jax.jit(jax.vmap(proposal))
 
     @jax.jit
-    def draw_first_max(ks, lg):
+    def draw_jnp_argmax(ks, lg):  # the same Gumbel-max with jnp.argmax (the draw before first_argmax)
         def one(k, l):
             z = l.at[..., config.mask_id].set(-jnp.inf) / config.temperature
-            z = z + jax.random.gumbel(k, z.shape, jnp.float32)
-            zmax = jnp.max(z, axis=-1, keepdims=True)
-            iota = jax.lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
-            return jnp.min(jnp.where(z == zmax, iota, z.shape[-1]), axis=-1)
+            return jnp.argmax(z + jax.random.gumbel(k, z.shape, jnp.float32), axis=-1)
         return jax.vmap(one)(ks, lg)
 
     gumbel = jax.jit(jax.vmap(lambda k: jax.random.gumbel(k, (blk, vocab), jnp.float32)))
-    same = bool(jnp.all(draw(keys, logits) == draw_first_max(keys, logits)))
+    same = bool(jnp.all(draw(keys, logits) == draw_jnp_argmax(keys, logits)))
     out["x0_draw"] = {
         "shape": [n, blk, vocab],
-        "draw_x0_ms": _best_ms(lambda: draw(keys, logits), repeats * 10),
-        "max_then_first_index_ms": _best_ms(lambda: draw_first_max(keys, logits), repeats * 10),
+        "jnp_argmax_ms": _best_ms(lambda: draw_jnp_argmax(keys, logits), repeats * 10),
+        "first_argmax_ms": _best_ms(lambda: draw(keys, logits), repeats * 10),
         "gumbel_noise_only_ms": _best_ms(lambda: gumbel(keys), repeats * 10),
         "propose_ms": _best_ms(lambda: prop(keys, logits), repeats * 10),
         "same_tokens": same,
@@ -237,14 +238,18 @@ def render(res: dict, args) -> str:
                          [r["window_forward_ms"][str(w)] for r in refs.values()]))
     lines.append(row(f"dual-cache step ({args.block_length} rows)", f32["dual_step_ms"], b16["dual_step_ms"],
                      [None] * len(refs)))
-    lines.append(row("no-cache forward", f32["no_cache_forward_ms"], b16["no_cache_forward_ms"], [None] * len(refs)))
+    lines.append(row("no-cache forward, LM head on every row", f32["no_cache_forward_ms"],
+                     b16["no_cache_forward_ms"], [None] * len(refs)))
+    lines.append(row("no-cache forward, LM head on the block's rows (the engine's)", f32["no_cache_block_rows_ms"],
+                     b16["no_cache_block_rows_ms"], [None] * len(refs)))
     for w in f32["window_step_ms"]:
         if refs:
             lines.append(row(f"reference get_transfer_index, window {w} rows", None, None,
                              [r["transfer_index_ms"][str(w)] for r in refs.values()]))
     x = o["x0_draw"]
-    lines += ["", f"x̂0 draw at {x['shape']}: draw_x0 {x['draw_x0_ms']:.2f} ms, max-then-first-index "
-              f"{x['max_then_first_index_ms']:.2f} ms (same tokens: {x['same_tokens']}), Gumbel noise alone "
+    lines += ["", f"x̂0 draw at {x['shape']}: Gumbel-max with jnp.argmax {x['jnp_argmax_ms']:.2f} ms, with "
+              f"first_argmax (the proposal's) {x['first_argmax_ms']:.2f} ms (same tokens: {x['same_tokens']}), "
+              f"Gumbel noise alone "
               f"{x['gumbel_noise_only_ms']:.2f} ms, whole propose {x['propose_ms']:.2f} ms.", ""]
     lines += ["| attention per layer call (query rows × keys) | einsum ms | jax.nn.dot_product_attention ms |",
               "|---|---|---|"]

@@ -90,10 +90,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: Optional[jax.Ar
 def mix_cached_kv(cached: jax.Array, fresh: jax.Array, window: CacheWindow) -> jax.Array:
     """Key/value set of a cached call: cached [B, L, KV, hd]; fresh [B, Q, KV, hd] computed for
     positions ``window.start ..``; positions in ``[window.lo, window.hi)`` take the fresh values."""
-    written = jax.lax.dynamic_update_slice_in_dim(cached, fresh.astype(cached.dtype), window.start, axis=1)
+    # One select over a gather of the fresh rows: XLA fuses it into a single pass that writes the
+    # mixed set once (writing the fresh rows into the cached buffer first would copy the layer's
+    # cache, which is still live, at every step).
     pos = jnp.arange(cached.shape[1])
-    sel = (pos >= window.lo) & (pos < window.hi)
-    return jnp.where(sel[None, :, None, None], written, cached)
+    q_len = fresh.shape[1]
+    sel = (pos >= window.lo) & (pos < window.hi) & (pos >= window.start) & (pos < window.start + q_len)
+    placed = jnp.take(fresh.astype(cached.dtype), jnp.clip(pos - window.start, 0, q_len - 1), axis=1)
+    return jnp.where(sel[None, :, None, None], placed, cached)
 
 
 class GQASelfAttention:
@@ -107,22 +111,28 @@ class GQASelfAttention:
     heads: HeadLayout
     rope_full_precision: bool
 
-    def self_attention(self, h: jax.Array, call: AttentionCall, cached: Optional[KV] = None
-                       ) -> tuple[jax.Array, KV]:
+    def self_attention(self, h: jax.Array, call: AttentionCall, cached: Optional[KV] = None,
+                       rows: Optional[jax.Array] = None) -> tuple[jax.Array, KV]:
         """Project ``h`` [B, Q, D] to q/k/v, mix k/v into ``cached`` (pre-RoPE [B, L, KV, hd], with
-        ``call.window``), apply RoPE and attend. Returns (output [B, Q, H*hd], the pre-RoPE
-        (k, v) [B, Q, KV, hd] of the query tokens)."""
+        ``call.window``), apply RoPE and attend. ``rows``: None, or int32[R] indices into the Q
+        query tokens whose outputs are wanted (keys and values still come from all Q). Returns
+        (output [B, Q or R, H*hd], the pre-RoPE (k, v) [B, Q, KV, hd] of the query tokens)."""
         b, q_len, _ = h.shape
         n_heads, kv_heads, hd = self.heads
-        q = self.q_proj(h).reshape(b, q_len, n_heads, hd)
+        h_q = h if rows is None else jnp.take(h, rows, axis=1)
+        q = self.q_proj(h_q).reshape(b, h_q.shape[1], n_heads, hd)
         k = self.k_proj(h).reshape(b, q_len, kv_heads, hd)
         v = self.v_proj(h).reshape(b, q_len, kv_heads, hd)
         fresh = KV(k, v)
         if cached is not None:
             k = mix_cached_kv(cached.k, k, call.window)
             v = mix_cached_kv(cached.v, v, call.window)
-        q = apply_rope(q, call.q_rope, full_precision=self.rope_full_precision)
+        q_rope, query_valid = call.q_rope, call.query_valid
+        if rows is not None:
+            q_rope = Rope(jnp.take(q_rope.cos, rows, axis=-2), jnp.take(q_rope.sin, rows, axis=-2))
+            query_valid = None if query_valid is None else jnp.take(query_valid, rows, axis=1)
+        q = apply_rope(q, q_rope, full_precision=self.rope_full_precision)
         k = apply_rope(k, call.k_rope, full_precision=self.rope_full_precision)
         mask = None if call.key_mask is None else call.key_mask[:, None, None, :]
-        att = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, query_valid=call.query_valid)
-        return att.reshape(b, q_len, n_heads * hd), fresh
+        att = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, query_valid=query_valid)
+        return att.reshape(b, q.shape[1], n_heads * hd), fresh

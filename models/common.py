@@ -90,9 +90,13 @@ def apply_rope(x: jax.Array, rope: Rope, *, full_precision: bool) -> jax.Array:
 
 
 def linear(din: int, dout: int, bias: bool, *, dtype: Any, param_dtype: Any, precision: Any,
-           rngs: nnx.Rngs) -> nnx.Linear:
-    """``nnx.Linear`` with kernel [din, dout] (torch weight transposed) and optional bias [dout]."""
-    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs)
+           rngs: nnx.Rngs, out_dtype: Any = None) -> nnx.Linear:
+    """``nnx.Linear`` with kernel [din, dout] (torch weight transposed) and optional bias [dout].
+    ``out_dtype``: the matmul's accumulation/output dtype (``preferred_element_type``); the LM heads
+    pass float32 so that bf16 models return logits rounded once, from the float32 accumulator,
+    rather than rounded to bf16 and cast back."""
+    return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs,
+                      preferred_element_type=out_dtype)
 
 
 # --------------------------------------------------------------------------------------------

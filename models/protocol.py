@@ -48,8 +48,9 @@ class KVCachedLM(Protocol):
         torch SDPA with a fully masked row); False when pad queries are computed normally (LLaDA).
     positions(valid: bool[B, L]) -> int32[B, L]: RoPE positions of a left-padded row.
     kv_cache_shape(L) -> (n_layers, L, KV, hd): the key (and value) cache of one sequence.
-    hidden(tokens int[B, Q], inputs: AttentionInputs, cached: CachedKV | None, *, collect_kv)
-        -> (h [B, Q, D], KV | None): see ``RotaryTransformer.hidden``.
+    hidden(tokens int[B, Q], inputs: AttentionInputs, cached: CachedKV | None, *, collect_kv, out_rows)
+        -> (h [B, Q or R, D], KV | None): see ``RotaryTransformer.hidden`` (``out_rows``: the R query
+        rows whose hidden states are wanted; the last layer computes only those).
     head(h [..., D]) -> float32 logits [..., V].
     """
 
@@ -62,7 +63,7 @@ class KVCachedLM(Protocol):
     def kv_cache_shape(self, length: int) -> tuple[int, ...]: ...
 
     def hidden(self, tokens: jax.Array, inputs: Any, cached: Optional[Any] = None, *,
-               collect_kv: bool = False) -> tuple[jax.Array, Optional[Any]]: ...
+               collect_kv: bool = False, out_rows: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[Any]]: ...
 
     def head(self, h: jax.Array) -> jax.Array: ...
 

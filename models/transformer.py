@@ -61,12 +61,15 @@ class RotaryTransformer(nnx.Module):
         return (self.n_layers, int(length), self.kv_heads, self.head_dim)
 
     def hidden(self, tokens: jax.Array, inputs: AttentionInputs, cached: Optional[CachedKV] = None, *,
-               collect_kv: bool = False) -> tuple[jax.Array, Optional[KV]]:
+               collect_kv: bool = False, out_rows: Optional[jax.Array] = None) -> tuple[jax.Array, Optional[KV]]:
         """Final-norm hidden states of the query tokens.
 
         tokens: int[B, Q]; inputs: positions and masks; cached: None (then Q == L: the keys are
-        the query tokens) or the cache and its window. Returns (h [B, Q, D] in the compute dtype,
-        ``KV`` pre-RoPE ``[B, n_layers, Q, KV, hd]`` of the query tokens when ``collect_kv``, else None).
+        the query tokens) or the cache and its window. out_rows: None, or int32[R] indices into
+        the Q query tokens: only their hidden states are returned, and the last layer computes its
+        queries, attention output and MLP for those rows only (its keys and values, like every
+        earlier layer, for all Q). Returns (h [B, Q or R, D] in the compute dtype, ``KV`` pre-RoPE
+        ``[B, n_layers, Q, KV, hd]`` of the query tokens when ``collect_kv``, else None).
         """
         embed, layers, final_norm = self._stack()
         call = AttentionCall(q_rope=rope_cos_sin(inputs.q_pos, self.head_dim, self.rope_theta),
@@ -75,9 +78,10 @@ class RotaryTransformer(nnx.Module):
                              window=None if cached is None else cached.window)
         x = embed(tokens).astype(self.dtype)
         ks, vs = [], []
+        last = len(layers) - 1
         for i, layer in enumerate(layers):
             layer_cache = None if cached is None else KV(cached.k[:, i], cached.v[:, i])
-            x, fresh = layer(x, call, layer_cache)
+            x, fresh = layer(x, call, layer_cache, rows=out_rows if i == last else None)
             if collect_kv:
                 ks.append(fresh.k)
                 vs.append(fresh.v)

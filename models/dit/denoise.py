@@ -47,8 +47,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.attention import KV
+from models.denoise import RowsDenoiser
 from models.dit.config import BD3LMConfig, DiTConfig
-from srsmc_jax.denoiser import CachedDenoiser, Denoiser, SequenceInfo
+from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo
 
 __all__ = ["build_dit_denoiser", "subs_log_probs", "NEG_INFINITY"]
 
@@ -65,8 +66,9 @@ def subs_log_probs(logits: jax.Array, tokens: jax.Array, mask_id: int) -> jax.Ar
     return jnp.where((tokens != mask_id)[..., None], copy, logp)
 
 
-def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = None) -> Denoiser | CachedDenoiser:
-    """``cache=None``: :class:`Denoiser` (MDLM: bidirectional; BD3-LM: block-causal full forward);
+def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = None) -> CachedDenoiser:
+    """``cache=None``: :class:`models.denoise.RowsDenoiser` (MDLM: bidirectional; BD3-LM: block-causal full
+    forward; the output layer and SUBS on the requested rows only, ``fn`` every row);
     ``cache="block"`` (BD3-LM only): :class:`CachedDenoiser` with the exact block KV cache."""
     if cfg.time_conditioning:
         raise NotImplementedError(
@@ -92,8 +94,22 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
         logits = m(tokens[None])[0]
         return subs_log_probs(logits, tokens, mask_id)
 
+    def rows_only(params, tokens, seq, cache_, row_start, num_rows):
+        """The SUBS rows ``row_start .. row_start + num_rows - 1`` of ``plain``: the same forward,
+        the output layer and SUBS on those rows only."""
+        n = tokens.shape[0]
+        check_length(n)
+        m = nnx.merge(graphdef, params)
+        pos = jnp.arange(n, dtype=jnp.int32)
+        row_start = jnp.asarray(row_start, jnp.int32)
+        logits, _ = m.run(tokens[None], m.cond(None, 1), q_pos=pos, k_pos=pos, mask=m.attention_mask(pos, pos),
+                          out_rows=(row_start, num_rows))
+        return subs_log_probs(logits[0], jax.lax.dynamic_slice_in_dim(tokens, row_start, num_rows), mask_id), cache_
+
     if cache is None:
-        return Denoiser(fn=plain, max_length=n_max, sees_padding=False, mask_id=mask_id, vocab_size=int(cfg.vocab_size))
+        return RowsDenoiser(init=lambda params, tokens, seq: (), refresh=rows_only, step=rows_only, any_rows=True,
+                            fn=plain, max_length=n_max, sees_padding=False, mask_id=mask_id,
+                            vocab_size=int(cfg.vocab_size))
 
     bs = int(cfg.block_size)
 

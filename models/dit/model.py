@@ -176,7 +176,7 @@ class FinalLayer(nnx.Module):
         d = cfg.hidden_dim
         self.norm_final = _NormWeight(d, param_dtype)
         self.linear = linear(d, cfg.vocab_size, True, dtype=dtype, param_dtype=param_dtype, precision=precision,
-                             rngs=rngs)
+                             rngs=rngs, out_dtype=jnp.float32)
         self.adaLN_modulation = linear(cfg.cond_dim, 2 * d, True, dtype=jnp.float32, param_dtype=param_dtype,
                                        precision=precision, rngs=rngs)
         self.eps, self.dtype = cfg.layer_norm_eps, dtype
@@ -222,12 +222,15 @@ class DiTModel(nnx.Module):
 
     def run(self, tokens: jax.Array, c: jax.Array, *, q_pos: jax.Array, k_pos: jax.Array,
             mask: Optional[jax.Array], cache: Optional[KV] = None, write_at: Optional[jax.Array] = None,
-            collect_kv: bool = False) -> tuple[jax.Array, Optional[KV]]:
+            collect_kv: bool = False, out_rows: Optional[tuple[jax.Array, int]] = None
+            ) -> tuple[jax.Array, Optional[KV]]:
         """Embed ``tokens`` [B, Q] and run the blocks and the output layer.
 
         c: float32[B, C] conditioning (:meth:`cond`); q_pos: int[Q] RoPE positions of the queries;
         k_pos: int[K] of the keys; mask: bool[Q, K] / [B, Q, K] / None. cache: None or pre-RoPE
         ``KV`` [B, n_layers, K, H, hd]; this call's keys/values are written at ``write_at`` first.
+        out_rows: None, or ``(start, count)`` (traced int32 start, static count): the output layer
+        runs on query rows ``start .. start + count - 1`` only and the logits are [B, count, V].
         Returns (logits float32[B, Q, V], ``KV`` [B, n_layers, K, H, hd] (the window attended to,
         with this call's entries written) when ``collect_kv``, else None).
         """
@@ -240,6 +243,8 @@ class DiTModel(nnx.Module):
             if collect_kv:
                 ks.append(kv.k)
                 vs.append(kv.v)
+        if out_rows is not None:
+            x = jax.lax.dynamic_slice_in_dim(x, out_rows[0], out_rows[1], axis=1)
         logits = self.output_layer(x, c)
         return logits, (KV(jnp.stack(ks, 1), jnp.stack(vs, 1)) if collect_kv else None)
 

@@ -81,9 +81,12 @@ class DreamLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.mlp = DreamMLP(cfg, precision=precision, rngs=rngs, **kw)
 
-    def __call__(self, x: jax.Array, call: AttentionCall, cached: Optional[KV] = None) -> tuple[jax.Array, KV]:
+    def __call__(self, x: jax.Array, call: AttentionCall, cached: Optional[KV] = None,
+                 rows: Optional[jax.Array] = None) -> tuple[jax.Array, KV]:
         """Same contract as ``LLaDABlock.__call__``."""
-        att, fresh = self.self_attn.self_attention(self.input_layernorm(x), call, cached)
+        att, fresh = self.self_attn.self_attention(self.input_layernorm(x), call, cached, rows)
+        if rows is not None:
+            x = jnp.take(x, rows, axis=1)
         x = x + self.self_attn.o_proj(att)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, fresh
@@ -108,7 +111,7 @@ class DreamModel(RotaryTransformer):
         ])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **kw)
         self.lm_head = linear(cfg.hidden_size, cfg.vocab_size, False, dtype=dtype, param_dtype=param_dtype,
-                              precision=precision, rngs=rngs)
+                              precision=precision, rngs=rngs, out_dtype=jnp.float32)
 
     # -- the KVCachedLM protocol (models/protocol.py) ------------------------------------------
 

@@ -53,10 +53,14 @@ class LLaDABlock(nnx.Module, GQASelfAttention):
         self.heads = HeadLayout(cfg.n_heads, cfg.kv_heads, hd)
         self.rope_full_precision = cfg.rope_full_precision
 
-    def __call__(self, x: jax.Array, call: AttentionCall, cached: Optional[KV] = None) -> tuple[jax.Array, KV]:
+    def __call__(self, x: jax.Array, call: AttentionCall, cached: Optional[KV] = None,
+                 rows: Optional[jax.Array] = None) -> tuple[jax.Array, KV]:
         """x: [B, Q, D]; cached: optional pre-RoPE (k, v) [B, L, KV, hd] (mixed in with
-        ``call.window``). Returns (x [B, Q, D], pre-RoPE (k, v) [B, Q, KV, hd] of this call's tokens)."""
-        att, fresh = self.self_attention(self.attn_norm(x), call, cached)
+        ``call.window``); rows: None or int32[R], the query rows whose outputs are wanted. Returns
+        (x [B, Q or R, D], pre-RoPE (k, v) [B, Q, KV, hd] of this call's tokens)."""
+        att, fresh = self.self_attention(self.attn_norm(x), call, cached, rows)
+        if rows is not None:
+            x = jnp.take(x, rows, axis=1)
         x = x + self.attn_out(att)
         h = self.ff_norm(x)
         x = x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -87,7 +91,7 @@ class LLaDAModel(RotaryTransformer):
         ])
         self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
         self.ff_out = linear(cfg.d_model, cfg.embedding_size, cfg.include_bias, dtype=dtype, param_dtype=param_dtype,
-                             precision=precision, rngs=rngs)
+                             precision=precision, rngs=rngs, out_dtype=jnp.float32)
 
     # -- the KVCachedLM protocol (models/protocol.py) ------------------------------------------
 
