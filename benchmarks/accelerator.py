@@ -103,11 +103,19 @@ def layer_weights(s: Shape) -> int:
 
 def forward_flops(s: Shape, *, rows: int, keys: int, head_rows: int, layers: Optional[int] = None) -> float:
     """FLOPs of one forward call of one sequence: ``rows`` query positions through every layer
-    attending to ``keys`` positions, the LM head on ``head_rows`` rows. Matmuls only (norms, RoPE,
-    softmax and the embedding gather are a fraction of a percent at real width)."""
+    attending to ``keys`` positions, except that the last layer computes only the keys and values of
+    every row and its queries, attention, output projection and MLP on the ``head_rows`` rows the
+    LM head needs (``KVCachedLM.hidden(out_rows=)``). Matmuls only (norms, RoPE, softmax and the
+    embedding gather are a fraction of a percent at real width)."""
     n_layers = s.layers if layers is None else layers
-    per_layer = 2.0 * layer_weights(s) * rows + 4.0 * rows * keys * s.heads * s.head_dim
-    return n_layers * per_layer + 2.0 * s.d_model * s.vocab * head_rows
+    kv_weights = 2 * s.d_model * s.kv_heads * s.head_dim
+
+    def layer(q_rows: int, kv_rows: int) -> float:
+        return (2.0 * kv_weights * kv_rows + 2.0 * (layer_weights(s) - kv_weights) * q_rows
+                + 4.0 * q_rows * keys * s.heads * s.head_dim)
+
+    body = (n_layers - 1) * layer(rows, rows) + layer(min(head_rows, rows), rows) if n_layers else 0.0
+    return body + 2.0 * s.d_model * s.vocab * head_rows
 
 
 def forward_calls(s: Shape, cache: Optional[str], steps_per_block: int) -> list[tuple[int, int, int, int]]:
@@ -321,7 +329,8 @@ def run(s: Shape, *, cache: Optional[str] = "dual", select: str = "topk", dtype:
         "init_s": init_s, "compile_s": compile_s, "forward_loop_compile_s": fwd_compile_s,
         "sample_s": sample_s, "sample_times_s": sample_ts, "forwards_only_s": fwd_s, "forwards_only_times_s": fwd_ts,
         "outside_forward_share": 1.0 - fwd_s / sample_s,
-        "answer_tokens_per_s": answer_tokens / sample_s, "particle_tokens_per_s": answer_tokens * s.particles / sample_s,
+        "answer_tokens_per_s": answer_tokens / sample_s,
+        "particle_tokens_per_s": answer_tokens * s.particles / sample_s,
         "forward_flops": flops, "forward_tflops_per_s": flops / fwd_s / 1e12,
         "sample_tflops_per_s": flops / sample_s / 1e12, "peak_tflops": peak_tflops,
         "forward_mfu": None if not peak_tflops else flops / fwd_s / 1e12 / peak_tflops,
@@ -406,7 +415,8 @@ def render(r: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.accelerator", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tiny", action="store_true", help="a tiny shape (CPU smoke run; the other shape flags still apply)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny shape (CPU smoke run; the other shape flags still apply)")
     for f in dataclasses.fields(Shape):
         if f.name != "layers":
             ap.add_argument("--" + f.name.replace("_", "-"), type=int, default=None)
@@ -417,7 +427,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="the chip's dense bf16 peak (default by device kind: H100/H200 989, A100 312, TPU v5e 197, ...)")
+                    help="the chip's dense bf16 peak (default by device kind: H100/H200 989, A100 312, "
+                         "TPU v5e 197, ...)")
     ap.add_argument("--json", default=None, help="write the measurements to this file")
     args = ap.parse_args(argv)
     base = TINY if args.tiny else Shape()

@@ -195,9 +195,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--workdir", default=None, help="keep the random checkpoint here (reused when present)")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     args = ap.parse_args(argv)
-    from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
-
     import numpy as np
+
+    from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
 
     shape = LLaDAShape()
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -232,7 +232,8 @@ def main(argv=None) -> dict:
             rows[name] = res
             mb = 1 / 2**20
             x = res["xla"] or {}
-            print(f"{name}: VmHWM loaded {res['vm_hwm_loaded'] * mb:.0f} MiB, compiled {res['vm_hwm_compiled'] * mb:.0f}"
+            print(f"{name}: VmHWM loaded {res['vm_hwm_loaded'] * mb:.0f} MiB, "
+                  f"compiled {res['vm_hwm_compiled'] * mb:.0f}"
                   f" MiB, run {res['vm_hwm_run'] * mb:.0f} MiB; XLA args {x.get('argument_size_in_bytes', 0) * mb:.1f}"
                   f" MiB, temps {x.get('temp_size_in_bytes', 0) * mb:.1f} MiB; estimate live "
                   f"{res['estimate']['total_live'] * mb:.1f} MiB; copies in loops "

@@ -37,7 +37,8 @@ def counts() -> dict[str, int]:
 
     out = {"llada": param_count("llada", LLADA_8B), "dream": param_count("dream", DREAM_7B)}
     for fam, n in out.items():
-        name = "LLaDA-8B (GSAI-ML/LLaDA-8B-Instruct, LLaDA-1.5)" if fam == "llada" else "Dream-7B (Dream-org/Dream-v0-*-7B)"
+        name = ("LLaDA-8B (GSAI-ML/LLaDA-8B-Instruct, LLaDA-1.5)" if fam == "llada"
+                else "Dream-7B (Dream-org/Dream-v0-*-7B)")
         print(f"{name:50s} {n:>15,d} params  = {n / 1e9:.3f}B  (bf16 {2 * n / 1e9:.2f} GB)")
     return out
 

@@ -171,7 +171,8 @@ def mcnemar_tests(rows: list[dict]) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| method | N | τ | accuracy [95% CI] | pass@N | distinct answers | NFE/problem | resampling events | wall time (s) |",
+    lines = ["| method | N | τ | accuracy [95% CI] | pass@N | distinct answers | NFE/problem | resampling events "
+             "| wall time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lo, hi = r["ci95"]

@@ -113,7 +113,8 @@ SWEEPS: dict[str, Callable[[int], list[tuple[str, dict]]]] = {
         ("tempered_b2", {"weight": "tempered", "beta": 2.0}),
         ("revealed_fraction", {"weight": "tempered", "beta": 1.0, "beta_schedule": "revealed_fraction"}),
         ("neg_entropy", {"weight": FeatureWeight("neg_entropy")}), ("margin", {"weight": FeatureWeight("margin")})],
-    "ess": lambda g: [(_base_label(f"ess={e}", e == 0.5), {"ess_threshold": e}) for e in (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)],
+    "ess": lambda g: [(_base_label(f"ess={e}", e == 0.5), {"ess_threshold": e})
+                      for e in (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)],
     "cadence": lambda g: [
         ("every step (base)", {}), ("every 2", {"resample_every": 2}), ("every 4", {"resample_every": 4}),
         ("systematic", {"resampling": "systematic"}), ("stratified", {"resampling": "stratified"}),
@@ -493,7 +494,8 @@ def summarise(runs: dict, task_name: str, seed: int, num_problems: int, exclude_
                    "bon": bc.mean(), "bon_ci": wilson_interval(int(bc.sum()), n),
                    "vs_bon": compare(sc, bc),
                    "smc_pass": _bits(s["pass_at_n"]).mean(), "bon_pass": _bits(b["pass_at_n"]).mean(),
-                   "smc_distinct": float(np.mean(s["distinct_answers"])), "bon_distinct": float(np.mean(b["distinct_answers"])),
+                   "smc_distinct": float(np.mean(s["distinct_answers"])),
+                   "bon_distinct": float(np.mean(b["distinct_answers"])),
                    "smc_roots": float(np.mean(s["unique_ancestors"])),
                    "resample_events": float(np.mean(s["resampling_events"])),
                    "move_acceptance": float(np.sum(s["moves_accepted"]) / moves) if moves else None,
@@ -684,8 +686,8 @@ def plot_lookahead(runs: dict, out: Path) -> list[Path]:
                             continue
                         seen.add(name(r))
                         d, h = r["diff_bon_eq"]
-                        ax.errorbar(100 * d, y[name(r)] + 0.2 * (j - (len(all_n) - 1) / 2), xerr=100 * h, fmt="o", color=f"C{j}",
-                                    capsize=2, ms=4, label=f"N={n_p}" if len(seen) == 1 else None)
+                        ax.errorbar(100 * d, y[name(r)] + 0.2 * (j - (len(all_n) - 1) / 2), xerr=100 * h, fmt="o",
+                                    color=f"C{j}", capsize=2, ms=4, label=f"N={n_p}" if len(seen) == 1 else None)
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(range(len(labels)))
             ax.set_yticklabels(labels, fontsize=8)
@@ -786,7 +788,8 @@ def parse_args(argv=None):
     for item in filter(None, args.base.split(",")):
         name, _, value = item.partition("=")
         if name not in knobs:
-            ap.error(f"--base: unknown SMCConfig knob {name!r}" + (" (fixed by the task)" if name in TASK_FACTS else ""))
+            ap.error(f"--base: unknown SMCConfig knob {name!r}"
+                     + (" (fixed by the task)" if name in TASK_FACTS else ""))
         args.base_overrides[name] = _parse_value(value)
     try:
         method_spec("sr_smc", {}, args.base_overrides, task=task)

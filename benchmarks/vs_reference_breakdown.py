@@ -153,8 +153,8 @@ def ours_breakdown(conv: Path, prompt: np.ndarray, *, gen_length: int, block_len
 
     @jax.jit
     def draw_jnp_argmax(ks, lg):  # the same Gumbel-max with jnp.argmax (the draw before first_argmax)
-        def one(k, l):
-            z = l.at[..., config.mask_id].set(-jnp.inf) / config.temperature
+        def one(k, lgt):
+            z = lgt.at[..., config.mask_id].set(-jnp.inf) / config.temperature
             return jnp.argmax(z + jax.random.gumbel(k, z.shape, jnp.float32), axis=-1)
         return jax.vmap(one)(ks, lg)
 

@@ -58,8 +58,8 @@ def _best_ms(fn, repeats: int) -> float:
 
 
 def _time_pieces(model, generate_smc, prompt, job, *, g: int, blk: int, mask_id: int, repeats: int) -> dict:
-    """Milliseconds (fastest of ``repeats``) of the pieces of one step of ``generate_with_prefix_cache_smc``, at a block start
-    where the window ``x[:, block_start:]`` has W rows (W = g, g - blk, ..., blk): the full forward
+    """Milliseconds (fastest of ``repeats``) of the pieces of one step of ``generate_with_prefix_cache_smc``,
+    at a block start where the window ``x[:, block_start:]`` has W rows (W = g, g - blk, ..., blk): the full forward
     with ``use_cache=True`` (block start), the cached forward of the window, and
     ``get_transfer_index`` on the window's logits (float64 Gumbel, log-softmax, per-row top-k and
     threshold loop) with the block's masks still all masked."""

@@ -23,4 +23,5 @@ from models.load import (  # noqa: E402
 )
 
 __all__ = ["load", "LoadedModel", "abstract_model", "config_from_dict", "detect_family", "random_model",
-           "param_count", "param_shardings", "partition_rules", "FAMILIES", "FamilySpec", "family_spec", "register_family", "CHECKPOINT_META"]
+           "param_count", "param_shardings", "partition_rules", "FAMILIES", "FamilySpec", "family_spec",
+           "register_family", "CHECKPOINT_META"]

@@ -134,7 +134,8 @@ def check_flat_params(expected: dict[str, jax.ShapeDtypeStruct], got: dict[str, 
         if tuple(arr.shape) != tuple(sds.shape):
             raise ValueError(f"{what}: parameter {name} has shape {tuple(arr.shape)}, expected {tuple(sds.shape)}")
         if np.dtype(arr.dtype) != np.dtype(sds.dtype):
-            raise ValueError(f"{what}: parameter {name} has dtype {np.dtype(arr.dtype)}, expected {np.dtype(sds.dtype)}")
+            raise ValueError(f"{what}: parameter {name} has dtype {np.dtype(arr.dtype)}, "
+                             f"expected {np.dtype(sds.dtype)}")
 
 
 def flat_to_state(abstract_model: nnx.Module, flat: dict[str, Any], *, what: str = "params") -> tuple[Any, Any]:

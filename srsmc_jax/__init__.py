@@ -11,17 +11,16 @@ The engine (this package, except ``srsmc_jax.app``) never imports ``models`` or 
 command line in ``srsmc_jax.app`` is the application layer on top of both.
 """
 
+from . import answer, move, objectives, proposal, resampling, schedules, select, sharding, twist, weights
+from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
 from .config import SMCConfig, Strategies
 from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_cached, as_denoiser
-from .smc import ParticleState, SMCResult, SMCState, make_sampler
-from .weights import StepInfo
-from .select import Ancestral, FirstHitting, SelectInput, SelectPolicy, Threshold, TopK
-from .resampling import ConstantAncestors, ESSTrigger, Soft, StopGradient
-from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
-from .weights import SelfReward, Tempered, Uniform
 from .prompts import pad_prompts
 from .registry import Registry
-from . import answer, move, objectives, proposal, resampling, schedules, select, sharding, twist, weights
+from .resampling import ConstantAncestors, ESSTrigger, Soft, StopGradient
+from .select import Ancestral, FirstHitting, SelectInput, SelectPolicy, Threshold, TopK
+from .smc import ParticleState, SMCResult, SMCState, make_sampler
+from .weights import SelfReward, StepInfo, Tempered, Uniform
 
 __all__ = [
     "SMCConfig", "Strategies", "make_sampler", "SMCResult", "SMCState", "ParticleState", "StepInfo",

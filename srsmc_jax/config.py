@@ -101,7 +101,8 @@ class SMCConfig:
     # resampling
     ess_threshold: float = _knob(0.5, "resample when ESS < ess_threshold · N (1 = always, 0 = never)")
     resampling: Union[str, Callable] = _knob("multinomial", "resampling scheme")
-    resample_every: Union[str, int] = _knob("block", "when ESS is checked: 'block' (block ends), 'step', or every k steps")
+    resample_every: Union[str, int] = _knob("block",
+                                            "when ESS is checked: 'block' (block ends), 'step', or every k steps")
     resample_when: Optional[Callable] = _knob(None, "a trigger object (log_weights, steps_done, block_end) -> bool; "
                                                     "None: ESSTrigger(ess_threshold, resample_every)", cli=False)
     # look-ahead and rejuvenation (srsmc_jax.twist, srsmc_jax.move)
@@ -211,7 +212,8 @@ class SMCConfig:
             real("top_p", 0.0, 1.0, lo_open=True)
         need(isinstance(self.allow_mask_prediction, bool),
              f"allow_mask_prediction: expected True or False, got {self.allow_mask_prediction!r}")
-        need(isinstance(self.differentiable, bool), f"differentiable: expected True or False, got {self.differentiable!r}")
+        need(isinstance(self.differentiable, bool),
+             f"differentiable: expected True or False, got {self.differentiable!r}")
         if self.confidence == "prob" and self.select == "threshold":
             real("threshold", 0.0, 1.0)
         else:

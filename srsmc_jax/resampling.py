@@ -3,8 +3,9 @@ cross a resampling event.
 
 Every scheme has the signature ``scheme(key, log_weights: float32[N]) -> int32[N]`` (ancestor
 indices; blackjax's shape), is registered by name in ``RESAMPLERS``, and is unbiased:
-E[#offspring of i] = N · w_i. Log-weights may hold -inf (dead particles) and any finite magnitude. If every weight is -inf (or NaN) no distribution exists: the schemes then
-return the identity and :func:`weights_are_degenerate` lets the caller raise its error flag.
+E[#offspring of i] = N · w_i. Log-weights may hold -inf (dead particles) and any finite magnitude.
+If every weight is -inf (or NaN) no distribution exists: the schemes then return the identity and
+:func:`weights_are_degenerate` lets the caller raise its error flag.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class ConstantAncestors:
 
 GradientEstimator = Callable[[jax.Array, jax.Array, Resampler], tuple]
 GRADIENT_ESTIMATORS: Registry[GradientEstimator] = Registry("gradient estimator")
-GRADIENT_ESTIMATORS.register("stop_gradient", StopGradient, help="ancestors from sg(w), new lw[a] − sg(lw[a]) (default)")
+GRADIENT_ESTIMATORS.register("stop_gradient", StopGradient,
+                             help="ancestors from sg(w), new lw[a] − sg(lw[a]) (default)")
 GRADIENT_ESTIMATORS.register("soft", lambda soft_alpha: Soft(soft_alpha), knobs=("soft_alpha",),
                              help="ancestors from α·w + (1 − α)/N, weights w/q (soft_alpha)")
 GRADIENT_ESTIMATORS.register("constant", ConstantAncestors, help="weights reset to 0, ancestors constant (biased)")

@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optio
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = ["DATA", "MODEL", "make_mesh", "data_mesh", "auto_axes", "check_mesh", "check_auto_axes",
            "PartitionRules", "path_name", "tree_shardings", "shard_params", "pad_batch", "shard_inputs",
@@ -143,12 +144,11 @@ class PartitionRules:
         """The PartitionSpec of parameter ``name`` of ``shape`` on ``mesh`` (ValueError if no rule
         matches, the spec is longer than the rank, names an axis the mesh lacks, or splits a
         dimension the axis size does not divide)."""
-        for regex, pat, spec in self._compiled:
-            if regex.fullmatch(name):
-                break
-        else:
+        found = next(((pat, spec) for regex, pat, spec in self._compiled if regex.fullmatch(name)), None)
+        if found is None:
             raise ValueError(f"{self.what}: parameter {name!r} (shape {tuple(shape)}) matches no partition rule; "
                              "add a rule for it")
+        pat, spec = found
         rule = f"rule {pat} -> {spec}"
         if len(spec) > len(shape):
             raise ValueError(f"{self.what}: {rule} has {len(spec)} entries but parameter {name!r} has rank "

@@ -66,7 +66,7 @@ def test_analytic_flops_match_xla_cost_analysis(cache):
     cache0 = jax.vmap(lambda t: den.init(m.params, t, seq))(tokens)
     bs = jnp.int32(s.prompt_length)  # the first block: the prefix window is the whole generation
     calls = acc.forward_calls(s, cache, steps_per_block=s.block_length)
-    for fn, (count, rows, keys, head_rows) in zip((den.refresh, den.step), calls):
+    for fn, (_count, rows, keys, head_rows) in zip((den.refresh, den.step), calls):
         f = jax.jit(jax.vmap(lambda t, c: fn(m.params, t, seq, c, bs, s.block_length), in_axes=(0, 0)))
         xla = f.lower(tokens, cache0).compile().cost_analysis()
         xla = xla[0] if isinstance(xla, list) else xla

@@ -16,7 +16,8 @@ engine = ["srsmc_jax." + m.name for m in pkgutil.iter_modules(srsmc_jax.__path__
           if m.name not in ("app", "__main__")]
 for name in engine:
     importlib.import_module(name)
-after_engine = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "convert") or m.startswith("srsmc_jax.app"))
+after_engine = sorted(m for m in sys.modules
+                      if m.split(".")[0] in ("models", "convert") or m.startswith("srsmc_jax.app"))
 import models, models.embedded, models.embedded.train
 import models.llada, models.dream, models.dit
 after_models = sorted(m for m in sys.modules if m.split(".")[0] == "convert")

@@ -400,7 +400,8 @@ LOAD_API = [
          OneLineError("{root}/nope is not a converted checkpoint folder")),
     Case("path-is-a-file", lambda ws: {"path": ws.src / "config.json"},
          OneLineError("{root}/src/config.json is not a converted checkpoint folder")),
-    Case("dtype-unknown", lambda ws: {"path": ws.ckpt(), "dtype": "float8"}, OneLineError("dtype: unknown dtype 'float8'")),
+    Case("dtype-unknown", lambda ws: {"path": ws.ckpt(), "dtype": "float8"},
+         OneLineError("dtype: unknown dtype 'float8'")),
     Case("param-dtype-unknown", lambda ws: {"path": ws.ckpt(), "param_dtype": "int8"},
          OneLineError("param_dtype: unknown dtype 'int8'")),
     Case("hugging-face-folder", lambda ws: {"path": ws.src},
@@ -620,12 +621,12 @@ def _nan_weights_checkpoint(ws: Workspace) -> Path:
     """The embedded model with one NaN weight, written by our own checkpoint writer (the converter
     refuses NaN weights, but a user's own training run could produce one)."""
     import jax
+    from flax import nnx
 
     import models
     from models.checkpoint import write_checkpoint
     from models.common import flat_name
     from models.embedded import CHECKPOINT
-    from flax import nnx
 
     m = models.load()
     flat = {flat_name(p): np.asarray(v) for p, v in
@@ -654,7 +655,8 @@ SAMPLE_CLI = [
     Case("temperature-inf", lambda ws: ["sample", PUZZLE, "-t", "inf"], OneLineError("--temperature")),
     Case("temperature-denormal", lambda ws: ["sample", PUZZLE, "-t", "1e-45"], OneLineError("--temperature")),
     Case("beta-nan", lambda ws: ["sample", PUZZLE, "--weight", "tempered", "--beta", "nan"], OneLineError("--beta")),
-    Case("beta-negative", lambda ws: ["sample", PUZZLE, "--weight", "tempered", "--beta", "-1"], OneLineError("--beta")),
+    Case("beta-negative", lambda ws: ["sample", PUZZLE, "--weight", "tempered", "--beta", "-1"],
+         OneLineError("--beta")),
     Case("top-p-nan", lambda ws: ["sample", PUZZLE, "--top-p", "nan"], OneLineError("--top-p")),
     Case("ess-above-one", lambda ws: ["sample", PUZZLE, "--ess-threshold", "2"], OneLineError("--ess-threshold")),
     Case("gen-length-0", lambda ws: ["sample", PUZZLE, "--gen-length", "0"], OneLineError("--gen-length")),
@@ -669,10 +671,12 @@ SAMPLE_CLI = [
     Case("plot-folder-missing", lambda ws: ["sample", PUZZLE, "--plot", ws.root / "no" / "g.png"],
          OneLineError(("--plot", "does not exist"))),
     Case("plot-unwritable", lambda ws: ["sample", PUZZLE, "--plot", _read_only_dir(ws)],
-         OneLineError(("--plot", "not writable")), needs=lambda: "root can write anywhere" if os.geteuid() == 0 else None),
+         OneLineError(("--plot", "not writable")),
+         needs=lambda: "root can write anywhere" if os.geteuid() == 0 else None),
     Case("seed-too-big", lambda ws: ["sample", PUZZLE, "--seed", str(2**70)], OneLineError("--seed")),
     Case("seed-negative", lambda ws: ["sample", PUZZLE, "--seed", "-1"], OneLineError("--seed")),
-    Case("select-unknown", lambda ws: ["sample", PUZZLE, "--select", "bogus"], OneLineError(("--select", "invalid choice"))),
+    Case("select-unknown", lambda ws: ["sample", PUZZLE, "--select", "bogus"],
+         OneLineError(("--select", "invalid choice"))),
     Case("no-command", lambda ws: [], OneLineError("missing command")),
     Case("no-prompt", lambda ws: ["sample"], OneLineError("prompt: missing")),
     Case("prompt-and-ids", lambda ws: ["sample", PUZZLE, "--prompt-ids", "1,2"], OneLineError("--prompt-ids")),
@@ -686,7 +690,8 @@ SAMPLE_CLI = [
                                                  "--gen-length", "8", "--block-length", "8"],
          OneLineError(("prompt", "500000", "vocabulary")),
          needs=lambda: None if (LLADA / "model.safetensors").is_file() else missing(LLADA)),
-    Case("cache-unknown-for-family", lambda ws: ["sample", PUZZLE, "--cache", "block"], OneLineError(("--cache", "llada"))),
+    Case("cache-unknown-for-family", lambda ws: ["sample", PUZZLE, "--cache", "block"],
+         OneLineError(("--cache", "llada"))),
     Case("nan-weights", lambda ws: ["sample", PUZZLE, "--model", _nan_weights_checkpoint(ws)],
          OneLineError("NaN logits")),
     Case("corrupt-tokenizer", lambda ws: ["sample", PUZZLE, "--model",

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from shared_files import missing, reference_dir
 from toys import seq_info as _seq
 

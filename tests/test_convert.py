@@ -14,7 +14,6 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-
 from shared_files import missing, reference_dir
 
 REPO = Path(__file__).resolve().parents[1]

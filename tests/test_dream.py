@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_files import missing, reference_dir
+from toys import seq_info as _seq
 
 from models.attention import CacheWindow
 from models.transformer import AttentionInputs, CachedKV
-from shared_files import missing, reference_dir
-from toys import seq_info as _seq
 
 FAMILY = "dream"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -37,8 +37,10 @@ def test_config_from_checkpoint(model, reference):
 
 def test_raw_logits_match_official(model, cases):
     np.testing.assert_allclose(np.asarray(model.logits(cases["tokens"])), cases["logits"], **TOL)
-    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_first"])), cases["cache_logits_first"], **TOL)
-    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_second"])), cases["cache_nocache_logits"], **TOL)
+    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_first"])),
+                               cases["cache_logits_first"], **TOL)
+    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_second"])),
+                               cases["cache_nocache_logits"], **TOL)
 
 
 def test_padding_and_position_ids(model, cases):
@@ -75,7 +77,8 @@ def _raw_cached(model, tokens, cache, window_start, lo, hi):
     pos = jnp.arange(L)[None]
     q_len = tokens.shape[0]
     window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
-    h, _ = m.hidden(jnp.asarray(tokens)[None], AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
+    h, _ = m.hidden(jnp.asarray(tokens)[None],
+                    AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
                     CachedKV(cache["k"][None], cache["v"][None], window))
     return np.asarray(m.head(h[0]))
 
@@ -91,7 +94,8 @@ def test_cache_paths_match_official(model, cases, mode):
         seq = _seq(np.ones(L, bool), bs)
         den = model.as_denoiser(cache=mode)
         c0 = den.init(model.params, jnp.asarray(first[b]), seq)
-        l1, cache = jax.jit(den.refresh, static_argnums=5)(model.params, jnp.asarray(first[b]), seq, c0, jnp.int32(bs), bl)
+        l1, cache = jax.jit(den.refresh, static_argnums=5)(model.params, jnp.asarray(first[b]), seq, c0,
+                                                           jnp.int32(bs), bl)
         # refresh rows are the shifted full-forward rows of the block
         np.testing.assert_allclose(np.asarray(l1), _shift(cases["cache_logits_first"][b])[bs:be], **TOL)
         # raw cached rows exactly as the official cached call returns them
@@ -104,7 +108,8 @@ def test_cache_paths_match_official(model, cases, mode):
         # bs-1, which the official call does not compute; the official samplers reveal bs at refresh)
         for gen_length in (None, L - bs):
             d = model.as_denoiser(cache=mode, gen_length=gen_length)
-            l2, _ = jax.jit(d.step, static_argnums=5)(model.params, jnp.asarray(second[b]), seq, cache, jnp.int32(bs), bl)
+            l2, _ = jax.jit(d.step, static_argnums=5)(model.params, jnp.asarray(second[b]), seq, cache,
+                                                      jnp.int32(bs), bl)
             np.testing.assert_allclose(np.asarray(l2)[1:], want[b, : bl - 1], **TOL)
             assert np.isfinite(np.asarray(l2)).all()
 

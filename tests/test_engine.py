@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toys import make_attention_denoiser
 
 import srsmc_jax as sr
-from toys import make_attention_denoiser
 
 V = 12
 MASK = 11

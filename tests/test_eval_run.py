@@ -97,8 +97,10 @@ def test_summary_statistics_on_a_constructed_example(tmp_path):
     assert (acc["srsmc N=4 L=256"].low, acc["srsmc N=4 L=256"].high) == wilson_interval(31, 40)
     # Wilson's interval from its closed form, independently
     z, p, n = 1.959963984540054, 31 / 40, 40
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    assert acc["srsmc N=4 L=256"].low == pytest.approx(centre - half) and acc["srsmc N=4 L=256"].high == pytest.approx(centre + half)
+    centre, half = ((p + z * z / (2 * n)) / (1 + z * z / n),
+                    z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n))
+    assert (acc["srsmc N=4 L=256"].low == pytest.approx(centre - half)
+            and acc["srsmc N=4 L=256"].high == pytest.approx(centre + half))
     (pair,) = tc.paired
     assert (pair.only_a, pair.only_b) == (3, 11)
     assert pair.p == pytest.approx(binomtest(3, 14, 0.5).pvalue, rel=1e-12)

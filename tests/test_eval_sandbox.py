@@ -10,9 +10,9 @@ from shared_files import shared_dir
 
 SHARED = shared_dir()
 
+from benchmarks.eval import sandbox
 from benchmarks.eval.humaneval import HumanEval
 from benchmarks.eval.mbpp import MBPP
-from benchmarks.eval import sandbox
 from benchmarks.eval.sandbox import TEMP_PREFIX, Limits, run_program, run_programs
 
 DATA = SHARED / "data"

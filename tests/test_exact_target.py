@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
+from toys import ExactToy
 
 import srsmc_jax as sr
-from toys import ExactToy
 
 TOY = ExactToy(vocab=3, gen=3, seed=0)
 PROMPT = jnp.array([0], jnp.int32)

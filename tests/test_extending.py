@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toys import make_attention_denoiser
 
 import srsmc_jax as sr
-from toys import make_attention_denoiser
 
 V, MASK = 12, 11
 PARAMS, DEN = make_attention_denoiser(V, seed=3, never_predict=MASK)

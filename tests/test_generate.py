@@ -8,7 +8,6 @@ whatever the model makes of them).
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +22,16 @@ SHARED = shared_dir()
 
 import models
 import srsmc_jax as sr
-from srsmc_jax.app.generate import (Generator, GenerateError, bucket_size, decode_completion, generate,
-                                    parse_buckets, read_prompt_file, run_generation)
+from srsmc_jax.app.generate import (
+    GenerateError,
+    Generator,
+    bucket_size,
+    decode_completion,
+    generate,
+    parse_buckets,
+    read_prompt_file,
+    run_generation,
+)
 from srsmc_jax.app.jsonl import ResultsFileError, ResultsLog
 
 MODEL = models.load()

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_files import missing, reference_dir
+from toys import seq_info as _seq
 
 from models.attention import CacheWindow
 from models.transformer import AttentionInputs, CachedKV
-from shared_files import missing, reference_dir
-from toys import seq_info as _seq
 
 FAMILY = "llada"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -32,8 +32,10 @@ def test_config_from_checkpoint(model, reference):
 
 def test_logits_match_official(model, cases):
     np.testing.assert_allclose(np.asarray(model.logits(cases["tokens"])), cases["logits"], **TOL)
-    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_first"])), cases["cache_logits_first"], **TOL)
-    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_second"])), cases["cache_nocache_logits"], **TOL)
+    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_first"])),
+                               cases["cache_logits_first"], **TOL)
+    np.testing.assert_allclose(np.asarray(model.logits(cases["cache_tokens_second"])),
+                               cases["cache_nocache_logits"], **TOL)
     # the pinned hub revision ignores attention_mask: its padded logits are the unmasked forward
     np.testing.assert_allclose(np.asarray(model.logits(cases["tokens_padded"])), cases["logits_padded"], **TOL)
 
@@ -77,7 +79,8 @@ def _raw_cached(model, tokens, cache, window_start, lo, hi):
     q_len = tokens.shape[0]
     pos = jnp.arange(L)[None]
     window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
-    h, _ = m.hidden(jnp.asarray(tokens)[None], AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
+    h, _ = m.hidden(jnp.asarray(tokens)[None],
+                    AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
                     CachedKV(cache["k"][None], cache["v"][None], window))
     return np.asarray(m.head(h[0]))
 
@@ -105,7 +108,8 @@ def test_cache_paths_match_official(model, cases, mode):
     for b in range(first.shape[0]):
         seq = _seq(np.ones(L, bool), bs)
         den = model.as_denoiser(cache=mode)
-        _, cache = den.refresh(model.params, jnp.asarray(first[b]), seq, den.init(model.params, jnp.asarray(first[b]), seq), jnp.int32(bs), bl)
+        _, cache = den.refresh(model.params, jnp.asarray(first[b]), seq,
+                               den.init(model.params, jnp.asarray(first[b]), seq), jnp.int32(bs), bl)
         if mode == "prefix":
             got = _raw_cached(model, second[b, bs:], cache, bs, bs, L)
         else:

@@ -92,7 +92,8 @@ def test_lm_eval_runs_srsmc_and_gets_our_samples(tmp_path):
 def test_adapter_errors():
     script = textwrap.dedent(f"""
         import benchmarks.eval.lm_eval_adapter as a
-        for kwargs in ({{"path": "{CKPT}", "thresh": 0.5}}, {{"path": "{CKPT}", "method": "greedy", "num_particles": 4}},
+        for kwargs in ({{"path": "{CKPT}", "thresh": 0.5}},
+                       {{"path": "{CKPT}", "method": "greedy", "num_particles": 4}},
                        {{}}):
             try:
                 a.SRSMCLM(**kwargs)

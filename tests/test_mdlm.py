@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from shared_files import missing, reference_dir, shared_dir
 from toys import seq_info as _seq
 
@@ -135,8 +134,8 @@ def _fake_lightning_ckpt(path: Path, reference: Path, *, ema: bool, noise: float
     import torch
     from safetensors.numpy import load_file
 
-    from models.dit.hf_keys import dit_table
     from models.dit import MDLMConfig
+    from models.dit.hf_keys import dit_table
 
     ref = load_file(str(reference / "model.safetensors"))
     cfg = MDLMConfig.from_json(reference / "config.json")

@@ -9,10 +9,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from shared_files import REPO
 
 import models
 import srsmc_jax as sr
-from shared_files import REPO
 from srsmc_jax import memory
 
 # measured / estimated peak on this CPU: 1.2-1.7 (README, "Running on many devices"); the test allows [0.5, 2]

@@ -11,7 +11,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from shared_files import REPO
 
 PUZZLES = [".6.........45....16.34..4..2.5......", ".......12.3.......5.3.2..453....1..2",

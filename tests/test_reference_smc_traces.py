@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_files import missing, reference_dir
 
 import srsmc_jax as sr
-from shared_files import missing, reference_dir
 
 FAMILY = "llada"  # the conftest fixtures `reference` and `model` serve this family
 

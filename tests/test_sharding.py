@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+from toys import make_attention_denoiser
 
 import models
 import srsmc_jax as sr
@@ -22,7 +24,6 @@ from models.dit import BD3LMConfig
 from models.dream import DreamConfig
 from models.llada import LLaDAConfig
 from srsmc_jax import sharding
-from toys import make_attention_denoiser
 
 needs8 = pytest.mark.skipif(len(jax.devices()) < 8,
                             reason="needs 8 devices (tests/conftest.py sets jax_num_cpu_devices=8)")
@@ -265,7 +266,7 @@ def test_explicit_axes_are_refused_by_sample_and_run_as_auto_by_distribute():
 # ---- partition rules ------------------------------------------------------------------------------------------
 def test_every_family_declares_rules_that_cover_every_parameter():
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    for family, cfg in TINY.items():
+    for family, _cfg in TINY.items():
         m = _model(family)
         shardings = models.param_shardings(family, m.params, mesh)
         specs = {spec for spec in (s.spec for s in jax.tree.leaves(shardings))}

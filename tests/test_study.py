@@ -11,7 +11,8 @@ import pytest
 from benchmarks import study
 from benchmarks.selection import max_confidence, select_batch, weighted_majority_vote
 from benchmarks.stats import mcnemar_exact, wilson_interval
-from models.embedded import MULT_CHECKPOINT, MultiplicationTask, multiplication as mult, task_for
+from models.embedded import MULT_CHECKPOINT, MultiplicationTask, task_for
+from models.embedded import multiplication as mult
 
 # greedy accuracy (one token per step, N = 1, τ = 0) of the shipped multiplication model on
 # make_problems(seed=2024, n=100) is 29% (benchmarks/STUDY.md); the range leaves room for

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toys import ExactToy
 
 import srsmc_jax as sr
 from srsmc_jax import smc
-from toys import ExactToy
 
 TOY = ExactToy(vocab=3, gen=3, seed=0)
 TOY4 = ExactToy(vocab=2, gen=4, seed=1)

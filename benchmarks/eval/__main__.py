@@ -28,6 +28,7 @@ from benchmarks.eval.data import DataError
 from benchmarks.eval.registry import TASK_NAMES, get_task
 from benchmarks.eval.task import FAMILY_CHAT, load_chat_template
 
+
 class UsageError(Exception):
     """A bad argument (the message is one line naming it)."""
 
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="print these runs side by side (same documents, Wilson CIs, McNemar tests) and exit")
     run = parser.add_argument_group("evaluating a model (--model)")
     run.add_argument("--model", type=Path, default=None, help="a converted checkpoint folder (python -m convert)")
-    run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
+    run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="compute dtype (default: float32)")
     run.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
                      help="run folder (default: eval_runs/TASK/METHOD-nN-LG-seedS); rerun to resume")
     from srsmc_jax.app.cli import SEED_MAX, _seed
@@ -80,9 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--buckets", default="pow2", help="prompt padding buckets: pow2, a multiple K, or sizes "
                                                        "like 512,768,1024 (default: pow2)")
     run.add_argument("--devices", type=_positive_int, default=None, help="local devices to shard over (default: all)")
-    run.add_argument("--workers", type=_positive_int, default=None, help="sandbox processes for code tasks (default: CPUs)")
+    run.add_argument("--workers", type=_positive_int, default=None,
+                     help="sandbox processes for code tasks (default: CPUs)")
     run.add_argument("--no-special-tokens", action="store_true",
-                     help="encode prompts without the tokenizer's post-processor (default: with it, as tokenizer(text))")
+                     help="encode prompts without the tokenizer's post-processor "
+                          "(default: with it, as tokenizer(text))")
     run.add_argument("--add-bos", action="store_true", help="prepend the model's BOS token (Dream's evaluation)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     from benchmarks.eval.methods import add_method_flags
@@ -162,7 +166,8 @@ def main(argv=None) -> int:
 
     errors = (UsageError, DataError, CLIError, ValueError, FileNotFoundError, NotImplementedError, OSError)
     try:
-        modes = [m for m, on in (("--write-prompts", args.write_prompts is not None), ("--summary", args.summary is not None),
+        modes = [m for m, on in (("--write-prompts", args.write_prompts is not None),
+                                 ("--summary", args.summary is not None),
                                  ("--model", args.model is not None)) if on]
         if len(modes) > 1:
             raise UsageError(f"give one of --write-prompts, --model, --summary (got {' and '.join(modes)})")

@@ -10,14 +10,14 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, Sequence
 
-from benchmarks.eval.sandbox import Limits, run_programs
+from benchmarks.eval.sandbox import DEFAULT_LIMITS, Limits, run_programs
 from benchmarks.eval.task import Document, Task
 
 
 class CodeTask(Task):
     metrics = ("pass@1",)
 
-    def __init__(self, data_dir=None, *, limits: Limits = Limits()):
+    def __init__(self, data_dir=None, *, limits: Limits = DEFAULT_LIMITS):
         self.data_dir = data_dir
         self.limits = limits
 

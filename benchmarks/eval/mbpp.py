@@ -19,7 +19,7 @@ from functools import cached_property
 
 from benchmarks.eval.code_task import CodeTask
 from benchmarks.eval.data import DataError, read_jsonl
-from benchmarks.eval.sandbox import Limits
+from benchmarks.eval.sandbox import DEFAULT_LIMITS, Limits
 from benchmarks.eval.task import Document, fewshot_prompt
 
 UNTIL = ("[DONE]",)
@@ -40,7 +40,7 @@ def _tests(record: dict) -> str:
 class MBPP(CodeTask):
     name = "mbpp"
 
-    def __init__(self, data_dir=None, *, limits: Limits = Limits(), include_setup_code: bool = False):
+    def __init__(self, data_dir=None, *, limits: Limits = DEFAULT_LIMITS, include_setup_code: bool = False):
         super().__init__(data_dir, limits=limits)
         self.include_setup_code = include_setup_code
 

@@ -23,8 +23,14 @@ from functools import cached_property
 from typing import Any
 
 from benchmarks.eval.data import read_jsonl
-from benchmarks.eval.math_answers import (boxed_answer, extract_final_answer, is_equiv, math_equiv,
-                                          math_verify_equal, normalize_final_answer)
+from benchmarks.eval.math_answers import (
+    boxed_answer,
+    extract_final_answer,
+    is_equiv,
+    math_equiv,
+    math_verify_equal,
+    normalize_final_answer,
+)
 from benchmarks.eval.task import Document, Task, fewshot_prompt
 
 UNTIL = ("Problem:",)

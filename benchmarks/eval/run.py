@@ -70,7 +70,8 @@ def select_documents(docs: Sequence[Document], *, limit: Optional[int] = None,
         chosen = [d for d in chosen if d.doc_id in wanted]
         missing = wanted - {d.doc_id for d in chosen}
         if missing:
-            raise RunError(f"--doc-ids: no document {min(missing)} (the task has doc ids 0..{max(d.doc_id for d in docs)})")
+            raise RunError(f"--doc-ids: no document {min(missing)} "
+                           f"(the task has doc ids 0..{max(d.doc_id for d in docs)})")
     if limit is not None:
         if limit < 1:
             raise RunError(f"--limit: expected an int >= 1, got {limit}")

@@ -17,8 +17,9 @@ What each run gets (each layer is exercised by ``tests/test_eval_sandbox.py``):
 - a seccomp filter (Linux x86_64 and aarch64, installed through ``prctl`` with ``NO_NEW_PRIVS``, so
   it binds root too and cannot be lifted): ``fork``/``vfork``/``clone`` of a process, ``execve``,
   ``socket``, ``ptrace``, ``kill``, ``setns``/``unshare``, setting rlimits, and file removal /
-  renaming / truncation / ``chmod`` / ``chown`` fail with ``EPERM``; threads still work. This is what stops a fork bomb, an
-  ``exec`` of another binary or a network socket even when the program bypasses the Python guard;
+  renaming / truncation / ``chmod`` / ``chown`` fail with ``EPERM``; threads still work. This is what
+  stops a fork bomb, an ``exec`` of another binary or a network socket even when the program bypasses
+  the Python guard;
 - a process count: while the program runs the parent counts its session's processes and kills the
   run (status ``"forked"``) past ``max_processes``; with the filter this never triggers, without it
   (other architectures) it is the fork-bomb stop for root;
@@ -38,8 +39,8 @@ THIS IS NOT A SECURITY BOUNDARY against hostile code. It stops the accidents of 
 infinite loops, runaway memory, fork loops, huge files or output, stray network calls, deleting or
 renaming files. What it does not stop: reading any file the user can read and overwriting any file
 the user can write (opening files is allowed; there is no file-system isolation), signalling
-through syscalls other than ``kill`` (``tgkill``), and whatever a determined program finds in the kernel or in the interpreter
-it shares with the guard. Without the filter (not Linux x86_64/aarch64) the Python guard is all
+through syscalls other than ``kill`` (``tgkill``), and whatever a determined program finds in the kernel
+or in the interpreter it shares with the guard. Without the filter (not Linux x86_64/aarch64) the Python guard is all
 there is between the program and ``fork``/``exec``/``socket``, and it is trivially bypassed (e.g. by
 re-importing ``ctypes``). Run untrusted code in a container or VM with no credentials and no network.
 """
@@ -213,6 +214,9 @@ class Limits:
                 raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclasses.dataclass(frozen=True)
 class ExecResult:
     """Outcome of one program. status: passed | failed | timeout | forked.
@@ -309,7 +313,7 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
-def run_program(program: str, limits: Limits = Limits()) -> ExecResult:
+def run_program(program: str, limits: Limits = DEFAULT_LIMITS) -> ExecResult:
     """Runs ``program`` (Python source) in a fresh sandboxed interpreter and returns its outcome."""
     _become_subreaper()
     run_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
@@ -362,7 +366,7 @@ def run_program(program: str, limits: Limits = Limits()) -> ExecResult:
         _remove_tree(run_dir)
 
 
-def run_programs(programs: Sequence[str], limits: Limits = Limits(), *, workers: int | None = None
+def run_programs(programs: Sequence[str], limits: Limits = DEFAULT_LIMITS, *, workers: int | None = None
                  ) -> list[ExecResult]:
     """:func:`run_program` of each program, ``workers`` at a time (default: the CPU count), in order."""
     workers = workers or os.cpu_count() or 1

@@ -98,7 +98,8 @@ def compare(runs: Sequence[Run]) -> list[TaskComparison]:
     for task, group in by_task.items():
         common = set.intersection(*(set(run.scores) for _, run in group))
         keys = sorted(common)
-        metrics = [m for m in group[0][1].meta.get("metrics", []) if all(m in run.meta.get("metrics", []) for _, run in group)]
+        metrics = [m for m in group[0][1].meta.get("metrics", [])
+                   if all(m in run.meta.get("metrics", []) for _, run in group)]
         acc, paired = [], []
         for label, run in group:
             for m in metrics:
@@ -126,7 +127,8 @@ def format_tables(comparisons: Sequence[TaskComparison]) -> str:
         metrics = list(dict.fromkeys(a.metric for a in tc.accuracy))
         runs = list(tc.finished)
         lines.append(f"### {tc.task}: {tc.documents} documents finished by every run\n")
-        lines.append("| run | " + " | ".join(f"{m} % [95% CI]" for m in metrics) + " | NFE / doc | s / doc | finished |")
+        lines.append("| run | " + " | ".join(f"{m} % [95% CI]" for m in metrics)
+                     + " | NFE / doc | s / doc | finished |")
         lines.append("|---" * (len(metrics) + 4) + "|")
         for run in runs:
             cells = []

@@ -59,7 +59,8 @@ class Shape:
         return self.layers * (2 * self.d * self.q + 2 * self.d * self.kv + 3 * self.d * self.mlp)
 
     def forward_flops(self, rows: int, keys: int, head_rows: int) -> float:
-        return 2.0 * self.body_params * rows + 4.0 * self.layers * rows * keys * self.q + 2.0 * self.d * self.vocab * head_rows
+        return (2.0 * self.body_params * rows + 4.0 * self.layers * rows * keys * self.q
+                + 2.0 * self.d * self.vocab * head_rows)
 
 
 def step_flops(shape: Shape, *, cache: Optional[str], prompt: int, gen: int, block: int, refresh: bool) -> float:

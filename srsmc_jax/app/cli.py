@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prompt as comma-separated token ids (for checkpoints without a tokenizer)")
     s.add_argument("--model", type=Path, default=None,
                    help="a converted checkpoint folder (python -m convert); default: the embedded Sudoku model")
-    s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
+    s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype (default: float32)")
     s.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
     s.add_argument("--cache", default="none",
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_config_flags(s, defaults=CLI_DEFAULTS, default_help=CLI_DEFAULT_HELP,
                            short={"num_particles": "-n", "temperature": "-t"})
     out = s.add_argument_group("output")
-    out.add_argument("--show-particles", action="store_true", help="print every particle with its weight and confidence")
+    out.add_argument("--show-particles", action="store_true",
+                     help="print every particle with its weight and confidence")
     out.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     out.add_argument("--plot", type=Path, default=None,
                      help="write the ESS trace and particle genealogy to this .png file (needs matplotlib)")
@@ -382,7 +384,8 @@ def _what_happened(config, out) -> str:
         resampled = (f"resampled {events} time{'s' if events != 1 else ''} when the effective sample size fell "
                      f"below {config.ess_threshold * n:g} (checked {every})")
     else:
-        resampled = f"never resampled (the effective sample size stayed above {config.ess_threshold * n:g}, checked {every})"
+        resampled = (f"never resampled (the effective sample size stayed above {config.ess_threshold * n:g}, "
+                     f"checked {every})")
     return (f"SR-SMC ran {n} particles for {out['num_steps']} steps ({out['nfe']} forward passes), "
             f"{resampled}, and returned particle {out['selected']}: {rule}.")
 

@@ -387,7 +387,8 @@ class Generator:
             if vocab is not None:
                 bad = [i for i in ids if not 0 <= i < vocab]
                 if bad:
-                    raise GenerateError(f"{r.where}: token id {bad[0]} is outside the model's vocabulary of {vocab} ids")
+                    raise GenerateError(f"{r.where}: token id {bad[0]} is outside the model's vocabulary "
+                                        f"of {vocab} ids")
             if len(ids) > limit:
                 raise GenerateError(f"{r.where}: prompt of {len(ids)} tokens + gen_length {self.config.gen_length} "
                                     f"exceeds the model's context length {self.max_length}")
@@ -492,7 +493,7 @@ class Generator:
                 self.report.sampling_seconds += seconds
                 n, g = self.config.num_particles, self.config.gen_length
                 self.report.generated_tokens += len(chunk) * n * g
-                out = [self._output(p, jax.tree.map(lambda x: np.asarray(x)[i], result), seconds / len(chunk))
+                out = [self._output(p, jax.tree.map(lambda x, i=i: np.asarray(x)[i], result), seconds / len(chunk))
                        for i, p in enumerate(chunk)]
                 self.report.generated += len(out)
                 self.report.errors += sum(o["error"] is not None for o in out)
@@ -617,7 +618,8 @@ def add_subparser(sub) -> None:
                    help="a converted checkpoint folder (python -m convert); default: the embedded Sudoku model")
     g.add_argument("--input", type=Path, required=True, help="prompts, one JSON object per line")
     g.add_argument("--output", type=Path, required=True, help="results JSONL (appended to; resumed from)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (default: float32)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype (default: float32)")
     g.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
     g.add_argument("--cache", default="none", help="the model family's cache: none, prefix / dual (LLaDA, Dream), "
@@ -628,7 +630,8 @@ def add_subparser(sub) -> None:
     g.add_argument("--add-bos", action="store_true", help="prepend the model's BOS token (Dream's evaluation)")
     g.add_argument("--seed", type=cli._seed, default=0, help=f"PRNG seed in [0, {cli.SEED_MAX}] (default: 0)")
     g.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"prompts per sampler call (default: {DEFAULT_BATCH_SIZE}; rounded up to a multiple of the devices)")
+                   help=f"prompts per sampler call (default: {DEFAULT_BATCH_SIZE}; "
+                        "rounded up to a multiple of the devices)")
     g.add_argument("--buckets", default=DEFAULT_BUCKETS,
                    help="prompt padding buckets: pow2, a multiple K, or sizes like 256,512,1024 (default: pow2)")
     g.add_argument("--devices", type=_positive_int, default=None, help="local devices to shard over (default: all)")
