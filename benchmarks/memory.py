@@ -193,14 +193,15 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=None)
     ap.add_argument("--workdir", default=None, help="keep the random checkpoint here (reused when present)")
-    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    ap.add_argument("--cases", default=";".join(CASES),
+                    help="case names separated by semicolons (the names contain commas)")
     args = ap.parse_args(argv)
     import numpy as np
 
     from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
 
     shape = LLaDAShape()
-    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    names = [c.strip() for c in args.cases.split(";") if c.strip()]
     bad = [c for c in names if c not in CASES]
     if bad:
         ap.error(f"--cases: unknown {bad}; choose from {list(CASES)}")
