@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import re
 import statistics
@@ -52,6 +51,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from benchmarks.results_file import write_json
 
 # dense bf16 peak TFLOP/s by device kind (substring of jax's ``device_kind``, lower case)
 PEAK_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l4": 121.0, "tpu v4": 275.0, "tpu v5 lite": 197.0,
@@ -456,10 +456,7 @@ def main(argv=None) -> dict:
             repeats=args.repeats, peak_tflops=args.peak_tflops, layers_auto=layers_auto)
     print(render(r))
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(json.dumps(r, indent=2) + "\n")
-        tmp.replace(out)
+        write_json(args.json, r)
     return r
 
 

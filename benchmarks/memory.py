@@ -38,6 +38,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from benchmarks.results_file import write_json
 
 DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "s8": 1, "u8": 1, "s64": 8, "u64": 8,
                "f64": 8}
@@ -241,7 +242,7 @@ def main(argv=None) -> dict:
                   f"{res['loop_copies_total_bytes'] * mb:.2f} MiB per iteration set, of loop-carried buffers: "
                   f"{len(res['loop_carried_copies'])}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.json, rows)
     return rows
 
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from benchmarks.results_file import write_text
 
 RESULTS = "results.jsonl"
 
@@ -118,12 +119,6 @@ def _row_json(b: int, prompt: str, row: Any, answer: str) -> dict:
             "error": int(row.error)}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def shard_name(process: int, count: int) -> str:
     return f"shard-{process:05d}-of-{count:05d}.jsonl"
 
@@ -131,7 +126,7 @@ def shard_name(process: int, count: int) -> str:
 def write_shard(out: Path, process: int, count: int, rows: list[dict]) -> Path:
     """This process's rows as JSON lines, written atomically."""
     path = Path(out) / shard_name(process, count)
-    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
@@ -159,7 +154,7 @@ def merge_shards(out: Path, num_prompts: Optional[int] = None) -> Path:
     if absent:
         raise ValueError(f"{out}: no result for prompt {absent[0]} in any shard")
     path = out / RESULTS
-    _atomic_write(path, "".join(json.dumps(rows[i]) + "\n" for i in range(n)))
+    write_text(path, "".join(json.dumps(rows[i]) + "\n" for i in range(n)))
     return path
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import srsmc_jax as sr
+from benchmarks.results_file import write_json
 from benchmarks.stats import mcnemar_exact, wilson_interval
 
 METHODS = ("greedy", "sampling", "best_of_n", "sr_smc")
@@ -247,8 +248,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if result["training_overlap"]:
         print(f"WARNING: {result['training_overlap']} problems come from the training split")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
     return result

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results_file import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
 PUZZLE = "..4..1 ..2... ...5.2 3..... ..6... 5..6.."
@@ -286,8 +288,7 @@ def load_table(layers: int = 2) -> list[dict]:
 def _record(key: str, value) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     data[key] = value
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(RESULTS, data)
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 import srsmc_jax as sr
+from benchmarks.results_file import write_json
 from benchmarks.stats import mcnemar_exact, wilson_interval
 
 
@@ -115,8 +116,7 @@ def main(argv=None) -> dict:
     }
     print(json.dumps({k: result[k] for k in ("before", "after", "mcnemar_p", "only_after", "only_before")}, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return result
 
 

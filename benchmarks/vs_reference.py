@@ -65,6 +65,7 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
+from benchmarks.results_file import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_WORKER = Path(__file__).resolve().with_name("vs_reference_torch.py")
@@ -420,10 +421,7 @@ def main(argv=None) -> dict:
         "raw": {"reference": ref_res, "ours": ours_res},
     }
     if args.json:
-        out = Path(args.json)
-        tmp_out = out.with_name(out.name + ".partial")
-        tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-        tmp_out.replace(out)
+        write_json(args.json, result)
     return result
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
+from benchmarks.results_file import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,7 +314,7 @@ def main(argv=None) -> dict:
     print(text)
     res["report_markdown"] = text
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
+        write_json(args.json, res, default=str)
     return res
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from benchmarks.eval.data import DataError
 from benchmarks.eval.registry import TASK_NAMES, get_task
 from benchmarks.eval.task import FAMILY_CHAT, load_chat_template
+from srsmc_jax.app.flags import positive_int
 
 
 class UsageError(Exception):
@@ -39,16 +40,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,13 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     from srsmc_jax.app.cli import SEED_MAX, _seed
 
     run.add_argument("--seed", type=_seed, default=0, help=f"PRNG seed in [0, {SEED_MAX}] (default: 0)")
-    run.add_argument("--limit", type=_positive_int, default=None, help="only the first K documents (after --doc-ids)")
+    run.add_argument("--limit", type=positive_int, default=None, help="only the first K documents (after --doc-ids)")
     run.add_argument("--doc-ids", default=None, help="only these doc ids, e.g. 0,5,10-19")
-    run.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per sampler call (default: 8)")
+    run.add_argument("--batch-size", type=positive_int, default=8, help="prompts per sampler call (default: 8)")
     run.add_argument("--buckets", default="pow2", help="prompt padding buckets: pow2, a multiple K, or sizes "
                                                        "like 512,768,1024 (default: pow2)")
-    run.add_argument("--devices", type=_positive_int, default=None, help="local devices to shard over (default: all)")
-    run.add_argument("--workers", type=_positive_int, default=None,
+    run.add_argument("--devices", type=positive_int, default=None, help="local devices to shard over (default: all)")
+    run.add_argument("--workers", type=positive_int, default=None,
                      help="sandbox processes for code tasks (default: CPUs)")
     run.add_argument("--no-special-tokens", action="store_true",
                      help="encode prompts without the tokenizer's post-processor "

@@ -38,7 +38,6 @@ template (``--chat``) and with the model's BOS token prepended (``--add-bos``, D
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -596,16 +595,6 @@ GENERATE_DEFAULT_HELP = {"gen_length": "the embedded task's answer length, else 
                          "block_length": "the whole answer for an embedded task, else min(32, gen_length)"}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def add_subparser(sub) -> None:
     """Register ``srsmc generate`` on the ``srsmc`` sub-parsers."""
     from srsmc_jax.app import cli
@@ -629,12 +618,13 @@ def add_subparser(sub) -> None:
                    help="encode prompts without the tokenizer's post-processor (no BOS it would add)")
     g.add_argument("--add-bos", action="store_true", help="prepend the model's BOS token (Dream's evaluation)")
     g.add_argument("--seed", type=cli._seed, default=0, help=f"PRNG seed in [0, {cli.SEED_MAX}] (default: 0)")
-    g.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+    g.add_argument("--batch-size", type=flags.positive_int, default=DEFAULT_BATCH_SIZE,
                    help=f"prompts per sampler call (default: {DEFAULT_BATCH_SIZE}; "
                         "rounded up to a multiple of the devices)")
     g.add_argument("--buckets", default=DEFAULT_BUCKETS,
                    help="prompt padding buckets: pow2, a multiple K, or sizes like 256,512,1024 (default: pow2)")
-    g.add_argument("--devices", type=_positive_int, default=None, help="local devices to shard over (default: all)")
+    g.add_argument("--devices", type=flags.positive_int, default=None,
+                   help="local devices to shard over (default: all)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     flags.add_config_flags(g, default_help=GENERATE_DEFAULT_HELP, short={"num_particles": "-n", "temperature": "-t"})
 
