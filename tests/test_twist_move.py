@@ -109,7 +109,7 @@ def test_generation_rows_need_a_denoiser_without_a_cache():
 # ---- resample-move -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("select,steps,move_steps,twist", [
     ("topk", 3, 1, "none"), ("topk", 3, 2, "lookahead"), ("first_hitting", None, 2, "none"),
-    ("ancestral", 3, 1, "lookahead"),
+    pytest.param("ancestral", 3, 1, "lookahead", marks=pytest.mark.slow),  # the slowest; -m slow runs it
 ])
 def test_resample_move_leaves_the_target_invariant(select, steps, move_steps, twist):
     _, gamma = TOY.enumerate(select, steps or TOY.gen, SELF_REWARD)
