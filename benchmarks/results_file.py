@@ -1,10 +1,12 @@
-"""Writing a benchmark's results: all or nothing (a temporary file beside the target, then one rename),
-so that an interrupted run never leaves a half-written JSON where the README's tables point."""
+"""Writing a result file all or nothing: a temporary file beside the target, flushed to disk, then one
+rename, so that an interrupted run never leaves a half-written file where a reader (the README's
+tables, a resumed evaluation) expects a whole one. The one writer of every benchmark and evaluation."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     """Replace ``path`` with ``text`` atomically (creating its folder); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 

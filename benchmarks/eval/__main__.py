@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from benchmarks.eval.data import DataError
 from benchmarks.eval.registry import TASK_NAMES, get_task
 from benchmarks.eval.task import FAMILY_CHAT, load_chat_template
+from benchmarks.results_file import write_text
 from srsmc_jax.app.flags import positive_int
 
 
@@ -88,17 +87,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def write_prompts(path: Path, requests) -> None:
     """Writes the requests as JSONL through a temporary file renamed into place."""
-    path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in requests:
-                f.write(json.dumps({"task": r.task, "doc_id": r.doc_id, "prompt": r.prompt,
-                                    "until": list(r.until)}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text(path.resolve(), "".join(
+        json.dumps({"task": r.task, "doc_id": r.doc_id, "prompt": r.prompt, "until": list(r.until)},
+                   ensure_ascii=False) + "\n" for r in requests))
 
 
 def _write_prompts_mode(args) -> int:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from benchmarks.eval.methods import describe
 from benchmarks.eval.task import FAMILY_CHAT, Document, Task, load_chat_template, mean_scores
+from benchmarks.results_file import write_json
 
 SAMPLES = "samples.jsonl"
 RUN_META = "run.json"
@@ -87,20 +86,6 @@ def prompt_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _write_json_atomically(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 @dataclasses.dataclass
 class RunResult:
     """What :func:`evaluate` returns: the run folder, its records (selected documents, in order),
@@ -150,7 +135,7 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
             raise RunError(f"--out {out_dir}: holds a run with other settings (fingerprint {old.get('fingerprint')}, "
                            f"this run {fingerprint}); use another --out")
     else:
-        _write_json_atomically(meta_path, meta)
+        write_json(meta_path, meta, ensure_ascii=False)
 
     by_id = {record_id(d): d for d in docs}
     log = ResultsLog(out_dir / SAMPLES, fingerprint=fingerprint, key=lambda r: [r["task"], r["doc_id"]])
@@ -175,8 +160,8 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
                 for r in read_records(out_dir / SAMPLES)}
     samples = [finished[d.key] for d in docs]
     means = mean_scores([s["scores"] for s in samples], task.metrics)
-    _write_json_atomically(out_dir / SUMMARY, {"task": task.name, "method": method, "documents": len(samples),
-                                               "means": means, "fingerprint": fingerprint})
+    write_json(out_dir / SUMMARY, {"task": task.name, "method": method, "documents": len(samples),
+                                   "means": means, "fingerprint": fingerprint}, ensure_ascii=False)
     return RunResult(out_dir=out_dir, samples=samples, means=means, report=gen.report)
 
 
