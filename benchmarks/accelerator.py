@@ -51,7 +51,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from benchmarks.results_file import write_json
+from srsmc_jax.app.results_file import write_json
 
 # dense bf16 peak TFLOP/s by device kind (substring of jax's ``device_kind``, lower case)
 PEAK_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l4": 121.0, "tpu v4": 275.0, "tpu v5 lite": 197.0,
@@ -130,7 +130,7 @@ def forward_calls(s: Shape, cache: Optional[str], steps_per_block: int) -> list[
     if cache == "dual":
         calls.append((n_blocks * later, lb, length, lb))
     else:  # prefix: the window shrinks with the block (models.denoise.prefix_windows)
-        from models.denoise import prefix_windows
+        from srsmc_jax.models.denoise import prefix_windows
 
         widths = prefix_windows(length, s.gen_length, lb)
         for b in range(n_blocks):
@@ -265,11 +265,11 @@ def run(s: Shape, *, cache: Optional[str] = "dual", select: str = "topk", dtype:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
+    from srsmc_jax.models.llada import LLaDAConfig
+    from srsmc_jax.models.load import LoadedModel
 
-    import models
     import srsmc_jax as sr
-    from models.llada import LLaDAConfig
-    from models.load import LoadedModel
+    from srsmc_jax import models
 
     device = jax.devices()[0]
     limit = device_memory_limit()

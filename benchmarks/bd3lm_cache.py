@@ -22,10 +22,10 @@ def run(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from srsmc_jax.models.dit import BD3LMConfig
 
-    import models
     import srsmc_jax
-    from models.dit import BD3LMConfig
+    from srsmc_jax import models
 
     cfg = BD3LMConfig(vocab_size=args.vocab, model_length=args.length, hidden_dim=args.hidden, cond_dim=args.cond,
                       n_blocks=args.layers, n_heads=args.heads, block_size=args.block_size)

@@ -4,7 +4,7 @@ The layout is the one of ``../shared/reference/llada`` (see its README): tensor 
 ``model.transformer.*``, Linear weights ``[out, in]`` without biases, an untied LM head
 ``model.transformer.ff_out``, and the config keys of the real LLaDA-8B ``config.json`` with only the
 sizes and ids changed. Both the official PyTorch code (``LLaDAModelLM.from_pretrained``) and
-``python -m convert`` read such a folder. Needs only numpy and safetensors (no torch, no jax), so the
+``srsmc convert`` read such a folder. Needs only numpy and safetensors (no torch, no jax), so the
 benchmark driver and the tests can write one anywhere.
 
 Weights (the fixture's recipe): norm weights 1 + 0.1·N; embedding N(0, 1); Linear N·g/√in with

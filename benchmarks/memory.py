@@ -38,7 +38,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from benchmarks.results_file import write_json
+from srsmc_jax.app.results_file import write_json
 
 DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "s8": 1, "u8": 1, "s64": 8, "u64": 8,
                "f64": 8}
@@ -161,8 +161,8 @@ def measure_one(spec: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    import models
     import srsmc_jax as sr
+    from srsmc_jax import models
 
     before = vm_hwm()
     m = models.load(spec["checkpoint"], verify=False)
@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
         if not (hf / "model.safetensors").is_file():
             write_llada_checkpoint(hf, shape, seed=0)
         if not (conv / "srsmc_checkpoint.json").is_file():
-            p = subprocess.run([sys.executable, "-m", "convert", str(hf), str(conv), "--force"], cwd=ROOT,
+            p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv), "--force"], cwd=ROOT,
                                capture_output=True, text=True)
             if p.returncode:
                 raise SystemExit(f"convert failed: {p.stderr.strip()}")

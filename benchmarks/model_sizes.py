@@ -31,9 +31,9 @@ PUBLISHED = {"llada": 8.02e9, "dream": 7.616e9}
 
 
 def counts() -> dict[str, int]:
-    from models import param_count
-    from models.dream import DREAM_7B
-    from models.llada import LLADA_8B
+    from srsmc_jax.models import param_count
+    from srsmc_jax.models.dream import DREAM_7B
+    from srsmc_jax.models.llada import LLADA_8B
 
     out = {"llada": param_count("llada", LLADA_8B), "dream": param_count("dream", DREAM_7B)}
     for fam, n in out.items():
@@ -49,10 +49,10 @@ def throughput(n_particles: int = 8, n_prompts: int = 2, prompt_len: int = 64, g
     when ESS < N/2) on a small random LLaDA, without a cache and with the Fast-dLLM prefix and dual
     caches (float32, whatever backend JAX picks)."""
     import jax
+    from srsmc_jax.models import random_model
+    from srsmc_jax.models.llada import LLaDAConfig
 
     import srsmc_jax as sr
-    from models import random_model
-    from models.llada import LLaDAConfig
 
     cfg = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=704, vocab_size=1024,
                       embedding_size=1024, rope_theta=500000.0, mask_token_id=1000, max_sequence_length=4096)

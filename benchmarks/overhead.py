@@ -23,8 +23,9 @@ import srsmc_jax as sr
 
 
 def small_llada(d_model: int, layers: int, vocab: int, max_len: int, seed: int = 0):
-    import models
-    from models.llada import LLaDAConfig
+    from srsmc_jax.models.llada import LLaDAConfig
+
+    from srsmc_jax import models
 
     cfg = LLaDAConfig.from_dict({
         "d_model": d_model, "n_heads": max(1, d_model // 64), "n_layers": layers,

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import srsmc_jax as sr
-from benchmarks.results_file import write_json
 from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.results_file import write_json
 
 METHODS = ("greedy", "sampling", "best_of_n", "sr_smc")
 
@@ -53,7 +53,7 @@ def method_config(method: str, n: int, tau: float, base: sr.SMCConfig) -> sr.SMC
 
 
 def load_problems(args) -> list[dict]:
-    from models.embedded import sudoku
+    from srsmc_jax.models.embedded import sudoku
 
     if args.problems is not None:
         path = Path(args.problems)
@@ -70,7 +70,7 @@ def load_problems(args) -> list[dict]:
 
 def overlap_with_training(problems: list[dict]) -> int:
     """How many problems' solution grids come from the training split (0 for generated ones)."""
-    from models.embedded import sudoku
+    from srsmc_jax.models.embedded import sudoku
 
     base = sudoku.base_grids()
     index = {g.tobytes(): i for i, g in enumerate(base)}
@@ -100,9 +100,10 @@ def run_method(sample, params, prompts: np.ndarray, key, batch: int):
 
 
 def evaluate(args) -> dict:
-    import models
-    from models.embedded import SudokuTask, sudoku, task_for
-    from models.embedded.vocab import decode_cells
+    from srsmc_jax.models.embedded import SudokuTask, sudoku, task_for
+    from srsmc_jax.models.embedded.vocab import decode_cells
+
+    from srsmc_jax import models
 
     model = models.load(args.model)
     task = task_for(model.path)

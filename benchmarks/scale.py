@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results_file import write_json
+from srsmc_jax.app.results_file import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
@@ -75,11 +75,10 @@ def run_once(particles: int, chunk: int | None, batch: int, mesh_shape: tuple[in
     steps reveal the 36 cells (memory does not depend on it; time does)."""
     import jax
     import numpy as np
+    from srsmc_jax.models.embedded import task_for
 
-    import models
     import srsmc_jax as sr
-    from models.embedded import task_for
-    from srsmc_jax import memory
+    from srsmc_jax import memory, models
 
     model = models.load()
     task = task_for(None)
@@ -149,10 +148,10 @@ def layout_once(mesh_shape: tuple[int, int] | None, layout: str = "prompts", cac
 
     import jax
     import numpy as np
+    from srsmc_jax.models.llada import LLaDAConfig
 
-    import models
     import srsmc_jax as sr
-    from models.llada import LLaDAConfig
+    from srsmc_jax import models
 
     model = models.random_model(LLaDAConfig(**SCALING_MODEL), seed=0)
     config = sr.SMCConfig(num_particles=particles, gen_length=32, block_length=16, steps=8, mask_id=2047,
@@ -208,11 +207,10 @@ def write_8b_shaped(path: Path, layers: int = 2) -> Path:
     12288, vocabulary 126464) but ``layers`` layers, written with ``models.checkpoint``."""
     import ml_dtypes
     import numpy as np
-
-    from models.checkpoint import write_checkpoint
-    from models.common import flat_abstract_params
-    from models.llada.config import LLADA_8B
-    from models.load import abstract_model
+    from srsmc_jax.models.checkpoint import write_checkpoint
+    from srsmc_jax.models.common import flat_abstract_params
+    from srsmc_jax.models.llada.config import LLADA_8B
+    from srsmc_jax.models.load import abstract_model
 
     cfg = dataclasses.replace(LLADA_8B, n_layers=layers)
     rng = np.random.default_rng(0)
@@ -233,8 +231,8 @@ def load_once(path: str, mesh_shape: tuple[int, int] | None, naive: bool = False
     ``device_put`` into the shards. With several processes (jax.distributed) each reports its own."""
     import jax
 
-    import models
     import srsmc_jax as sr
+    from srsmc_jax import models
 
     mesh = None if mesh_shape is None else sr.sharding.make_mesh(*mesh_shape)
     base = reset_peak()

@@ -203,7 +203,7 @@ def smc_config(spec: dict):
 
 # ---- tasks ----------------------------------------------------------------------------------------
 def task_named(name: str):
-    from models.embedded import TASKS
+    from srsmc_jax.models.embedded import TASKS
 
     if name not in TASKS:
         raise SystemExit(f"study: error: --task: unknown task {name!r}; expected one of {', '.join(sorted(TASKS))}")
@@ -388,7 +388,7 @@ def run_sweeps(task_name: str, sweeps: list[str], num_problems: int, seed: int, 
     """Run (or resume) sweeps; returns {"executed": n, "skipped": n, "seconds": s}. Every setting
     runs as SR-SMC, best-of-N (same N), greedy, and best-of-N' when the SR-SMC run's NFE asks for
     more particles (:func:`equal_nfe_particles`)."""
-    import models
+    from srsmc_jax import models
 
     task = task_named(task_name)
     problems = problem_set(task, seed, num_problems, exclude_seeds)

@@ -23,8 +23,8 @@ import numpy as np
 import optax
 
 import srsmc_jax as sr
-from benchmarks.results_file import write_json
 from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.results_file import write_json
 
 
 def sudoku_reward(particles: jax.Array, prompts: jax.Array) -> jax.Array:
@@ -32,7 +32,7 @@ def sudoku_reward(particles: jax.Array, prompts: jax.Array) -> jax.Array:
 
     particles: int32[..., N, 36] token ids (digit d = id d); prompts: int32[..., 1, 36].
     """
-    from models.embedded import vocab
+    from srsmc_jax.models.embedded import vocab
 
     g = particles.reshape(particles.shape[:-1] + (6, 6))
     boxes = g.reshape(g.shape[:-2] + (3, 2, 2, 3)).swapaxes(-3, -2).reshape(g.shape)
@@ -59,8 +59,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    import models
-    from models.embedded import SudokuTask, sudoku
+    from srsmc_jax.models.embedded import SudokuTask, sudoku
+
+    from srsmc_jax import models
 
     model = models.load()
     task = SudokuTask()

@@ -14,7 +14,7 @@ What it does:
 
 1. Writes a random LLaDA in the official Hugging Face format (``benchmarks/llada_checkpoint.py``;
    default d 256, 4 layers, 8 heads, MLP 704, vocab 2048) and converts it with
-   ``python -m convert``; both sides compute with the same float32 weights. The reference code
+   ``srsmc convert``; both sides compute with the same float32 weights. The reference code
    hard-codes the mask id 126336 only as a default argument: every call here passes the checkpoint's
    ``mask_token_id`` (inside the vocabulary) explicitly, and LLaDA's ``generate`` keeps
    ``logits_eos_inf`` / ``confidence_eos_eot_inf`` off (they index ids 126081 / 126348). Nothing of
@@ -65,7 +65,7 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
-from benchmarks.results_file import write_json
+from srsmc_jax.app.results_file import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_WORKER = Path(__file__).resolve().with_name("vs_reference_torch.py")
@@ -232,10 +232,10 @@ def prepare(args, workdir: Path) -> dict:
     if not (hf / "model.safetensors").is_file():
         write_llada_checkpoint(hf, args.shape, seed=args.seed, lm_head_gain=args.lm_head_gain)
     if not (conv / "srsmc_checkpoint.json").is_file():
-        p = subprocess.run([sys.executable, "-m", "convert", str(hf), str(conv), "--force"], cwd=ROOT,
+        p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv), "--force"], cwd=ROOT,
                            capture_output=True, text=True)
         if p.returncode != 0:
-            raise RuntimeError(f"python -m convert failed: {(p.stderr or p.stdout).strip()}")
+            raise RuntimeError(f"srsmc convert failed: {(p.stderr or p.stdout).strip()}")
     rng = np.random.default_rng(args.seed + 1)
     prompts = rng.integers(0, min(args.shape.mask_token_id, args.shape.eos_token_id),
                            (args.batch_prompts, args.prompt_length)).astype(np.int32)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
-from benchmarks.results_file import write_json
+from srsmc_jax.app.results_file import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,8 +85,8 @@ def ours_breakdown(conv: Path, prompt: np.ndarray, *, gen_length: int, block_len
     import jax
     import jax.numpy as jnp
 
-    import models
     import srsmc_jax as sr
+    from srsmc_jax import models
 
     out: dict = {}
     m = models.load(conv)
@@ -296,10 +296,10 @@ def main(argv=None) -> dict:
         work = Path(tmp)
         hf = write_llada_checkpoint(work / "hf", shape, seed=args.seed)
         conv = work / "conv"
-        p = subprocess.run([sys.executable, "-m", "convert", str(hf), str(conv)], cwd=ROOT,
+        p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv)], cwd=ROOT,
                            capture_output=True, text=True)
         if p.returncode != 0:
-            raise RuntimeError(f"python -m convert failed: {p.stderr.strip()}")
+            raise RuntimeError(f"srsmc convert failed: {p.stderr.strip()}")
         prompts = np.random.default_rng(args.seed + 1).integers(
             0, shape.eos_token_id, (1, args.prompt_length)).astype(np.int32)
         np.save(work / "prompts.npy", prompts)

@@ -4,7 +4,7 @@
 
 SPEC.json (written by the driver): ``job`` (``cache``: null / ``"prefix"`` / ``"dual"``;
 ``select``, ``threshold``, ``temperature``, ``num_particles``, ``prompts``: the number of prompts
-sampled in ONE batched call), ``checkpoint`` (a folder converted with ``python -m convert``),
+sampled in ONE batched call), ``checkpoint`` (a folder converted with ``srsmc convert``),
 ``prompts_file`` (int32[B, P] .npy), ``gen_length``, ``block_length``, ``repeats``, ``seed``.
 
 Only the public API is used: ``models.load(path).as_denoiser(cache=..., gen_length=...)``,
@@ -32,8 +32,8 @@ def run(spec: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    import models
     import srsmc_jax as sr
+    from srsmc_jax import models
 
     job = spec["job"]
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """Hugging Face checkpoint -> orbax converter for every registered family (LLaDA, Dream, MDLM,
-BD3-LM; ``python -m convert SRC DST``); MDLM / BD3-LM Lightning ``.ckpt`` files too.
+BD3-LM; ``srsmc convert SRC DST``); MDLM / BD3-LM Lightning ``.ckpt`` files too.
 
 Every check that can fail runs before DST is touched: SRC, its config.json and family, DST (a
 new or empty folder, or a converted checkpoint with ``force``; never SRC, inside it, or a folder
@@ -10,16 +10,18 @@ is written atomically by ``models/checkpoint.py``. See :func:`convert_checkpoint
 
 from __future__ import annotations
 
+if __name__ != "srsmc_jax.convert":  # the convert/ folder is srsmc_jax.convert only
+    raise ImportError(f"import srsmc_jax.convert, not {__name__} (the convert/ folder installs as srsmc_jax.convert)")
+
 import json
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
-from convert.io import iter_tensors, source_files
-from models.checkpoint import check_destination, write_checkpoint
-from models.family import family_spec
+from srsmc_jax.convert.io import iter_tensors, source_files
+from srsmc_jax.models.checkpoint import check_destination, write_checkpoint
+from srsmc_jax.models.family import family_spec
 
 __all__ = ["convert_checkpoint", "convert_tensors", "ConversionWarning"]
 
@@ -50,8 +52,8 @@ def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = No
     the key for any unexpected, duplicate, missing, mis-shaped, non-float, NaN/inf or (without
     ``dtype``) mis-typed tensor.
     """
-    from models.common import check_flat_params, dtype_from_name, flat_abstract_params
-    from models.load import abstract_model
+    from srsmc_jax.models.common import check_flat_params, dtype_from_name, flat_abstract_params
+    from srsmc_jax.models.load import abstract_model
 
     spec = family_spec(family)
     table = spec.key_table(cfg)
@@ -146,7 +148,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, family: Optional[str] =
             hint = " (pass --config CONFIG.json for a .ckpt)" if src.suffix == ".ckpt" else ""
             raise ValueError(f"{src}: no config.json{hint}")
     cfg_dict = _read_config(cfg_path)
-    from models.family import detect_family
+    from srsmc_jax.models.family import detect_family
 
     spec = family_spec(detect_family(cfg_dict, what=str(cfg_path)) if family is None else family)
     kind, _ = source_files(src)  # fail early on a folder without weights

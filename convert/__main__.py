@@ -1,4 +1,4 @@
-"""``python -m convert SRC DST [--family NAME] [--dtype float32|bfloat16] [--force]
+"""``srsmc convert SRC DST [--family NAME] [--dtype float32|bfloat16] [--force]
 [--config CONFIG.json] [--no-ema]``.
 
 Exit status 0 on success, 2 on any error, printed as one line ``convert: error: ...`` naming the
@@ -24,10 +24,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from models import FAMILIES
+    from srsmc_jax.models import FAMILIES
 
     p = _Parser(
-        prog="python -m convert",
+        prog="srsmc convert",
         description=f"Convert a Hugging Face {' / '.join(FAMILIES)} folder (safetensors or pytorch_model*.bin), "
                     "or an MDLM / BD3-LM Lightning .ckpt, into a checkpoint folder loadable with models.load(DST). "
                     "DST is written atomically and verified; SRC is never modified.")
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from convert import ConversionWarning, convert_checkpoint
+    from srsmc_jax.convert import ConversionWarning, convert_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-
-from models.family import KeyTable, family_spec, identity, transpose
+from srsmc_jax.models.family import KeyTable, family_spec, identity, transpose
 
 __all__ = ["identity", "transpose", "table_for", "ignored_keys", "buffer_checks"]
 

@@ -21,8 +21,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-
-from models.common import Rope, apply_rope
+from srsmc_jax.models.common import Rope, apply_rope
 
 __all__ = ["attention", "KV", "CacheWindow", "AttentionCall", "HeadLayout", "GQASelfAttention", "mix_cached_kv"]
 

@@ -1,6 +1,6 @@
 """The converted-checkpoint folder: written atomically, verified before use.
 
-A converted checkpoint (``python -m convert``, ``python -m models.embedded.train``) is a folder::
+A converted checkpoint (``srsmc convert``, ``python -m models.embedded.train``) is a folder::
 
     params/               orbax StandardCheckpointer: a flat {"blocks.0.q_proj.kernel": array} dict
     config.json           the model's own config.json (every size is read from it)
@@ -231,7 +231,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     path = Path(path)
     f = path / META_FILE
     if not f.is_file():
-        hint = (" It looks like a Hugging Face folder: convert it first with `python -m convert SRC DST`."
+        hint = (" It looks like a Hugging Face folder: convert it first with `srsmc convert SRC DST`."
                 if (path / CONFIG_FILE).is_file() else "")
         raise ValueError(f"{path} is not a converted checkpoint (no {META_FILE}).{hint}")
     meta = _read_json(f, "the checkpoint metadata")

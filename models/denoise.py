@@ -44,10 +44,10 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from srsmc_jax.models.attention import CacheWindow
+from srsmc_jax.models.protocol import KVCachedLM
+from srsmc_jax.models.transformer import AttentionInputs, CachedKV
 
-from models.attention import CacheWindow
-from models.protocol import KVCachedLM
-from models.transformer import AttentionInputs, CachedKV
 from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo
 
 __all__ = ["build_denoiser", "RowsDenoiser", "prefix_windows", "MAX_PREFIX_WINDOWS"]

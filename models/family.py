@@ -1,7 +1,7 @@
 """The family registry: one :class:`FamilySpec` per model family, declared in its own folder.
 
 Everything that differs between LLaDA, Dream, MDLM and BD3-LM and that ``models.load``,
-``python -m convert``, the command line or the benchmarks need is a field of the spec; nothing
+``srsmc convert``, the command line or the benchmarks need is a field of the spec; nothing
 outside ``models/<family>/`` lists family names. Adding a family: a folder with its config,
 module, Hugging Face key table and a spec registered with :func:`register_family` in its
 ``__init__`` (see ``models/README.md``, "How to add a family").
@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
-
-from models.checkpoint import TOKENIZER_FILES
+from srsmc_jax.models.checkpoint import TOKENIZER_FILES
 
 __all__ = ["FamilySpec", "FamilyRegistry", "FAMILIES", "register_family", "family_spec", "detect_family",
            "spec_for_config", "Transform", "KeyTable", "identity", "transpose", "read_tokenizer_json"]

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from models import checkpoint
-from models.common import dtype_from_name, flat_abstract_params, flat_name, flat_to_state
-from models.family import FamilySpec, family_spec, spec_for_config
+from srsmc_jax.models import checkpoint
+from srsmc_jax.models.common import dtype_from_name, flat_abstract_params, flat_name, flat_to_state
+from srsmc_jax.models.family import FamilySpec, family_spec, spec_for_config
 
 __all__ = ["load", "LoadedModel", "abstract_model", "config_from_dict", "random_model", "param_count",
            "partition_rules", "param_shardings"]
@@ -223,7 +222,7 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     checked against every parameter before anything is read.
     """
     if path is None:
-        from models.embedded import CHECKPOINT, missing_checkpoint_message
+        from srsmc_jax.models.embedded import CHECKPOINT, missing_checkpoint_message
 
         if not checkpoint.is_checkpoint(CHECKPOINT):
             raise FileNotFoundError(missing_checkpoint_message())

@@ -10,9 +10,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-from models.attention import KV, AttentionCall, CacheWindow
-from models.common import rope_cos_sin
+from srsmc_jax.models.attention import KV, AttentionCall, CacheWindow
+from srsmc_jax.models.common import rope_cos_sin
 
 __all__ = ["AttentionInputs", "CachedKV", "RotaryTransformer"]
 

@@ -3,7 +3,7 @@ folder, and the converted reference checkpoints.
 
 Fixtures: ``shared`` (Path of the shared folder, ``$SRSMC_SHARED`` or ``../shared``);
 ``reference_checkpoint(family)`` / ``reference_model(family)`` (the reference checkpoint
-converted with ``python -m convert`` once per session, and loaded); and, for a test module that
+converted with ``srsmc convert`` once per session, and loaded); and, for a test module that
 sets ``FAMILY = "llada"`` (or parametrises ``family`` indirectly): ``family``, ``reference``
 (its folder), ``cases`` (``cases.npz``), ``converted`` and ``model``.
 """
@@ -23,7 +23,7 @@ from shared_files import REPO, reference_dir, shared_dir  # noqa: E402
 
 def pytest_configure(config):
     # the reference folders have no tokenizer files: every conversion warns (tested in test_bad_inputs)
-    config.addinivalue_line("filterwarnings", "ignore::convert.ConversionWarning")
+    config.addinivalue_line("filterwarnings", "ignore::srsmc_jax.convert.ConversionWarning")
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory):
-    """``get(family) -> Path``: shared/reference/<family> converted with ``python -m convert``,
+    """``get(family) -> Path``: shared/reference/<family> converted with ``srsmc convert``,
     once per test session (skips when the fixture folder is absent)."""
     done = {}
 
@@ -47,7 +47,7 @@ def reference_checkpoint(tmp_path_factory):
             if not (src / "config.json").is_file():
                 pytest.skip(f"{src} is absent")
             dst = tmp_path_factory.mktemp(family) / "ckpt"
-            r = subprocess.run([sys.executable, "-m", "convert", str(src), str(dst), "--family", family],
+            r = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(src), str(dst), "--family", family],
                                cwd=REPO, capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
             done[family] = dst
@@ -59,7 +59,7 @@ def reference_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_model(reference_checkpoint):
     """``get(family) -> models.LoadedModel`` of the converted reference checkpoint (cached)."""
-    import models
+    from srsmc_jax import models
 
     loaded = {}
 

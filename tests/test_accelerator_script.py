@@ -49,8 +49,9 @@ def test_analytic_flops_match_xla_cost_analysis(cache):
     """Matmul FLOPs of one refresh and one cached step (float32, one sequence, vmapped as the engine
     does) against XLA's cost analysis of the compiled call: the analytic count leaves out only the
     elementwise work (norms, RoPE, softmax): 1-2% at this width, less at real width."""
-    import models
-    from models.llada import LLaDAConfig
+    from srsmc_jax.models.llada import LLaDAConfig
+
+    from srsmc_jax import models
 
     s = dataclasses.replace(acc.TINY, d_model=128, heads=4, kv_heads=4, mlp=256, vocab=512, prompt_length=16,
                             gen_length=16, block_length=8)

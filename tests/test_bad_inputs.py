@@ -8,7 +8,7 @@ Outcome classes:
 * :class:`Succeeds` -- exit status 0 / no exception, with warning lines matching ``warns``.
 Every failing case also asserts that no file of the workspace changed (same paths, same bytes).
 
-Surfaces (one table each; rows are easy to add): ``CONVERT_CLI`` (``python -m convert``, run
+Surfaces (one table each; rows are easy to add): ``CONVERT_CLI`` (``srsmc convert``, run
 in-process through ``convert.__main__.main`` so exit status and stderr are checked without a
 process per row), ``LOAD_API`` (``models.load``), ``SUBPROCESS`` (a few rows through real
 processes: the exit status and stderr of the interpreter itself). The atomicity of ``--force``
@@ -84,7 +84,7 @@ class Workspace:
         self.src.mkdir()
         for name in ("config.json", "model.safetensors"):
             shutil.copyfile(LLADA / name, self.src / name)
-        from models.embedded import vocab
+        from srsmc_jax.models.embedded import vocab
 
         vocab.write_tokenizer(self.src / "tokenizer.json")
         self._base = base_ckpt
@@ -173,7 +173,7 @@ def unwritable_dir(ws: Workspace) -> Path:
     pytest.skip("no unwritable folder on this machine (running as root without /sys)")
 
 
-# ---- surface 1: python -m convert (in-process) ----------------------------------------------------
+# ---- surface 1: srsmc convert (in-process) ----------------------------------------------------
 def _mutated(mutate):
     def setup(ws: Workspace):
         t = ws.tensors()
@@ -309,7 +309,7 @@ CONVERT_CLI = [
 
 
 def _call_convert(argv: list[str], capsys) -> tuple[int, str, str]:
-    from convert.__main__ import main
+    from srsmc_jax.convert.__main__ import main
 
     try:
         code = main([str(a) for a in argv])
@@ -349,7 +349,7 @@ def test_convert_cli(case: Case, ws: Workspace, capsys):
     if isinstance(case.expect, OneLineError):
         assert ws.snapshot() == before, "a file changed"
     else:
-        import models
+        from srsmc_jax import models
 
         assert models.load(ws.root / "out").family == "llada"
 
@@ -365,7 +365,7 @@ def _damaged(damage, **load_kw):
 
 def _embedded(damage, **load_kw):
     def setup(ws: Workspace):
-        from models.embedded import CHECKPOINT
+        from srsmc_jax.models.embedded import CHECKPOINT
 
         ck = ws.ckpt("emb", base=CHECKPOINT)
         damage(ck)
@@ -375,7 +375,7 @@ def _embedded(damage, **load_kw):
 
 def _edit_meta(ck: Path, **changes):
     """Change srsmc_checkpoint.json AND re-sign it (its own checksum stays valid)."""
-    from models.checkpoint import _meta_digest
+    from srsmc_jax.models.checkpoint import _meta_digest
 
     f = ck / "srsmc_checkpoint.json"
     meta = {**json.loads(f.read_text()), **changes}
@@ -450,7 +450,7 @@ LOAD_API = [
 @pytest.mark.parametrize("case", LOAD_API, ids=lambda c: c.id)
 @needs_reference
 def test_load(case: Case, ws: Workspace):
-    import models
+    from srsmc_jax import models
 
     kwargs = case.setup(ws)
     before = ws.snapshot()
@@ -465,8 +465,9 @@ def test_load(case: Case, ws: Workspace):
 @needs_reference
 def test_damaged_tokenizer_without_a_record_is_one_line(ws: Workspace):
     """A tokenizer.json added by hand (not recorded) that does not parse: named, one line."""
-    import models
-    from models.family import read_tokenizer_json
+    from srsmc_jax.models.family import read_tokenizer_json
+
+    from srsmc_jax import models
 
     ck = ws.ckpt()
     (ck / "tokenizer.json").write_text("{bad")
@@ -481,7 +482,7 @@ def test_damaged_tokenizer_without_a_record_is_one_line(ws: Workspace):
 def test_legacy_checkpoint_loads_with_a_warning(ws: Workspace):
     """A checkpoint written before checksums (format srsmc-jax/1) still loads, shape-checked,
     with a warning that it cannot be verified."""
-    import models
+    from srsmc_jax import models
 
     ck = ws.ckpt()
     f = ck / "srsmc_checkpoint.json"
@@ -495,10 +496,11 @@ def test_legacy_checkpoint_loads_with_a_warning(ws: Workspace):
 
 # ---- surface 3: real processes --------------------------------------------------------------------
 SUBPROCESS = [
-    Case("convert-bad-safetensors", lambda ws: ["-m", "convert",
+    Case("convert-bad-safetensors", lambda ws: ["-m", "srsmc_jax.convert",
                                                 truncate(ws.src / "model.safetensors").parent, ws.root / "out"],
          OneLineError("not a readable safetensors file")),
-    Case("convert-usage-error", lambda ws: ["-m", "convert", ws.src], OneLineError("arguments are required: dst")),
+    Case("convert-usage-error", lambda ws: ["-m", "srsmc_jax.convert", ws.src],
+         OneLineError("arguments are required: dst")),
 ]
 
 
@@ -515,7 +517,7 @@ def test_subprocess(case: Case, ws: Workspace):
 # ---- --force: atomic replacement -----------------------------------------------------------------
 def _old_checkpoint(ws: Workspace) -> Path:
     """DST: a converted checkpoint of ANOTHER model (its own tokenizer.json) to be replaced."""
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     other = ws.root / "other"
     other.mkdir()
@@ -527,7 +529,7 @@ def _old_checkpoint(ws: Workspace) -> Path:
 
 @needs_reference
 def test_force_replaces_the_whole_folder(ws: Workspace, capsys):
-    import models
+    from srsmc_jax import models
 
     dst = _old_checkpoint(ws)
     (ws.src / "tokenizer.json").unlink()  # the new source has no tokenizer: the stale one must go
@@ -542,7 +544,7 @@ def test_force_replaces_the_whole_folder(ws: Workspace, capsys):
 @needs_reference
 def test_force_failure_midway_keeps_the_old_checkpoint(ws: Workspace, capsys, monkeypatch, fail_at):
     """A failure at any point of the write leaves DST exactly as it was, and no staging folder."""
-    from models import checkpoint
+    from srsmc_jax.models import checkpoint
 
     dst = _old_checkpoint(ws)
     before = ws.snapshot()
@@ -563,7 +565,7 @@ def test_force_failure_midway_keeps_the_old_checkpoint(ws: Workspace, capsys, mo
 def test_force_without_atomic_exchange_restores_the_old_checkpoint(ws: Workspace, capsys, monkeypatch):
     """Where renameat2(RENAME_EXCHANGE) is missing, DST is moved aside, then the new folder
     renamed in; if that second rename fails, the old folder is put back."""
-    from models import checkpoint
+    from srsmc_jax.models import checkpoint
 
     dst = _old_checkpoint(ws)
     before = ws.snapshot()
@@ -590,11 +592,11 @@ def test_force_without_atomic_exchange_restores_the_old_checkpoint(ws: Workspace
 def test_force_killed_midway_leaves_a_valid_checkpoint(ws: Workspace):
     """SIGKILL during the write: DST is the old checkpoint or the new one, complete and verified,
     never a mix; a leftover staging folder does not stop the next conversion."""
-    import models
+    from srsmc_jax import models
 
     dst = _old_checkpoint(ws)
     old = json.loads((dst / "srsmc_checkpoint.json").read_text())["sha256"]
-    proc = subprocess.Popen([sys.executable, "-m", "convert", str(ws.src), str(dst), "--force"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "srsmc_jax.convert", str(ws.src), str(dst), "--force"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not list(ws.root.glob(".out.staging-*")):
@@ -607,7 +609,7 @@ def test_force_killed_midway_leaves_a_valid_checkpoint(ws: Workspace):
     assert m.family == ("dream" if now == old else "llada")
     if killed_while_writing and now == old:
         assert m.family == "dream"  # the old checkpoint survived the kill
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     convert_checkpoint(ws.src, dst, force=True)
     assert models.load(dst).family == "llada"
@@ -622,11 +624,11 @@ def _nan_weights_checkpoint(ws: Workspace) -> Path:
     refuses NaN weights, but a user's own training run could produce one)."""
     import jax
     from flax import nnx
+    from srsmc_jax.models.checkpoint import write_checkpoint
+    from srsmc_jax.models.common import flat_name
+    from srsmc_jax.models.embedded import CHECKPOINT
 
-    import models
-    from models.checkpoint import write_checkpoint
-    from models.common import flat_name
-    from models.embedded import CHECKPOINT
+    from srsmc_jax import models
 
     m = models.load()
     flat = {flat_name(p): np.asarray(v) for p, v in
@@ -641,7 +643,7 @@ def _nan_weights_checkpoint(ws: Workspace) -> Path:
 
 
 def _embedded_base() -> Path:
-    from models.embedded import CHECKPOINT
+    from srsmc_jax.models.embedded import CHECKPOINT
 
     return CHECKPOINT
 
@@ -765,8 +767,8 @@ def _api_sample(den_kw=None, cfg_kw=None, prompt=(5, 7, 11), mask=None):
 def _embedded_prefix_with_other_length():
     import jax
 
-    import models
     import srsmc_jax as sr
+    from srsmc_jax import models
 
     m = models.load()
     cfg = sr.SMCConfig(num_particles=2, gen_length=36, block_length=36, mask_id=m.mask_id)
@@ -776,8 +778,8 @@ def _embedded_prefix_with_other_length():
 
 def _embedded_with_config_mask(mask_id):
     def call():
-        import models
         import srsmc_jax as sr
+        from srsmc_jax import models
 
         m = models.load()
         sr.make_sampler(m.as_denoiser(), sr.SMCConfig(gen_length=36, block_length=36, mask_id=mask_id))

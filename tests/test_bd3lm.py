@@ -1,5 +1,5 @@
 """BD3-LM port vs the official PyTorch outputs in ../shared/reference/bd3lm (converted with
-``python -m convert``): sample-mode and training-mode logits, the official (sliding) KV cache,
+``srsmc convert``): sample-mode and training-mode logits, the official (sliding) KV cache,
 the engine's exact block KV cache vs the no-cache path, and a full SR-SMC run with and without it."""
 
 from __future__ import annotations
@@ -144,9 +144,9 @@ def test_engine_with_cache_equals_without(model):
 def test_orbax_round_trip_exact(model, converted, reference):
     from flax import nnx
     from safetensors.numpy import load_file
+    from srsmc_jax.models.common import flat_name
 
-    import models
-    from models.common import flat_name
+    from srsmc_jax import models
 
     src = load_file(str(reference / "model.safetensors"))
     chex.assert_trees_all_equal(model.params, models.load(converted).params)
@@ -161,8 +161,7 @@ def test_orbax_round_trip_exact(model, converted, reference):
 
 def test_unexpected_key_is_rejected(tmp_path, reference):
     from safetensors.numpy import load_file, save_file
-
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     src = tmp_path / "src"
     src.mkdir()

@@ -1,8 +1,7 @@
 """BD3-LM stopping rules replayed on finished samples."""
 
 import numpy as np
-
-from models.dit.stopping import check_stop, unigram_entropy
+from srsmc_jax.models.dit.stopping import check_stop, unigram_entropy
 
 
 def test_unigram_entropy():

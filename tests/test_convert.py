@@ -49,9 +49,9 @@ def _hf_folder(refs, tmp_path, family, tensors, name="src"):
 def _flat(path):
     """Flat {param path: numpy array} of a converted checkpoint, loaded with models.load."""
     from flax import nnx
+    from srsmc_jax.models.common import flat_name
 
-    import models
-    from models.common import flat_name
+    from srsmc_jax import models
 
     pure = nnx.to_pure_dict(models.load(path).params)
     return {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(pure)[0]}
@@ -59,9 +59,9 @@ def _flat(path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_tensor_is_mapped_exactly(tmp_path, family, refs):
-    from convert import convert_checkpoint
-    from convert.mappings import table_for
-    from models import config_from_dict
+    from srsmc_jax.convert import convert_checkpoint
+    from srsmc_jax.convert.mappings import table_for
+    from srsmc_jax.models import config_from_dict
 
     dst = convert_checkpoint(refs / family, tmp_path / "out")
     flat = _flat(dst)
@@ -80,9 +80,9 @@ def test_every_tensor_is_mapped_exactly(tmp_path, family, refs):
 
 def test_orbax_round_trip_bit_exact(tmp_path, refs):
     import orbax.checkpoint as ocp
+    from srsmc_jax.convert import convert_checkpoint
 
-    import models
-    from convert import convert_checkpoint
+    from srsmc_jax import models
 
     dst = convert_checkpoint(refs / "llada", tmp_path / "out")
     m = models.load(dst)
@@ -97,8 +97,7 @@ def test_orbax_round_trip_bit_exact(tmp_path, refs):
 
 def test_sharded_safetensors_with_index(tmp_path, refs):
     from safetensors.numpy import save_file
-
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     w = _weights(refs, "dream")
     names = sorted(w)
@@ -122,8 +121,9 @@ def test_sharded_safetensors_with_index(tmp_path, refs):
 
 
 def test_bf16_source_keeps_bf16(tmp_path, refs):
-    import models
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
+
+    from srsmc_jax import models
 
     w = {k: v.astype(ml_dtypes.bfloat16) for k, v in _weights(refs, "llada").items()}
     src = _hf_folder(refs, tmp_path, "llada", w)
@@ -144,7 +144,7 @@ def test_bf16_source_keeps_bf16(tmp_path, refs):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_missing_key_is_named(tmp_path, family, refs):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     w = _weights(refs, family)
     victim = sorted(w)[3]
@@ -156,7 +156,7 @@ def test_missing_key_is_named(tmp_path, family, refs):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unexpected_key_is_named(tmp_path, family, refs):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     w = _weights(refs, family)
     w["model.some_extra.weight"] = np.zeros((2, 2), np.float32)
@@ -167,7 +167,7 @@ def test_unexpected_key_is_named(tmp_path, family, refs):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_wrong_shape_is_named(tmp_path, family, refs):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     w = _weights(refs, family)
     victim = [k for k in sorted(w) if w[k].ndim == 2][1]
@@ -178,7 +178,7 @@ def test_wrong_shape_is_named(tmp_path, family, refs):
 
 
 def test_mixed_dtypes_rejected_without_cast(tmp_path, refs):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     w = _weights(refs, "llada")
     victim = sorted(w)[-1]
@@ -193,14 +193,14 @@ def test_cli_reports_the_key(tmp_path, refs):
     w = _weights(refs, "llada")
     del w["model.transformer.ln_f.weight"]
     src = _hf_folder(refs, tmp_path, "llada", w)
-    r = subprocess.run([sys.executable, "-m", "convert", str(src), str(tmp_path / "out"), "--family", "llada"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(src), str(tmp_path / "out"),
+                        "--family", "llada"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0
     assert "model.transformer.ln_f.weight" in r.stderr
 
 
 def test_existing_destination_needs_force(tmp_path, refs):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     convert_checkpoint(refs / "llada", tmp_path / "out")
     with pytest.raises(ValueError, match="--force"):
@@ -209,8 +209,8 @@ def test_existing_destination_needs_force(tmp_path, refs):
 
 
 def test_family_detection_and_wrong_family(tmp_path, refs):
-    from convert import convert_checkpoint
-    from models import detect_family
+    from srsmc_jax.convert import convert_checkpoint
+    from srsmc_jax.models import detect_family
 
     assert detect_family(json.loads((refs / "llada" / "config.json").read_text())) == "llada"
     assert detect_family(json.loads((refs / "dream" / "config.json").read_text())) == "dream"
@@ -225,7 +225,7 @@ def test_pytorch_bin_without_torch(tmp_path, refs):
         pytest.skip("torch is installed")
     except ImportError:
         pass
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     src = tmp_path / "bin"
     src.mkdir()
@@ -236,9 +236,9 @@ def test_pytorch_bin_without_torch(tmp_path, refs):
 
 
 def test_load_error_paths(tmp_path, refs):
-    import models
+    from srsmc_jax import models
 
     with pytest.raises(ValueError, match="not a converted checkpoint folder"):
         models.load(tmp_path / "missing")
-    with pytest.raises(ValueError, match="python -m convert"):
+    with pytest.raises(ValueError, match="srsmc convert"):
         models.load(refs / "llada")  # a Hugging Face folder, not converted

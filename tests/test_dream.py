@@ -1,5 +1,5 @@
 """Dream port vs the official PyTorch outputs in ../shared/reference/dream (converted with
-``python -m convert``): raw logits, left padding with Dream's position ids, the generation-time
+``srsmc convert``): raw logits, left padding with Dream's position ids, the generation-time
 shift, Fast-dLLM caches, bf16, and the official ``_sample`` traces at temperature 0."""
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from shared_files import missing, reference_dir
+from srsmc_jax.models.attention import CacheWindow
+from srsmc_jax.models.transformer import AttentionInputs, CachedKV
 from toys import seq_info as _seq
-
-from models.attention import CacheWindow
-from models.transformer import AttentionInputs, CachedKV
 
 FAMILY = "dream"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -52,7 +51,7 @@ def test_padding_and_position_ids(model, cases):
     np.testing.assert_allclose(got[valid], want[valid], **TOL)
     got = np.asarray(model.logits(cases["tokens_padded"], am, cases["position_ids_padded"]))
     np.testing.assert_allclose(got[valid], want[valid], **TOL)
-    from models.dream import dream_position_ids
+    from srsmc_jax.models.dream import dream_position_ids
 
     np.testing.assert_array_equal(np.asarray(dream_position_ids(jnp.asarray(valid))), cases["position_ids_padded"])
 
@@ -136,7 +135,7 @@ def test_bf16_path(converted, cases):
     """bf16 weights and activations, float32 logits. Documented tolerance: max |delta| <= 3% of the
     largest |logit| (measured 1.7%), and the same greedy token wherever the float32 reference's
     top-1/top-2 gap exceeds 0.6 (3x the measured max |delta| of 0.20)."""
-    import models
+    from srsmc_jax import models
 
     m16 = models.load(converted, dtype="bfloat16")
     for tok_key, ref_key in (("tokens", "logits"), ("cache_tokens_first", "cache_logits_first")):
@@ -249,7 +248,7 @@ def test_cached_refresh_equals_no_cache_with_padding(model, cases):
 
 
 def test_real_size_param_count():
-    from models import param_count
-    from models.dream import DREAM_7B
+    from srsmc_jax.models import param_count
+    from srsmc_jax.models.dream import DREAM_7B
 
     assert param_count("dream", DREAM_7B) == 7_615_616_512  # 7.616B, as published for Dream-v0-*-7B

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from srsmc_jax.models.embedded import CHECKPOINT, SudokuTask, sudoku, task_for, vocab
 
 import srsmc_jax as sr
 from benchmarks.stats import mcnemar_exact, wilson_interval
-from models.embedded import CHECKPOINT, SudokuTask, sudoku, task_for, vocab
 from srsmc_jax.app import cli
 
 PUZZLE = None
@@ -26,7 +26,7 @@ def problems():
 
 @pytest.fixture(scope="module")
 def model():
-    import models
+    from srsmc_jax import models
 
     return models.load()
 
@@ -205,7 +205,7 @@ def test_tune_weights_example_runs(tmp_path):
 
 
 def test_load_accepts_a_relative_path(monkeypatch):
-    import models
+    from srsmc_jax import models
 
     monkeypatch.chdir(CHECKPOINT.parent)
     m = models.load("checkpoint")

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.eval --write-prompts``: one line per document, chat hook, one-line errors."""
+"""``srsmc eval --write-prompts``: one line per document, chat hook, one-line errors."""
 
 import json
 import os
@@ -10,14 +10,14 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.eval import get_task
+from srsmc_jax.app.eval import get_task
 
 DATA = SHARED / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent (set SRSMC_SHARED)")
 
 
 def _run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "benchmarks.eval", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "srsmc_jax.app.eval", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, env=env)
 
 

@@ -1,6 +1,6 @@
 """Prompt builders equal what lm-evaluation-harness 0.4.8 itself built on the same documents.
 
-The fixtures (tests/fixtures/lm_eval_0.4.8/) were recorded by benchmarks/eval/record_lm_eval_fixtures.py
+The fixtures (tests/fixtures/lm_eval_0.4.8/) were recorded by benchmarks/record_lm_eval_fixtures.py
 running lm-eval 0.4.8; lm-eval is not needed here. Setting SRSMC_LM_EVAL_ALL to the folder the recorder's
 ``--all`` wrote compares every document of every task as well.
 """
@@ -15,10 +15,10 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.eval import LM_EVAL_TASK_NAMES, DataError, apply_until, get_task
-from benchmarks.eval.gsm8k import fewshot_indices
-from benchmarks.eval.minerva_math import minerva_prompt
-from benchmarks.eval.task import fewshot_prompt
+from srsmc_jax.app.eval import LM_EVAL_TASK_NAMES, DataError, apply_until, get_task
+from srsmc_jax.app.eval.gsm8k import fewshot_indices
+from srsmc_jax.app.eval.minerva_math import minerva_prompt
+from srsmc_jax.app.eval.task import fewshot_prompt
 
 FIXTURES = REPO / "tests" / "fixtures" / "lm_eval_0.4.8"
 DATA = SHARED / "data"

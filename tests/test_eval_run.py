@@ -1,4 +1,4 @@
-"""The evaluation runner (``python -m benchmarks.eval --model``), its methods, and ``--summary``.
+"""The evaluation runner (``srsmc eval --model``), its methods, and ``--summary``.
 
 End to end on the embedded Sudoku model with the synthetic ``sudoku6`` task (plumbing through the real
 path: prompts, batches, SR-SMC, scoring, the run folder, resuming, the summary); the summary's
@@ -15,17 +15,17 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.eval import get_task
-from benchmarks.eval.methods import METHODS, MethodError, add_method_flags, method_config
-from benchmarks.eval.run import RunError, parse_doc_ids, prompt_sha256, select_documents
-from benchmarks.eval.summary import compare, format_tables, load_run
 from benchmarks.stats import wilson_interval
+from srsmc_jax.app.eval import get_task
+from srsmc_jax.app.eval.methods import METHODS, MethodError, add_method_flags, method_config
+from srsmc_jax.app.eval.run import RunError, parse_doc_ids, prompt_sha256, select_documents
+from srsmc_jax.app.eval.summary import compare, format_tables, load_run
 
 DATA = SHARED / "data"
 
 
 def _eval(*args):
-    return subprocess.run([sys.executable, "-m", "benchmarks.eval", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "srsmc_jax.app.eval", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True)
 
 

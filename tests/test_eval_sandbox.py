@@ -10,10 +10,10 @@ from shared_files import shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.eval import sandbox
-from benchmarks.eval.humaneval import HumanEval
-from benchmarks.eval.mbpp import MBPP
-from benchmarks.eval.sandbox import TEMP_PREFIX, Limits, run_program, run_programs
+from srsmc_jax.app.eval import sandbox
+from srsmc_jax.app.eval.humaneval import HumanEval
+from srsmc_jax.app.eval.mbpp import MBPP
+from srsmc_jax.app.eval.sandbox import TEMP_PREFIX, Limits, run_program, run_programs
 
 DATA = SHARED / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent (set SRSMC_SHARED)")

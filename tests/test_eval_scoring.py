@@ -10,9 +10,9 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.eval import get_task, mean_pass_at_k, mean_scores, pass_at_k
-from benchmarks.eval.gsm8k import FLEXIBLE_PATTERN, STRICT_PATTERN, extract
-from benchmarks.eval.math_answers import boxed_answer, extract_final_answer, normalize_final_answer
+from srsmc_jax.app.eval import get_task, mean_pass_at_k, mean_scores, pass_at_k
+from srsmc_jax.app.eval.gsm8k import FLEXIBLE_PATTERN, STRICT_PATTERN, extract
+from srsmc_jax.app.eval.math_answers import boxed_answer, extract_final_answer, normalize_final_answer
 
 FIXTURES = REPO / "tests" / "fixtures" / "lm_eval_0.4.8"
 DATA = SHARED / "data"

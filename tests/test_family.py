@@ -13,9 +13,7 @@ import jax
 import numpy as np
 import pytest
 from shared_files import missing, reference_dir
-
-import models
-from models.family import (
+from srsmc_jax.models.family import (
     FAMILIES,
     FamilySpec,
     detect_family,
@@ -23,7 +21,9 @@ from models.family import (
     register_family,
     spec_for_config,
 )
-from models.protocol import DiffusionBackbone, FamilyConfig, KVCachedLM
+from srsmc_jax.models.protocol import DiffusionBackbone, FamilyConfig, KVCachedLM
+
+from srsmc_jax import models
 
 BUILTIN = ["llada", "dream", "mdlm", "bd3lm"]
 
@@ -82,7 +82,7 @@ def test_spec_fields_the_cli_reads():
 
 @pytest.mark.parametrize("name", BUILTIN)
 def test_modules_follow_the_protocols(name):
-    from models.llada import LLADA_8B
+    from srsmc_jax.models.llada import LLADA_8B
 
     spec = FAMILIES[name]
     cfg = {"llada": LLADA_8B, "dream": models.dream.DREAM_7B, "mdlm": models.dit.MDLM_OWT,
@@ -98,8 +98,8 @@ def test_modules_follow_the_protocols(name):
 
 
 def test_as_denoiser_errors_name_the_argument():
-    from models.dit import BD3LMConfig
-    from models.llada import LLaDAConfig
+    from srsmc_jax.models.dit import BD3LMConfig
+    from srsmc_jax.models.llada import LLaDAConfig
 
     bd3 = models.random_model(BD3LMConfig(vocab_size=32, model_length=16, hidden_dim=32, cond_dim=16, n_blocks=1,
                                           n_heads=2, block_size=4))
@@ -125,7 +125,7 @@ def test_as_denoiser_errors_name_the_argument():
 @pytest.fixture
 def tiny_family():
     """'tinyllada': LLaDA's module and key table under a new name, config class and model_type."""
-    from models.llada import LLaDAConfig
+    from srsmc_jax.models.llada import LLaDAConfig
 
     @dataclasses.dataclass(frozen=True)
     class TinyConfig(LLaDAConfig):
@@ -141,7 +141,7 @@ def tiny_family():
 @pytest.mark.skipif(not (reference_dir("llada") / "cases.npz").is_file(),
                     reason=missing(reference_dir("llada") / "cases.npz"))
 def test_a_new_family_converts_and_loads_through_the_registry(tmp_path, tiny_family, shared, reference_model):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     ref = shared / "reference" / "llada"
     src = tmp_path / "hf"

@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from srsmc_jax.models.denoise import RowsDenoiser, prefix_windows
+from srsmc_jax.models.dit import BD3LMConfig, MDLMConfig
+from srsmc_jax.models.dream import DreamConfig
+from srsmc_jax.models.llada import LLaDAConfig
 from toys import seq_info
 
-import models
 import srsmc_jax as sr
-from models.denoise import RowsDenoiser, prefix_windows
-from models.dit import BD3LMConfig, MDLMConfig
-from models.dream import DreamConfig
-from models.llada import LLaDAConfig
+from srsmc_jax import models
 from srsmc_jax.proposal import first_argmax
 
 V = 48
@@ -177,7 +177,7 @@ def test_first_argmax_is_argmax():
 
 def _bf16_copy(m):
     """The same model with bf16 weights and activations (the float32 weights cast once)."""
-    from models.load import LoadedModel
+    from srsmc_jax.models.load import LoadedModel
 
     abstract = models.abstract_model(m.family, m.config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
     from flax import nnx

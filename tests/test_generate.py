@@ -20,8 +20,8 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-import models
 import srsmc_jax as sr
+from srsmc_jax import models
 from srsmc_jax.app.generate import (
     GenerateError,
     Generator,
@@ -124,7 +124,7 @@ def test_stop_strings_on_a_bpe_tokenizer():
     folder = SHARED / "data" / "tokenizers" / "gpt2"
     if not (folder / "encoder.json").is_file():
         pytest.skip(f"{folder} is absent")
-    from models.dit.tokenizer import gpt2_tokenizer
+    from srsmc_jax.models.dit.tokenizer import gpt2_tokenizer
 
     tok = gpt2_tokenizer(folder)
     ids = tok.encode("The answer is 42.\nQuestion: next<|endoftext|>more", add_special_tokens=False).ids
@@ -206,9 +206,8 @@ def _without_tokenizer(dst):
     source folder without them would be)."""
     import jax
     from flax import nnx
-
-    from models.checkpoint import write_checkpoint
-    from models.common import flat_name
+    from srsmc_jax.models.checkpoint import write_checkpoint
+    from srsmc_jax.models.common import flat_name
 
     m = models.load()
     flat = {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(m.params))[0]}

@@ -1,5 +1,5 @@
 """LLaDA port vs the official PyTorch outputs in ../shared/reference/llada (converted with
-``python -m convert``): logits, caches, padding, CFG, bf16, and the official ``generate`` traces."""
+``srsmc convert``): logits, caches, padding, CFG, bf16, and the official ``generate`` traces."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from shared_files import missing, reference_dir
+from srsmc_jax.models.attention import CacheWindow
+from srsmc_jax.models.transformer import AttentionInputs, CachedKV
 from toys import seq_info as _seq
-
-from models.attention import CacheWindow
-from models.transformer import AttentionInputs, CachedKV
 
 FAMILY = "llada"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -148,7 +147,7 @@ def test_bf16_path(converted, cases):
     """bf16 weights and activations, float32 logits. Documented tolerance: max |delta| <= 3% of the
     largest |logit| (measured 1.2%), and the same greedy token wherever the float32 reference's
     top-1/top-2 gap exceeds 0.5 (3x the measured max |delta| of 0.16)."""
-    import models
+    from srsmc_jax import models
 
     m16 = models.load(converted, dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(m16.params))
@@ -277,8 +276,8 @@ def test_cached_refresh_equals_no_cache_with_padding_and_cfg(model, cases):
 
 
 def test_real_size_param_count():
-    from models import param_count
-    from models.llada import LLADA_8B
+    from srsmc_jax.models import param_count
+    from srsmc_jax.models.llada import LLADA_8B
 
     n = param_count("llada", LLADA_8B)  # nnx.eval_shape: nothing allocated
     assert n == 8_015_581_184  # ~8.0B, as published for GSAI-ML/LLaDA-8B-*

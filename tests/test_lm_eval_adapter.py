@@ -1,9 +1,9 @@
-"""``lm_eval --model srsmc`` (``benchmarks.eval.lm_eval_adapter``) run by lm-evaluation-harness 0.4.8
+"""``lm_eval --model srsmc`` (``srsmc_jax.app.eval.lm_eval_adapter``) run by lm-evaluation-harness 0.4.8
 itself on a local task, compared with ``srsmc_jax.app.generate`` for the same ids and settings.
 
 lm-eval is an optional extra and CI does not install it: these tests run under the interpreter named
 by ``SRSMC_LM_EVAL_PYTHON`` (a venv with lm-eval 0.4.8 and jax, e.g. the recorder's venv of
-``benchmarks/eval/record_lm_eval_fixtures.py`` plus ``pip install jax==0.10.2 flax orbax-checkpoint``),
+``benchmarks/record_lm_eval_fixtures.py`` plus ``pip install jax==0.10.2 flax orbax-checkpoint``),
 or under this one if it imports lm_eval; otherwise they skip.
 """
 
@@ -17,8 +17,8 @@ import textwrap
 import pytest
 from shared_files import REPO
 
-import models
 import srsmc_jax as sr
+from srsmc_jax import models
 from srsmc_jax.app.generate import generate
 
 
@@ -42,7 +42,7 @@ CKPT = REPO / "models" / "embedded" / "checkpoint"
 
 
 def test_lm_eval_runs_srsmc_and_gets_our_samples(tmp_path):
-    from models.embedded import sudoku
+    from srsmc_jax.models.embedded import sudoku
 
     problems = sudoku.make_problems(seed=5, n=3)
     data = tmp_path / "sudoku.jsonl"
@@ -70,7 +70,7 @@ def test_lm_eval_runs_srsmc_and_gets_our_samples(tmp_path):
         """))
     out = tmp_path / "out"
     model_args = f"path={CKPT},preset=none,gen_length=36,block_length=12,num_particles=2,seed=4,quiet=true"
-    r = subprocess.run([PYTHON, "-m", "benchmarks.eval.lm_eval_main", "--model", "srsmc", "--model_args", model_args,
+    r = subprocess.run([PYTHON, "-m", "srsmc_jax.app.eval.lm_eval_main", "--model", "srsmc", "--model_args", model_args,
                         "--tasks", "srsmc_sudoku", "--include_path", tasks, "--batch_size", "2",
                         "--output_path", out, "--log_samples"], cwd=REPO, env=ENV, capture_output=True, text=True,
                        timeout=600)
@@ -91,7 +91,7 @@ def test_lm_eval_runs_srsmc_and_gets_our_samples(tmp_path):
 
 def test_adapter_errors():
     script = textwrap.dedent(f"""
-        import benchmarks.eval.lm_eval_adapter as a
+        import srsmc_jax.app.eval.lm_eval_adapter as a
         for kwargs in ({{"path": "{CKPT}", "thresh": 0.5}},
                        {{"path": "{CKPT}", "method": "greedy", "num_particles": 4}},
                        {{}}):

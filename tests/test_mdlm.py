@@ -1,5 +1,5 @@
 """MDLM port vs the official PyTorch outputs in ../shared/reference/mdlm (converted with
-``python -m convert``): raw backbone logits, SUBS denoiser, orbax round trip, Lightning .ckpt
+``srsmc convert``): raw backbone logits, SUBS denoiser, orbax round trip, Lightning .ckpt
 conversion, GPT-2 tokenizer."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_sigma_none_is_zero(model, cases):
 
 @needs_ref
 def test_denoiser_is_subs(model, cases):
-    from models.dit.denoise import NEG_INFINITY
+    from srsmc_jax.models.dit.denoise import NEG_INFINITY
 
     den = model.as_denoiser()
     tokens = jnp.asarray(cases["tokens"][0])
@@ -100,7 +100,7 @@ def test_engine_runs_ancestral(model):
 def test_orbax_round_trip_exact(model, converted, reference):
     from safetensors.numpy import load_file
 
-    import models
+    from srsmc_jax import models
 
     src = load_file(str(reference / "model.safetensors"))
     flat = dict(_flat(model.params))
@@ -112,8 +112,7 @@ def test_orbax_round_trip_exact(model, converted, reference):
 @needs_ref
 def test_bad_inv_freq_is_rejected(tmp_path, reference):
     from safetensors.numpy import load_file, save_file
-
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     src = tmp_path / "src"
     src.mkdir()
@@ -133,9 +132,8 @@ def _fake_lightning_ckpt(path: Path, reference: Path, *, ema: bool, noise: float
     the reference weights as EMA shadow params (backbone.parameters() order, then noise params)."""
     import torch
     from safetensors.numpy import load_file
-
-    from models.dit import MDLMConfig
-    from models.dit.hf_keys import dit_table
+    from srsmc_jax.models.dit import MDLMConfig
+    from srsmc_jax.models.dit.hf_keys import dit_table
 
     ref = load_file(str(reference / "model.safetensors"))
     cfg = MDLMConfig.from_json(reference / "config.json")
@@ -155,19 +153,21 @@ def _fake_lightning_ckpt(path: Path, reference: Path, *, ema: bool, noise: float
 @needs_ref
 def test_lightning_ckpt_uses_ema(tmp_path, cases, reference):
     pytest.importorskip("torch")
-    import models
+    from srsmc_jax import models
 
     ck = tmp_path / "last.ckpt"
     _fake_lightning_ckpt(ck, reference, ema=True, noise=0.5)
     dst = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "convert", str(ck), str(dst), "--family", "mdlm",
+    r = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(ck), str(dst), "--family", "mdlm",
                         "--config", str(reference / "config.json")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     got = np.asarray(models.load(dst).logits(cases["tokens"], sigma=cases["sigma"]))
     np.testing.assert_allclose(got, cases["logits"], **TOL)
     # --no-ema takes the (perturbed) raw weights
-    raw = models.load(__import__("convert").convert_checkpoint(ck, tmp_path / "raw", family="mdlm",
-                                                                config=reference / "config.json", ema=False))
+    from srsmc_jax.convert import convert_checkpoint
+
+    raw = models.load(convert_checkpoint(ck, tmp_path / "raw", family="mdlm", config=reference / "config.json",
+                                         ema=False))
     assert np.abs(np.asarray(raw.logits(cases["tokens"])) - cases["logits"]).max() > 1e-2
 
 
@@ -175,8 +175,7 @@ def test_lightning_ckpt_uses_ema(tmp_path, cases, reference):
 def test_lightning_ckpt_errors(tmp_path, reference):
     pytest.importorskip("torch")
     import torch
-
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     ck = tmp_path / "noema.ckpt"
     _fake_lightning_ckpt(ck, reference, ema=False, noise=0.0)
@@ -195,7 +194,7 @@ def test_lightning_ckpt_errors(tmp_path, reference):
 
 @needs_ref
 def test_ckpt_without_torch_is_a_clear_error(tmp_path, monkeypatch, reference):
-    from convert import convert_checkpoint
+    from srsmc_jax.convert import convert_checkpoint
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     ck = tmp_path / "model.ckpt"
@@ -213,7 +212,7 @@ def test_gpt2_tokenizer_round_trip(tmp_path, shared):
     pytest.importorskip("tokenizers")
     import shutil
 
-    from models.dit.tokenizer import GPT2_EOS_ID, GPT2_MASK_ID, MASK_TOKEN, gpt2_tokenizer
+    from srsmc_jax.models.dit.tokenizer import GPT2_EOS_ID, GPT2_MASK_ID, MASK_TOKEN, gpt2_tokenizer
 
     gpt2 = shared / GPT2_SUBDIR
     tok = gpt2_tokenizer(gpt2)
@@ -235,8 +234,7 @@ def test_gpt2_tokenizer_round_trip(tmp_path, shared):
 
 def _flat(state):
     from flax import nnx
-
-    from models.common import flat_name
+    from srsmc_jax.models.common import flat_name
 
     leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
     return sorted(((flat_name(p), np.asarray(v)) for p, v in leaves), key=lambda kv: kv[0])

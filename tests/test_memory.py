@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from shared_files import REPO
 
-import models
 import srsmc_jax as sr
-from srsmc_jax import memory
+from srsmc_jax import memory, models
 
 # measured / estimated peak on this CPU: 1.2-1.7 (README, "Running on many devices"); the test allows [0.5, 2]
 FACTOR = (0.5, 2.0)

@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 def _driver(*args):
-    return [sys.executable, "-m", "benchmarks.multihost", *args, *FLAGS]
+    return [sys.executable, "-m", "srsmc_jax.app.multihost", *args, *FLAGS]
 
 
 def _rows(path):
@@ -55,9 +55,10 @@ def test_two_processes_equal_one_process(tmp_path):
     assert (two / "results.jsonl").read_bytes() == (one / "results.jsonl").read_bytes()
 
     # the same tokens as the plain sampler on one device
-    import models
+    from srsmc_jax.models.embedded import task_for
+
     import srsmc_jax as sr
-    from models.embedded import task_for
+    from srsmc_jax import models
 
     model, task = models.load(), task_for(None)
     tokens = np.stack([task.encode(p) for p in PUZZLES])
@@ -70,7 +71,7 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 def test_merge_refuses_a_missing_shard(tmp_path):
-    from benchmarks.multihost import merge_shards, write_shard
+    from srsmc_jax.app.multihost import merge_shards, write_shard
 
     write_shard(tmp_path, 0, 2, [{"index": 0}])
     with pytest.raises(ValueError, match="missing shard-00001-of-00002.jsonl"):

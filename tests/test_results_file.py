@@ -1,10 +1,10 @@
-"""benchmarks.results_file: a results file is replaced whole or not at all."""
+"""srsmc_jax.app.results_file: a results file is replaced whole or not at all."""
 
 import json
 
 import pytest
 
-from benchmarks.results_file import write_json
+from srsmc_jax.app.results_file import write_json
 
 
 def test_a_failed_write_leaves_the_old_results_and_no_temporary_file(tmp_path):

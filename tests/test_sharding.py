@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from srsmc_jax.models.dit import BD3LMConfig
+from srsmc_jax.models.dream import DreamConfig
+from srsmc_jax.models.llada import LLaDAConfig
 from toys import make_attention_denoiser
 
-import models
 import srsmc_jax as sr
-from models.dit import BD3LMConfig
-from models.dream import DreamConfig
-from models.llada import LLaDAConfig
-from srsmc_jax import sharding
+from srsmc_jax import models, sharding
 
 needs8 = pytest.mark.skipif(len(jax.devices()) < 8,
                             reason="needs 8 devices (tests/conftest.py sets jax_num_cpu_devices=8)")
@@ -311,7 +310,7 @@ def test_make_mesh_checks_its_sizes():
 # ---- sharded loading -----------------------------------------------------------------------------------------
 @needs8
 def test_load_restores_straight_into_the_rule_shardings(tmp_path):
-    from models.checkpoint import write_checkpoint
+    from srsmc_jax.models.checkpoint import write_checkpoint
 
     m = _model("llada")
     flat = {k: np.asarray(v) for k, v in _flat(m.params).items()}
@@ -338,7 +337,7 @@ def test_load_restores_straight_into_the_rule_shardings(tmp_path):
 
 
 def _flat(state):
-    from models.common import flat_name
+    from srsmc_jax.models.common import flat_name
 
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:

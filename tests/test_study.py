@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from srsmc_jax.models.embedded import MULT_CHECKPOINT, MultiplicationTask, task_for
+from srsmc_jax.models.embedded import multiplication as mult
 
 from benchmarks import study
 from benchmarks.selection import max_confidence, select_batch, weighted_majority_vote
 from benchmarks.stats import mcnemar_exact, wilson_interval
-from models.embedded import MULT_CHECKPOINT, MultiplicationTask, task_for
-from models.embedded import multiplication as mult
 
 # greedy accuracy (one token per step, N = 1, τ = 0) of the shipped multiplication model on
 # make_problems(seed=2024, n=100) is 29% (benchmarks/STUDY.md); the range leaves room for
@@ -22,7 +22,7 @@ GREEDY_RANGE = (0.20, 0.90)
 
 @pytest.fixture(scope="module")
 def mult_model():
-    import models
+    from srsmc_jax import models
 
     return models.load(MULT_CHECKPOINT)
 

@@ -30,7 +30,7 @@ def tiny_checkpoint(tmp_path_factory):
     base = tmp_path_factory.mktemp("vsref")
     hf = write_llada_checkpoint(base / "hf", TINY, seed=3)
     conv = base / "conv"
-    p = subprocess.run([sys.executable, "-m", "convert", str(hf), str(conv)], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv)], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return hf, conv
@@ -101,7 +101,7 @@ def test_checkpoint_has_the_official_layout(tiny_checkpoint):
 def test_converted_checkpoint_computes_the_written_model(tiny_checkpoint):
     from safetensors.numpy import load_file
 
-    import models
+    from srsmc_jax import models
 
     hf, conv = tiny_checkpoint
     m = models.load(conv)

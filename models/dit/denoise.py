@@ -45,10 +45,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from srsmc_jax.models.attention import KV
+from srsmc_jax.models.denoise import RowsDenoiser
+from srsmc_jax.models.dit.config import BD3LMConfig, DiTConfig
 
-from models.attention import KV
-from models.denoise import RowsDenoiser
-from models.dit.config import BD3LMConfig, DiTConfig
 from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo
 
 __all__ = ["build_dit_denoiser", "subs_log_probs", "NEG_INFINITY"]

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-
-from models.common import rope_inv_freq
-from models.dit.config import DiTConfig
-from models.family import KeyTable, identity, transpose
+from srsmc_jax.models.common import rope_inv_freq
+from srsmc_jax.models.dit.config import DiTConfig
+from srsmc_jax.models.family import KeyTable, identity, transpose
 
 __all__ = ["dit_table", "dit_buffer_checks", "bd3lm_ignored_keys"]
 

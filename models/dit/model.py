@@ -44,10 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from models.attention import KV, attention
-from models.common import Rope, apply_rope, linear, rope_cos_sin
-from models.dit.config import DiTConfig
+from srsmc_jax.models.attention import KV, attention
+from srsmc_jax.models.common import Rope, apply_rope, linear, rope_cos_sin
+from srsmc_jax.models.dit.config import DiTConfig
 
 __all__ = ["DiTModel", "MDLMModel", "BD3LMModel", "DiTBlock", "block_causal_mask", "block_diff_mask"]
 

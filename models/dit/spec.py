@@ -7,11 +7,10 @@ from typing import Optional
 
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-
-from models.dit.config import BD3LMConfig, DiTConfig, MDLMConfig
-from models.dit.hf_keys import bd3lm_ignored_keys, dit_buffer_checks, dit_table
-from models.dit.model import BD3LMModel, MDLMModel
-from models.family import FamilySpec, read_tokenizer_json, register_family
+from srsmc_jax.models.dit.config import BD3LMConfig, DiTConfig, MDLMConfig
+from srsmc_jax.models.dit.hf_keys import bd3lm_ignored_keys, dit_buffer_checks, dit_table
+from srsmc_jax.models.dit.model import BD3LMModel, MDLMModel
+from srsmc_jax.models.family import FamilySpec, read_tokenizer_json, register_family
 
 __all__ = ["MDLM", "BD3LM"]
 
@@ -51,7 +50,7 @@ def _bd3lm_forward(m: BD3LMModel, tokens, sigma=None, mode=None):
 
 
 def _denoiser(graphdef, cfg: DiTConfig, *, cache: Optional[str], cfg_scale: float, gen_length: Optional[int]):
-    from models.dit.denoise import build_dit_denoiser
+    from srsmc_jax.models.dit.denoise import build_dit_denoiser
 
     del cfg_scale, gen_length  # no guidance (supports_cfg=False); the block cache needs no length hint
     return build_dit_denoiser(graphdef, cfg, cache=cache)
@@ -61,7 +60,7 @@ def _tokenizer(folder: Path):
     """``tokenizer.json`` if the folder has one, else the GPT-2 BPE files with ``[MASK]`` added."""
     tok = read_tokenizer_json(folder)
     if tok is None:
-        from models.dit.tokenizer import find_gpt2_files, gpt2_tokenizer
+        from srsmc_jax.models.dit.tokenizer import find_gpt2_files, gpt2_tokenizer
 
         if find_gpt2_files(folder) is not None:
             tok = gpt2_tokenizer(folder)

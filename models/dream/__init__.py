@@ -1,7 +1,7 @@
 """Dream (Dream-org) in Flax NNX."""
 
-from models.dream.config import DREAM_7B, DreamConfig
-from models.dream.model import DreamLayer, DreamModel, dream_position_ids
-from models.dream.spec import DREAM  # registers the family (models/family.py)
+from srsmc_jax.models.dream.config import DREAM_7B, DreamConfig
+from srsmc_jax.models.dream.model import DreamLayer, DreamModel, dream_position_ids
+from srsmc_jax.models.dream.spec import DREAM  # registers the family (models/family.py)
 
 __all__ = ["DREAM", "DreamConfig", "DreamModel", "DreamLayer", "dream_position_ids", "DREAM_7B"]

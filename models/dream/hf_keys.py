@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.dream.config import DreamConfig
-from models.family import KeyTable, identity, transpose
+from srsmc_jax.models.dream.config import DreamConfig
+from srsmc_jax.models.family import KeyTable, identity, transpose
 
 __all__ = ["dream_table", "dream_ignored_keys"]
 

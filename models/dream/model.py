@@ -25,11 +25,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-from models.attention import KV, AttentionCall, GQASelfAttention, HeadLayout
-from models.common import RMSNorm, linear
-from models.dream.config import DreamConfig
-from models.transformer import AttentionInputs, RotaryTransformer
+from srsmc_jax.models.attention import KV, AttentionCall, GQASelfAttention, HeadLayout
+from srsmc_jax.models.common import RMSNorm, linear
+from srsmc_jax.models.dream.config import DreamConfig
+from srsmc_jax.models.transformer import AttentionInputs, RotaryTransformer
 
 __all__ = ["DreamModel", "DreamLayer", "dream_position_ids"]
 

@@ -6,11 +6,10 @@ from typing import Optional
 
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-
-from models.dream.config import DreamConfig
-from models.dream.hf_keys import dream_ignored_keys, dream_table
-from models.dream.model import DreamModel
-from models.family import FamilySpec, register_family
+from srsmc_jax.models.dream.config import DreamConfig
+from srsmc_jax.models.dream.hf_keys import dream_ignored_keys, dream_table
+from srsmc_jax.models.dream.model import DreamModel
+from srsmc_jax.models.family import FamilySpec, register_family
 
 __all__ = ["DREAM"]
 
@@ -41,7 +40,7 @@ def _forward(m: DreamModel, tokens, attention_mask=None, position_ids=None):
 
 
 def _denoiser(graphdef, cfg: DreamConfig, *, cache: Optional[str], cfg_scale: float, gen_length: Optional[int]):
-    from models.denoise import build_denoiser
+    from srsmc_jax.models.denoise import build_denoiser
 
     return build_denoiser(graphdef, cache=cache, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
                           max_length=cfg.max_length, gen_length=gen_length, vocab_size=cfg.vocab_size)

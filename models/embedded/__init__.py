@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from models.embedded import multiplication, sudoku, vocab
-from models.embedded.tasks import (
+from srsmc_jax.models.embedded import multiplication, sudoku, vocab
+from srsmc_jax.models.embedded.tasks import (
     CHECKPOINT,
     DEFAULT_TASK,
     MULT_CHECKPOINT,
@@ -37,7 +37,7 @@ def missing_checkpoint_message() -> str:
 def task_for(path: Optional[Path]) -> Optional[EmbeddedTask]:
     """The task of a checkpoint folder, from config.json's ``srsmc_task`` (None for ordinary
     text models; ``path=None``: the default Sudoku model)."""
-    from models.checkpoint import read_config
+    from srsmc_jax.models.checkpoint import read_config
 
     folder = Path(path if path is not None else CHECKPOINT)
     if not (folder / "config.json").is_file():

@@ -167,7 +167,7 @@ def pretty(answer_digits) -> str:
 
 def write_tokenizer(path: Path) -> None:
     """The task's character-level tokenizer (see ``vocab.write_tokenizer``)."""
-    from models.embedded import vocab
+    from srsmc_jax.models.embedded import vocab
 
     vocab.write_tokenizer(path, TOKENS)
 

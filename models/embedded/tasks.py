@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-
-from models.embedded import multiplication, sudoku, vocab
+from srsmc_jax.models.embedded import multiplication, sudoku, vocab
 
 __all__ = ["EmbeddedTask", "SudokuTask", "MultiplicationTask", "TrainDefaults", "TASKS", "DEFAULT_TASK",
            "CHECKPOINT", "MULT_CHECKPOINT"]
@@ -101,10 +100,10 @@ class EmbeddedTask:
         answers correctly, for the model ``nnx.merge(graphdef, params)``."""
         import jax
         import jax.numpy as jnp
+        from srsmc_jax.models.family import family_spec
+        from srsmc_jax.models.load import LoadedModel
 
         import srsmc_jax as sr
-        from models.family import family_spec
-        from models.load import LoadedModel
 
         cfg = family_spec(self.family).config_from_dict(self.model_config())
         den = LoadedModel(self.family, cfg, graphdef, params).as_denoiser()

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
-from models.embedded.tasks import DEFAULT_TASK, TASKS, EmbeddedTask
-from models.llada import LLaDAConfig, LLaDAModel
+from srsmc_jax.models.embedded.tasks import DEFAULT_TASK, TASKS, EmbeddedTask
+from srsmc_jax.models.llada import LLaDAConfig, LLaDAModel
 
 
 def make_train_step(graphdef, optimizer, mask_id: int):
@@ -57,8 +56,8 @@ def make_train_step(graphdef, optimizer, mask_id: int):
 def save(out: Path, params, task: EmbeddedTask) -> Path:
     """Write (or atomically replace) the converted-checkpoint folder ``out``: orbax params,
     the task's config.json and tokenizer.json (``models/checkpoint.py``)."""
-    from models.checkpoint import write_checkpoint
-    from models.common import flat_name
+    from srsmc_jax.models.checkpoint import write_checkpoint
+    from srsmc_jax.models.common import flat_name
 
     flat = {flat_name(p): np.asarray(v) for p, v in
             jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]}
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     steps = args.steps if args.steps is not None else task.train_defaults.steps
     batch = args.batch if args.batch is not None else task.train_defaults.batch
     lr = args.lr if args.lr is not None else task.train_defaults.lr
-    from models.checkpoint import check_destination
+    from srsmc_jax.models.checkpoint import check_destination
 
     try:  # before the training, not after it
         check_destination(out, force=True)

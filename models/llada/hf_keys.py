@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.family import KeyTable, identity, transpose
-from models.llada.config import LLaDAConfig
+from srsmc_jax.models.family import KeyTable, identity, transpose
+from srsmc_jax.models.llada.config import LLaDAConfig
 
 __all__ = ["llada_table"]
 

@@ -25,11 +25,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-from models.attention import KV, AttentionCall, GQASelfAttention, HeadLayout
-from models.common import RMSNorm, linear
-from models.llada.config import LLaDAConfig
-from models.transformer import AttentionInputs, RotaryTransformer
+from srsmc_jax.models.attention import KV, AttentionCall, GQASelfAttention, HeadLayout
+from srsmc_jax.models.common import RMSNorm, linear
+from srsmc_jax.models.llada.config import LLaDAConfig
+from srsmc_jax.models.transformer import AttentionInputs, RotaryTransformer
 
 __all__ = ["LLaDAModel", "LLaDABlock"]
 

@@ -6,11 +6,10 @@ from typing import Optional
 
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-
-from models.family import FamilySpec, register_family
-from models.llada.config import LLaDAConfig
-from models.llada.hf_keys import llada_table
-from models.llada.model import LLaDAModel
+from srsmc_jax.models.family import FamilySpec, register_family
+from srsmc_jax.models.llada.config import LLaDAConfig
+from srsmc_jax.models.llada.hf_keys import llada_table
+from srsmc_jax.models.llada.model import LLaDAModel
 
 __all__ = ["LLADA"]
 
@@ -40,7 +39,7 @@ def _forward(m: LLaDAModel, tokens, attention_mask=None):
 
 
 def _denoiser(graphdef, cfg: LLaDAConfig, *, cache: Optional[str], cfg_scale: float, gen_length: Optional[int]):
-    from models.denoise import build_denoiser
+    from srsmc_jax.models.denoise import build_denoiser
 
     return build_denoiser(graphdef, cache=cache, cfg_scale=cfg_scale, mask_id=cfg.mask_token_id,
                           max_length=cfg.max_length, gen_length=gen_length, vocab_size=cfg.embedding_size)

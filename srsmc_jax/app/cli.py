@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-ids", type=_prompt_ids, default=None,
                    help="the prompt as comma-separated token ids (for checkpoints without a tokenizer)")
     s.add_argument("--model", type=Path, default=None,
-                   help="a converted checkpoint folder (python -m convert); default: the embedded Sudoku model")
+                   help="a converted checkpoint folder (srsmc convert); default: the embedded Sudoku model")
     s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="compute dtype (default: float32)")
     s.add_argument("--no-verify", action="store_true",
@@ -189,14 +189,14 @@ class Progress:
 
 # ---- model, prompt and config -----------------------------------------------------------------------------
 def _load(args):
-    import models
-    from models.embedded import task_for
+    from srsmc_jax import models
+    from srsmc_jax.models.embedded import task_for
 
     if args.model is not None and not (Path(args.model) / "srsmc_checkpoint.json").is_file():
         p = Path(args.model)
         if not p.exists():
             raise CLIError(f"--model {p}: not a converted checkpoint folder (no such folder)")
-        hint = " (a Hugging Face folder: convert it first with `python -m convert SRC DST`)" \
+        hint = " (a Hugging Face folder: convert it first with `srsmc convert SRC DST`)" \
             if (p / "config.json").is_file() else ""
         raise CLIError(f"--model {p}: not a converted checkpoint folder{hint}")
     model = models.load(args.model, dtype=args.dtype, verify=not getattr(args, "no_verify", False))

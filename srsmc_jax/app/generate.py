@@ -604,7 +604,7 @@ def add_subparser(sub) -> None:
                                    "line: {\"id\", \"prompt\" or \"prompt_ids\", optional \"until\"}), one result "
                                    "line per prompt appended to --output; a rerun skips finished ids.")
     g.add_argument("--model", type=Path, default=None,
-                   help="a converted checkpoint folder (python -m convert); default: the embedded Sudoku model")
+                   help="a converted checkpoint folder (srsmc convert); default: the embedded Sudoku model")
     g.add_argument("--input", type=Path, required=True, help="prompts, one JSON object per line")
     g.add_argument("--output", type=Path, required=True, help="results JSONL (appended to; resumed from)")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",

@@ -2,7 +2,7 @@
 random LLaDA (whatever backend JAX picks; this repo measured it on a 2-core CPU), a FLOP count that
 explains the measured times, and the extrapolation of that count to LLaDA-8B and Dream-7B.
 
-    python -m benchmarks.eval.throughput [--json benchmarks/results/eval_throughput.json]
+    srsmc eval.throughput [--json benchmarks/results/eval_throughput.json]
 
 FLOP model (forward only, per particle and step; the denoiser's matmuls plus attention):
 ``2 · body_params · rows + 4 · layers · rows · keys · q_width + 2 · d · V · head_rows``, where
@@ -101,10 +101,10 @@ def measure(*, prompts: int = 2, prompt_len: int = 128, gen: int = 64, block: in
     one token per step (top-k) without / with the prefix / dual cache, and the paper's threshold-0.9
     setting with the prefix cache. Returns rows with tokens/s, steps and achieved FLOP/s."""
     import numpy as np
+    from srsmc_jax.models import random_model
+    from srsmc_jax.models.llada import LLaDAConfig
 
     import srsmc_jax as sr
-    from models import random_model
-    from models.llada import LLaDAConfig
     from srsmc_jax.app.generate import Generator
 
     cfg = LLaDAConfig(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=704, vocab_size=1024,
@@ -154,8 +154,9 @@ TASKS = ("gsm8k", "minerva_math", "humaneval", "mbpp")
 
 def prompt_tokens(data_dir=None) -> dict[str, float]:
     """Mean prompt length per task in GPT-2 tokens (a stand-in for the LLaDA / Dream tokenizers)."""
-    from benchmarks.eval import default_data_dir, get_task
-    from models.dit.tokenizer import gpt2_tokenizer
+    from srsmc_jax.models.dit.tokenizer import gpt2_tokenizer
+
+    from srsmc_jax.app.eval import default_data_dir, get_task
 
     data = Path(data_dir) if data_dir else default_data_dir()
     tok = gpt2_tokenizer(data / "tokenizers" / "gpt2")
@@ -168,9 +169,10 @@ def prompt_tokens(data_dir=None) -> dict[str, float]:
 
 def estimate(prompt_lengths: dict[str, float], *, gen: int = 256, block: int = 32) -> list[dict]:
     """Hours per task run for LLaDA-8B and Dream-7B, N = 1 and N = 4, prefix cache (see ASSUMPTIONS)."""
-    from benchmarks.eval import get_task
-    from models.dream import DREAM_7B
-    from models.llada import LLADA_8B
+    from srsmc_jax.models.dream import DREAM_7B
+    from srsmc_jax.models.llada import LLADA_8B
+
+    from srsmc_jax.app.eval import get_task
 
     sizes = {name: len(get_task(name).documents()) for name in TASKS}
     rows = []

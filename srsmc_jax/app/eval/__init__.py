@@ -3,19 +3,19 @@
 
 Public API::
 
-    from benchmarks.eval import get_task, TASK_NAMES, apply_until, mean_scores
+    from srsmc_jax.app.eval import get_task, TASK_NAMES, apply_until, mean_scores
     task = get_task("mbpp", data_dir)          # data verified against their sha256
     for request in task.requests():            # Request(task, doc_id, prompt, until)
         ...
     scores = task.score_batch([(doc, apply_until(text, doc.until)) for doc, text in ...])
 
-See ``benchmarks/eval/README.md`` for tasks, prompts, scoring, the sandbox and its limits.
+See ``srsmc_jax/app/eval/README.md`` for tasks, prompts, scoring, the sandbox and its limits.
 """
 
-from benchmarks.eval.data import DataError, default_data_dir
-from benchmarks.eval.pass_at_k import mean_pass_at_k, pass_at_k
-from benchmarks.eval.registry import LM_EVAL_TASK_NAMES, TASK_NAMES, get_task
-from benchmarks.eval.task import ChatTemplate, Document, Request, Task, apply_until, mean_scores
+from srsmc_jax.app.eval.data import DataError, default_data_dir
+from srsmc_jax.app.eval.pass_at_k import mean_pass_at_k, pass_at_k
+from srsmc_jax.app.eval.registry import LM_EVAL_TASK_NAMES, TASK_NAMES, get_task
+from srsmc_jax.app.eval.task import ChatTemplate, Document, Request, Task, apply_until, mean_scores
 
 __all__ = ["ChatTemplate", "DataError", "Document", "LM_EVAL_TASK_NAMES", "Request", "TASK_NAMES", "Task",
            "apply_until",

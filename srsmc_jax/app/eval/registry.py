@@ -3,12 +3,12 @@ and their constructors."""
 
 from __future__ import annotations
 
-from benchmarks.eval.gsm8k import GSM8K
-from benchmarks.eval.humaneval import HumanEval
-from benchmarks.eval.mbpp import MBPP
-from benchmarks.eval.minerva_math import SUBJECTS, MinervaMath
-from benchmarks.eval.sudoku6 import Sudoku6
-from benchmarks.eval.task import Task
+from srsmc_jax.app.eval.gsm8k import GSM8K
+from srsmc_jax.app.eval.humaneval import HumanEval
+from srsmc_jax.app.eval.mbpp import MBPP
+from srsmc_jax.app.eval.minerva_math import SUBJECTS, MinervaMath
+from srsmc_jax.app.eval.sudoku6 import Sudoku6
+from srsmc_jax.app.eval.task import Task
 
 LM_EVAL_TASK_NAMES = ("gsm8k", "minerva_math", "minerva_math500", "humaneval", "mbpp",
                       *(f"minerva_math_{s}" for s in SUBJECTS))
@@ -17,7 +17,7 @@ TASK_NAMES = (*LM_EVAL_TASK_NAMES, "sudoku6")
 
 def get_task(name: str, data_dir=None) -> Task:
     """The task called ``name`` (one of :data:`TASK_NAMES`) reading ``data_dir`` (default:
-    :func:`benchmarks.eval.data.default_data_dir`); data are read and verified on first use."""
+    :func:`srsmc_jax.app.eval.data.default_data_dir`); data are read and verified on first use."""
     if name == "gsm8k":
         return GSM8K(data_dir)
     if name == "humaneval":

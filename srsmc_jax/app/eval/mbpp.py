@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from benchmarks.eval.code_task import CodeTask
-from benchmarks.eval.data import DataError, read_jsonl
-from benchmarks.eval.sandbox import DEFAULT_LIMITS, Limits
-from benchmarks.eval.task import Document, fewshot_prompt
+from srsmc_jax.app.eval.code_task import CodeTask
+from srsmc_jax.app.eval.data import DataError, read_jsonl
+from srsmc_jax.app.eval.sandbox import DEFAULT_LIMITS, Limits
+from srsmc_jax.app.eval.task import Document, fewshot_prompt
 
 UNTIL = ("[DONE]",)
 EXEMPLAR_IDS = (2, 3, 4)

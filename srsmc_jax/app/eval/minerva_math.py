@@ -7,7 +7,7 @@ as the algebra task on MATH-500, which is what this is). Each subtask can also b
 
 Prompt: the four hand-written Minerva exemplars (``first_n`` of lm-eval's ``list_fewshot_samples``)
 as ``Problem:\\n{problem}\\n\\nSolution: {solution}\\n\\n``, then ``Problem:\\n{problem}\\n\\nSolution:``.
-Stop at ``Problem:``. Scoring: see :mod:`benchmarks.eval.math_answers` (lm-eval's ``exact_match``, by
+Stop at ``Problem:``. Scoring: see :mod:`srsmc_jax.app.eval.math_answers` (lm-eval's ``exact_match``, by
 SymPy on the extracted, normalised final answer, and ``math_verify`` on the whole completion; and our
 ``math_equiv``, which judges every gold answer correct). ``Document.target`` is lm-eval's normalised
 gold answer (``doc["answer"]``).
@@ -22,8 +22,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from benchmarks.eval.data import read_jsonl
-from benchmarks.eval.math_answers import (
+from srsmc_jax.app.eval.data import read_jsonl
+from srsmc_jax.app.eval.math_answers import (
     boxed_answer,
     extract_final_answer,
     is_equiv,
@@ -31,7 +31,7 @@ from benchmarks.eval.math_answers import (
     math_verify_equal,
     normalize_final_answer,
 )
-from benchmarks.eval.task import Document, Task, fewshot_prompt
+from srsmc_jax.app.eval.task import Document, Task, fewshot_prompt
 
 UNTIL = ("Problem:",)
 

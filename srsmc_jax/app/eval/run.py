@@ -1,7 +1,7 @@
 """The evaluation runner: a task's documents through batch generation (``srsmc_jax.app.generate``),
 scored as lm-eval 0.4.8 scores them, one resumable line per document.
 
-    python -m benchmarks.eval --model ckpt/llada-1.5 --task gsm8k --method srsmc --out runs/gsm8k-srsmc
+    srsmc eval --model ckpt/llada-1.5 --task gsm8k --method srsmc --out runs/gsm8k-srsmc
 
 A run folder holds ``run.json`` (model, task, method, the full config, seed, fingerprint) and
 ``samples.jsonl``, one line per document (appended and fsync'ed as each batch finishes):
@@ -24,9 +24,9 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from benchmarks.eval.methods import describe
-from benchmarks.eval.task import FAMILY_CHAT, Document, Task, load_chat_template, mean_scores
-from benchmarks.results_file import write_json
+from srsmc_jax.app.eval.methods import describe
+from srsmc_jax.app.eval.task import FAMILY_CHAT, Document, Task, load_chat_template, mean_scores
+from srsmc_jax.app.results_file import write_json
 
 SAMPLES = "samples.jsonl"
 RUN_META = "run.json"

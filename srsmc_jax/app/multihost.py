@@ -2,11 +2,11 @@
 each process writing only its own rows of the results, merged at the end.
 
     # one process (any number of local devices)
-    python -m benchmarks.multihost --prompts prompts.txt --out results/ -n 8
+    srsmc multihost --prompts prompts.txt --out results/ -n 8
     # two processes on this machine (CPU, gloo collectives), 2 virtual devices each
-    python -m benchmarks.multihost --prompts p.txt --out r/ --coordinator 127.0.0.1:12355 \\
+    srsmc multihost --prompts p.txt --out r/ --coordinator 127.0.0.1:12355 \\
         --num-processes 2 --process-id 0 --local-devices 2 &
-    python -m benchmarks.multihost --prompts p.txt --out r/ --coordinator 127.0.0.1:12355 \\
+    srsmc multihost --prompts p.txt --out r/ --coordinator 127.0.0.1:12355 \\
         --num-processes 2 --process-id 1 --local-devices 2
 
 Every process reads the whole prompt file (one prompt per line: text, an embedded task's puzzle, or
@@ -17,7 +17,7 @@ padded batch with ``srsmc_jax.sharding.distribute``. Prompt ``b`` uses ``fold_in
 results equal a one-process run of the same file. Each process writes the rows its devices hold
 to ``OUT/shard-<process>-of-<count>.jsonl`` (atomically); after a barrier process 0 merges them
 into ``OUT/results.jsonl``, checking that every prompt appears exactly once
-(``python -m benchmarks.multihost merge OUT`` does the same by hand).
+(``srsmc multihost merge OUT`` does the same by hand).
 
 The reusable pieces: :func:`initialize`, :func:`read_prompts`, :func:`encode_prompts`,
 :func:`run_prompts` (yields this process's rows), :func:`write_shard`, :func:`merge_shards`.
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from benchmarks.results_file import write_text
+from srsmc_jax.app.results_file import write_text
 
 RESULTS = "results.jsonl"
 
@@ -162,10 +162,10 @@ def _sample_job(args) -> Path:
     import jax
     from jax.experimental import multihost_utils
 
-    import models
     import srsmc_jax as sr
-    from models.embedded import task_for
+    from srsmc_jax import models
     from srsmc_jax.app import flags
+    from srsmc_jax.models.embedded import task_for
 
     prompts = read_prompts(args.prompts)
     out = Path(args.out)
@@ -199,7 +199,7 @@ def _sample_job(args) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     from srsmc_jax.app import flags
 
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.multihost", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="srsmc multihost", description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=Path, help="prompt file, one prompt per line")
     ap.add_argument("--out", type=Path, help="output folder (shards and results.jsonl)")
     ap.add_argument("--model", type=Path, default=None, help="converted checkpoint (default: the embedded model)")
@@ -220,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["merge"]:
         if len(argv) != 2:
-            print("usage: python -m benchmarks.multihost merge OUT", file=sys.stderr)
+            print("usage: srsmc multihost merge OUT", file=sys.stderr)
             return 2
         try:
             print(merge_shards(Path(argv[1])))

@@ -1,7 +1,7 @@
 """Shared scoring of the code tasks: build each completion's test program, run it in the sandbox.
 
-A completion scores ``pass@1`` = 1.0 when its program passes (:mod:`benchmarks.eval.sandbox`); with
-several completions per document, :func:`benchmarks.eval.pass_at_k.mean_pass_at_k` of the ``passed``
+A completion scores ``pass@1`` = 1.0 when its program passes (:mod:`srsmc_jax.app.eval.sandbox`); with
+several completions per document, :func:`srsmc_jax.app.eval.pass_at_k.mean_pass_at_k` of the ``passed``
 flags gives pass@k.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, Sequence
 
-from benchmarks.eval.sandbox import DEFAULT_LIMITS, Limits, run_programs
-from benchmarks.eval.task import Document, Task
+from srsmc_jax.app.eval.sandbox import DEFAULT_LIMITS, Limits, run_programs
+from srsmc_jax.app.eval.task import Document, Task
 
 
 class CodeTask(Task):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from benchmarks.eval.code_task import CodeTask
-from benchmarks.eval.data import read_jsonl
-from benchmarks.eval.task import Document
+from srsmc_jax.app.eval.code_task import CodeTask
+from srsmc_jax.app.eval.data import read_jsonl
+from srsmc_jax.app.eval.task import Document
 
 UNTIL = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 

@@ -1,7 +1,7 @@
 """Side-by-side summary of evaluation runs: accuracy with 95% Wilson intervals on the SAME documents,
 and paired exact McNemar tests between every two runs of a task.
 
-    python -m benchmarks.eval --summary runs/gsm8k-greedy runs/gsm8k-best4 runs/gsm8k-srsmc
+    srsmc eval --summary runs/gsm8k-greedy runs/gsm8k-best4 runs/gsm8k-srsmc
 
 Runs are grouped by task; within a task only the documents every run has finished are compared
 (the others are counted in the table). ``compare(runs)`` returns the numbers, ``format_tables``
@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.eval.run import RUN_META, SAMPLES, RunError
 from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.run import RUN_META, SAMPLES, RunError
 
 
 @dataclasses.dataclass
@@ -113,7 +113,9 @@ def compare(runs: Sequence[Run]) -> list[TaskComparison]:
                     only_a = sum(ra.scores[k][m] >= 0.5 > rb.scores[k][m] for k in keys)
                     only_b = sum(rb.scores[k][m] >= 0.5 > ra.scores[k][m] for k in keys)
                     paired.append(Paired(la, lb, m, only_a, only_b, mcnemar_exact(only_a, only_b)))
-        mean = lambda d: sum(d[k] for k in keys) / len(keys) if keys else float("nan")  # noqa: E731
+        def mean(d, keys=keys):
+            return sum(d[k] for k in keys) / len(keys) if keys else float("nan")
+
         out.append(TaskComparison(task=task, documents=len(keys), finished={lab: len(r.scores) for lab, r in group},
                                   accuracy=acc, paired=paired, nfe={lab: mean(r.nfe) for lab, r in group},
                                   seconds={lab: mean(r.seconds) for lab, r in group}))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from benchmarks.eval.task import Document, Task
+from srsmc_jax.app.eval.task import Document, Task
 
 NUM_PROBLEMS = 100
 SEED = 0
@@ -30,7 +30,7 @@ class Sudoku6(Task):
 
     @cached_property
     def _docs(self) -> list[Document]:
-        from models.embedded import sudoku
+        from srsmc_jax.models.embedded import sudoku
 
         problems = sudoku.make_problems(seed=SEED, n=self.num_problems, split="test")
         return [Document(task=self.name, doc_id=i, fields=p, prompt=p["puzzle"], until=(), target=p["solution"])
@@ -40,7 +40,7 @@ class Sudoku6(Task):
         return list(self._docs)
 
     def score(self, doc: Document, completion: str) -> dict[str, Any]:
-        from models.embedded import sudoku
+        from srsmc_jax.models.embedded import sudoku
 
         try:
             grid = sudoku.parse(completion)

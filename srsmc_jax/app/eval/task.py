@@ -2,7 +2,7 @@
 
 A runner needs only this module's types::
 
-    task = get_task("gsm8k", data_dir)              # benchmarks.eval.registry
+    task = get_task("gsm8k", data_dir)              # srsmc_jax.app.eval.registry
     requests = task.requests(chat=None)              # [Request(task, doc_id, prompt, until)]
     completions = [apply_until(generate(r.prompt), r.until) for r in requests]
     scores = task.score_batch(list(zip(task.documents(), completions)))

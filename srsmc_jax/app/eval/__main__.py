@@ -1,18 +1,18 @@
 """Command line of the evaluation harness: write prompts, evaluate a model, or summarise runs.
 
-    python -m benchmarks.eval --task TASK [--data DIR] --write-prompts FILE.jsonl [--chat MODULE:FUNCTION]
-    python -m benchmarks.eval --model CKPT --task TASK --method greedy|sampling|best_of_n|srsmc \\
+    srsmc eval --task TASK [--data DIR] --write-prompts FILE.jsonl [--chat MODULE:FUNCTION]
+    srsmc eval --model CKPT --task TASK --method greedy|sampling|best_of_n|srsmc \\
         [--preset paper|none] [--limit K] [--doc-ids 0,5,10-19] [--out RUN_DIR] [sampler flags]
-    python -m benchmarks.eval --summary RUN_DIR [RUN_DIR ...]
+    srsmc eval --summary RUN_DIR [RUN_DIR ...]
 
 ``--write-prompts`` writes one ``{"task", "doc_id", "prompt", "until"}`` line per document of TASK's
 evaluation split (the plain lm-eval 0.4.8 prompt; with ``--chat MODULE:FUNCTION``, rendered by that
 function), with no model and nothing else run; the file is written whole or not at all.
 
-``--model`` evaluates (``benchmarks/eval/run.py``): resumable per-document JSONL in RUN_DIR, then the
+``--model`` evaluates (``srsmc_jax/app/eval/run.py``): resumable per-document JSONL in RUN_DIR, then the
 run's table. ``--chat`` alone applies the model family's chat template. ``--summary`` prints the
 runs side by side on the documents they share, with Wilson intervals and exact McNemar tests
-(``benchmarks/eval/summary.py``). Bad arguments are one line ``error: …`` with exit status 2.
+(``srsmc_jax/app/eval/summary.py``). Bad arguments are one line ``error: …`` with exit status 2.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.eval.data import DataError
-from benchmarks.eval.registry import TASK_NAMES, get_task
-from benchmarks.eval.task import FAMILY_CHAT, load_chat_template
-from benchmarks.results_file import write_text
+from srsmc_jax.app.eval.data import DataError
+from srsmc_jax.app.eval.registry import TASK_NAMES, get_task
+from srsmc_jax.app.eval.task import FAMILY_CHAT, load_chat_template
 from srsmc_jax.app.flags import positive_int
+from srsmc_jax.app.results_file import write_text
 
 
 class UsageError(Exception):
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m benchmarks.eval",
+    parser = _Parser(prog="srsmc eval",
                                      description="Offline GSM8K / MATH / HumanEval / MBPP evaluation "
                                                  "(lm-evaluation-harness 0.4.8 prompts and scoring).")
     parser.add_argument("--task", default=None, choices=TASK_NAMES, metavar="TASK",
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--summary", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                         help="print these runs side by side (same documents, Wilson CIs, McNemar tests) and exit")
     run = parser.add_argument_group("evaluating a model (--model)")
-    run.add_argument("--model", type=Path, default=None, help="a converted checkpoint folder (python -m convert)")
+    run.add_argument("--model", type=Path, default=None, help="a converted checkpoint folder (srsmc convert)")
     run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                      help="compute dtype (default: float32)")
     run.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: with it, as tokenizer(text))")
     run.add_argument("--add-bos", action="store_true", help="prepend the model's BOS token (Dream's evaluation)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-    from benchmarks.eval.methods import add_method_flags
+    from srsmc_jax.app.eval.methods import add_method_flags
 
     add_method_flags(run)
     return parser
@@ -110,9 +110,9 @@ def _write_prompts_mode(args) -> int:
 
 
 def _evaluate_mode(args) -> int:
-    from benchmarks.eval.methods import method_config
-    from benchmarks.eval.run import evaluate, parse_doc_ids
-    from benchmarks.eval.summary import compare, format_tables, load_run
+    from srsmc_jax.app.eval.methods import method_config
+    from srsmc_jax.app.eval.run import evaluate, parse_doc_ids
+    from srsmc_jax.app.eval.summary import compare, format_tables, load_run
 
     doc_ids = parse_doc_ids(args.doc_ids) if args.doc_ids is not None else None
     if args.chat not in (None, FAMILY_CHAT):
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         if not modes:
             raise UsageError("nothing to do: give --write-prompts FILE.jsonl, --model CKPT or --summary RUN_DIR...")
         if modes[0] == "--summary":
-            from benchmarks.eval.summary import summarize
+            from srsmc_jax.app.eval.summary import summarize
 
             print(summarize(args.summary))
             return 0

@@ -1,10 +1,10 @@
 """lm-evaluation-harness's command line with the ``srsmc`` model registered.
 
-    python -m benchmarks.eval.lm_eval_main --model srsmc \\
+    python -m srsmc_jax.app.eval.lm_eval_main --model srsmc \\
         --model_args path=ckpt/llada-1.5,num_particles=4 --tasks gsm8k --num_fewshot 5 --batch_size 8
 
 Every argument is lm-eval's (``lm_eval --help``); this module only imports
-``benchmarks.eval.lm_eval_adapter`` first, because lm-eval 0.4.8 registers models when the module that
+``srsmc_jax.app.eval.lm_eval_adapter`` first, because lm-eval 0.4.8 registers models when the module that
 defines them is imported and offers no other hook. Needs the ``[lm-eval]`` extra.
 """
 
@@ -19,7 +19,7 @@ def main() -> int:
     except ImportError as e:
         print(f"error: lm-eval is not importable ({e}); pip install 'srsmc-jax[lm-eval]'", file=sys.stderr)
         return 2
-    import benchmarks.eval.lm_eval_adapter  # noqa: F401  (registers the model "srsmc")
+    import srsmc_jax.app.eval.lm_eval_adapter  # noqa: F401  (registers the model "srsmc")
 
     lm_eval_main.cli_evaluate()
     return 0

@@ -12,7 +12,7 @@ newer transformers/datasets do not import with lm-eval 0.4.8)::
 
 then, from the repository root::
 
-    /work/venvs/lmeval/bin/python benchmarks/eval/record_lm_eval_fixtures.py \
+    /work/venvs/lmeval/bin/python benchmarks/record_lm_eval_fixtures.py \
         --data ../shared/data --out tests/fixtures/lm_eval_0.4.8 [--all /tmp/lm_eval_all]
 
 What it writes (``--out``, committed):
@@ -53,7 +53,7 @@ from pathlib import Path
 SEED = 1234  # lm-eval's default --fewshot_random_seed
 
 # This script runs in lm-eval's venv and imports nothing from the repository, so the subject table and
-# the boxed-answer reader below deliberately restate what benchmarks/eval/minerva_math.py has.
+# the boxed-answer reader below deliberately restate what srsmc_jax/app/eval/minerva_math.py has.
 MATH_SUBJECTS = {  # lm-eval subtask suffix -> MATH subject directory (unique_id "test/<dir>/<n>.json")
     "algebra": "algebra",
     "counting_and_prob": "counting_and_probability",

@@ -27,8 +27,8 @@ import re
 from functools import cached_property
 from typing import Any
 
-from benchmarks.eval.data import read_jsonl
-from benchmarks.eval.task import Document, Task, fewshot_prompt
+from srsmc_jax.app.eval.data import read_jsonl
+from srsmc_jax.app.eval.task import Document, Task, fewshot_prompt
 
 NUM_FEWSHOT = 5
 FEWSHOT_SEED = 1234

@@ -1,27 +1,27 @@
 """``srsmc`` as an lm-evaluation-harness (0.4.8) model: ``generate_until`` through the batched SR-SMC
 generator, so lm-eval's own tasks, prompts and metrics run on a converted checkpoint.
 
-    python -m benchmarks.eval.lm_eval_main --model srsmc \\
+    python -m srsmc_jax.app.eval.lm_eval_main --model srsmc \\
         --model_args path=ckpt/llada-1.5,method=srsmc,num_particles=4,gen_length=256 --tasks gsm8k --num_fewshot 5
 
 lm-eval 0.4.8 finds models only in its registry, filled by ``@register_model`` when the module that
 defines them is imported (it has no plugin entry points, and ``--include_path`` loads tasks, not
-models). So either run ``python -m benchmarks.eval.lm_eval_main`` (this module, then lm-eval's own
-command line), or in Python ``import benchmarks.eval.lm_eval_adapter`` before
+models). So either run ``python -m srsmc_jax.app.eval.lm_eval_main`` (this module, then lm-eval's own
+command line), or in Python ``import srsmc_jax.app.eval.lm_eval_adapter`` before
 ``lm_eval.simple_evaluate(model="srsmc", ...)``.
 
 ``model_args``: ``path`` (the converted checkpoint), ``dtype``, ``seed``, ``method`` and ``preset`` and
-``cache`` (as ``python -m benchmarks.eval``: default SR-SMC with the paper preset), ``chat`` (apply the
+``cache`` (as ``srsmc eval``: default SR-SMC with the paper preset), ``chat`` (apply the
 family's chat template to each context), ``add_bos``, ``add_special_tokens``, ``buckets``,
 ``devices``, and every ``SMCConfig`` knob by its field name (``num_particles=4,threshold=0.9``).
 lm-eval's ``--batch_size`` is the number of prompts per sampler call (``auto``: 8).
 
-Requests: the context is encoded as ``python -m benchmarks.eval`` encodes a prompt, the generation is
+Requests: the context is encoded as ``srsmc eval`` encodes a prompt, the generation is
 cut before the first of the request's ``until`` strings (lm-eval's HF model would also add the EOS
 token's text; the reference SR-SMC / Fast-dLLM adapters do not, they drop special tokens instead),
 and the request's other generation kwargs (``max_gen_toks``, ``do_sample``, ``temperature``) are
 ignored: the sampler's settings come from ``model_args``, as in the reference adapters. The key of a
-request is that of id ``"task/doc_id"``, so the samples equal ``python -m benchmarks.eval``'s for the
+request is that of id ``"task/doc_id"``, so the samples equal ``srsmc eval``'s for the
 same seed and settings. ``loglikelihood`` tasks (multiple choice, perplexity) raise
 ``NotImplementedError``.
 """
@@ -35,15 +35,15 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from benchmarks.eval.methods import add_method_flags, method_config
 from srsmc_jax.app import flags
+from srsmc_jax.app.eval.methods import add_method_flags, method_config
 
 OWN_ARGS = ("path", "dtype", "seed", "method", "preset", "cache", "chat", "add_bos", "add_special_tokens",
             "buckets", "devices", "batch_size", "max_batch_size", "device", "quiet")
 
 
 def _method_args(knobs: dict[str, Any], method: str, preset: str, cache) -> argparse.Namespace:
-    """model_args knobs -> the Namespace ``benchmarks.eval.methods`` reads (via its flag parsers)."""
+    """model_args knobs -> the Namespace ``srsmc_jax.app.eval.methods`` reads (via its flag parsers)."""
     fields = {f.name: f for f in flags.cli_fields()}
     argv = ["--method", str(method), "--preset", str(preset)]
     if cache is not None:
@@ -80,11 +80,11 @@ class SRSMCLM(LM):
                  **knobs):
         super().__init__()
         del max_batch_size, device  # lm-eval's torch-device arguments; JAX places the computation
-        import models
+        from srsmc_jax import models
         from srsmc_jax.app.generate import Generator
 
         if path is None:
-            raise ValueError("srsmc model_args: path=CHECKPOINT (a folder written by python -m convert) is required")
+            raise ValueError("srsmc model_args: path=CHECKPOINT (a folder written by srsmc convert) is required")
         args = _method_args(knobs, method, preset, cache)
         method_config(args, mask_id=0)  # bad knobs fail before the model is loaded
         self.model = models.load(str(path), dtype=dtype)

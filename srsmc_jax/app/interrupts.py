@@ -1,0 +1,57 @@
+"""Ctrl-C for the command-line tools: one line on stderr and exit status 130, at any moment.
+
+A Python ``KeyboardInterrupt`` is the wrong tool here: it is raised only when the main thread next
+runs Python code (not while XLA compiles or runs for minutes), a JAX garbage-collection callback can
+swallow it (the run goes on and exits 0), and unwinding through live XLA threads at interpreter
+exit can crash. So :func:`install` blocks SIGINT in the main thread (and, by inheritance, in every
+thread started afterwards: XLA's pools) and waits for it in a thread of its own, which writes
+``PROG: interrupted`` and ends the process with ``os._exit(130)`` at once. A signal that reaches a
+thread started before :func:`install` goes to the same handler through Python's own ``signal``
+module.
+
+Files stay usable because every writer of the tools is safe to stop between any two system calls:
+results logs are appended a whole line per ``write`` and fsync'ed (a partial last line of a file we
+wrote is cut on resume), everything else is written to a temporary file and renamed into place.
+Held file locks are released by the kernel when the process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+EXIT_INTERRUPTED = 130
+_installed = False
+
+
+def _die(prog: str) -> None:
+    try:
+        os.write(2, f"{prog}: interrupted\n".encode())
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+def install(prog: str) -> None:
+    """Make SIGINT end this process with one line and exit status 130 (see the module docstring).
+    For command-line entry points only (a library must not take over its host's Ctrl-C); a no-op
+    outside the main thread or when called again."""
+    global _installed
+    if _installed or threading.current_thread() is not threading.main_thread():
+        return
+    _installed = True
+    signal.signal(signal.SIGINT, lambda *_: _die(prog))
+    if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+        def wait() -> None:
+            signal.sigwait({signal.SIGINT})
+            _die(prog)
+
+        threading.Thread(target=wait, name="srsmc-sigint", daemon=True).start()
+
+
+def unblocked_child() -> None:
+    """``preexec_fn`` for child processes: SIGINT unblocked again (the blocked mask is inherited across exec)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
