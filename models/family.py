@@ -69,6 +69,25 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def read_tokenizer_file(f: Path):
+    """``tokenizers.Tokenizer`` from a ``tokenizer.json`` file (ValueError naming it)."""
+    f = Path(f)
+    if not f.is_file():
+        raise ValueError(f"--tokenizer {f}: no such file")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as e:
+        raise ImportError("the optional `tokenizers` package is not installed (pip install tokenizers)") from e
+    try:
+        return Tokenizer.from_file(str(f))
+    except Exception as e:  # the Rust error types are not exported
+        raise ValueError(f"--tokenizer {f}: not a readable tokenizer.json ({_first_line(e)})") from None
+
+
+def _vocab_size(cfg: Any) -> int:
+    return int(cfg.vocab_size)
+
+
 @dataclasses.dataclass(frozen=True)
 class FamilySpec:
     """Everything the package knows about one model family.
@@ -101,6 +120,11 @@ class FamilySpec:
         PartitionRules``; first full match wins): attention heads and MLP hidden columns over
         ``"model"``, embeddings / LM head over the hidden or vocabulary axis, norms replicated.
         ``models.load(path, mesh=...)`` applies it; a parameter no rule matches is an error.
+    vocab_size: ``cfg -> int``, the number of token ids the model's logits cover.
+    encode_special_tokens: prompts are encoded with the tokenizer's post-processor (``tokenizer(text)``
+        in the official evaluation code); prepend_bos: the official evaluation prepends BOS (Dream).
+    default_block_length: the block length the official decoding uses by default (``srsmc sample``'s
+        default, lowered to fit a short context).
     """
 
     name: str
@@ -124,6 +148,10 @@ class FamilySpec:
     tokenizer: Callable[[Path], Any] = read_tokenizer_json
     tokenizer_files: tuple[str, ...] = TOKENIZER_FILES
     partition_rules: tuple[tuple[str, Any], ...] = ()
+    vocab_size: Callable[[Any], int] = _vocab_size
+    encode_special_tokens: bool = True
+    prepend_bos: bool = False
+    default_block_length: int = 32
 
     def __post_init__(self):
         if not self.cache_kinds or self.cache_kinds[0] != "none":

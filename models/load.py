@@ -97,6 +97,46 @@ class LoadedModel:
         return int(self.config.max_length)
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids the model's logits cover (``FamilySpec.vocab_size``)."""
+        return self.spec.vocab_size(self.config)
+
+    def with_tokenizer(self, tokenizer: Any) -> "LoadedModel":
+        """The same model with another tokenizer (a ``tokenizers.Tokenizer``, or the path of a
+        ``tokenizer.json``; ValueError naming it when it cannot be read or does not fit the vocabulary)."""
+        if not hasattr(tokenizer, "encode"):
+            from srsmc_jax.models.family import read_tokenizer_file
+
+            tokenizer = read_tokenizer_file(Path(tokenizer))
+        size = tokenizer.get_vocab_size(with_added_tokens=True) if hasattr(tokenizer, "get_vocab_size") else None
+        if size is not None and size > self.vocab_size:
+            raise ValueError(f"--tokenizer: its {size} ids exceed the model's vocabulary of {self.vocab_size}")
+        out = LoadedModel(self.family, self.config, self.graphdef, self.params, path=self.path, dtype=self.dtype)
+        out._tokenizer, out._tokenizer_loaded = tokenizer, True
+        return out
+
+    def decode(self, ids, until=()) -> Optional[str]:
+        """Generated ids -> text, the one call for it: everything from the first EOS (or mask) on is
+        dropped, the text is cut before the first stop string of ``until`` (decoding with special tokens
+        kept first, as the official evaluation code does) and special tokens are removed. None without
+        a tokenizer."""
+        tok = self.tokenizer
+        if tok is None:
+            return None
+        from srsmc_jax.prompts import cut_at_stop_strings
+
+        ids = [int(i) for i in ids]
+        text = tok.decode(ids, skip_special_tokens=False)
+        if until:
+            text = cut_at_stop_strings(text, until)
+            return tok.decode(tok.encode(text, add_special_tokens=False).ids, skip_special_tokens=True)
+        ids = [i for i in ids if i != self.mask_id]
+        eos = getattr(self.config, "eos_token_id", None)
+        if eos is not None and eos in ids:
+            ids = ids[: ids.index(eos)]
+        return tok.decode(ids, skip_special_tokens=True)
+
+    @property
     def tokenizer(self):
         """The family's tokenizer for the folder (``tokenizer.json``; MDLM / BD3-LM also GPT-2
         ``vocab.json`` + ``merges.txt`` or ``encoder.json`` + ``vocab.bpe``), or None. Needs the

@@ -1,3 +1,3 @@
-from srsmc_jax.app.cli import main
+from srsmc_jax.app.cli import run
 
-raise SystemExit(main())
+run()

@@ -41,3 +41,33 @@ def cut_at_stop_strings(text: str, until: Iterable[str]) -> str:
             if at != -1:
                 cut = min(cut, at)
     return text[:cut]
+
+
+def prompt_key(seed: int, ids: Sequence[int], sample: int = 0):
+    """The PRNG key of one prompt: ``fold_in(fold_in(key(seed), h1), h2)`` with ``h1, h2`` two 31-bit
+    pieces of the SHA-256 of its token ids (int32, little-endian; the real tokens, no padding).
+
+    Every front end (``srsmc sample | generate | eval``, the multi-host runner, the server, the
+    Python API's batch path) keys a prompt this way, so a prompt's sample depends on the seed and
+    its tokens only: not on its id, the batch it lands in, its place there, the batch size, the
+    bucket it is padded to or the device count. ``sample`` > 0 gives the prompt's further independent
+    draws (``fold_in(key, sample)``: repeats of one prompt, a server request's ``n`` choices)."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    digest = hashlib.sha256(np.asarray(list(ids), dtype="<i4").tobytes()).digest()
+    h1 = int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF
+    h2 = int.from_bytes(digest[4:8], "little") & 0x7FFF_FFFF
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(int(seed)), h1), h2)
+    return jax.random.fold_in(key, int(sample)) if sample else key
+
+
+def prompt_keys(seed: int, prompts: Sequence[Sequence[int]], samples: Sequence[int] | None = None):
+    """key[B]: :func:`prompt_key` of each prompt (with its sample index)."""
+    import jax
+
+    samples = [0] * len(prompts) if samples is None else samples
+    return jax.random.wrap_key_data(jax.numpy.stack([jax.random.key_data(prompt_key(seed, ids, s))
+                                                     for ids, s in zip(prompts, samples)]))

@@ -256,9 +256,9 @@ def _reshard(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, tree)
 
 
-def distribute(sample: Callable, mesh: Mesh, *, data_axis: str = DATA) -> Callable:
-    """Run ``sample`` (from ``make_sampler``) on ``mesh``: ``run(key, params, prompts,
-    prompt_mask=None, weight_params=None) -> SMCResult`` for a batch int32[B, P].
+def distribute(sample: Any, mesh: Mesh, *, data_axis: str = DATA):
+    """``sample`` (a :class:`srsmc_jax.smc.Sampler`) run on ``mesh``: a ``Sampler`` whose call
+    ``(key, params, prompts, prompt_mask=None, weight_params=None) -> SMCResult`` takes a batch int32[B, P].
 
     The layout follows ``sample.config.particle_axis``: None (prompts layout) splits the batch over
     ``data_axis``, padding it to a multiple of that axis's size (copies of the last prompt, dropped
@@ -269,13 +269,12 @@ def distribute(sample: Callable, mesh: Mesh, *, data_axis: str = DATA) -> Callab
     (``jax.distributed``) every process passes the same full batch and the result is a global
     array: read this process's rows with :func:`local_results`.
 
-    ``run.lower(...)`` lowers the same program; ``run.compile(...)`` compiles it and returns a
-    function of the same arguments (``.executable.as_text()``: the HLO, e.g. for
-    :func:`hlo_collectives`).
+    ``.lower(...)`` lowers the same program; ``.compile(...)`` compiles it (``.executable.as_text()``:
+    the HLO, e.g. for :func:`hlo_collectives`); ``init`` / ``step_block`` / ``finish`` run on the mesh too.
     """
     config = getattr(sample, "config", None)
-    if config is None:
-        raise TypeError("distribute: expected a sampler from srsmc_jax.make_sampler")
+    if config is None or not hasattr(sample, "placed"):
+        raise TypeError("distribute: expected a Sampler from srsmc_jax.make_sampler")
     mesh = auto_axes(mesh)
     spread = config.particle_axis
     if spread is None:
@@ -291,61 +290,41 @@ def distribute(sample: Callable, mesh: Mesh, *, data_axis: str = DATA) -> Callab
             raise ValueError(f"SMCConfig.num_particles: {config.num_particles} particles cannot be spread evenly over "
                              f"mesh axis {spread!r} of size {size}; use a multiple of {size}")
         batch_sharding, multiple = NamedSharding(mesh, P()), 1
-    replicated = NamedSharding(mesh, P())
+    return sample.placed(MeshPlacement(mesh, batch_sharding, multiple))
 
-    def place(key, params, prompts, prompt_mask, weight_params):
+
+class MeshPlacement:
+    """How a distributed :class:`~srsmc_jax.smc.Sampler` places its arguments on ``mesh`` and
+    trims its results (see :func:`distribute`)."""
+
+    def __init__(self, mesh: Mesh, batch_sharding: NamedSharding, multiple: int):
+        self.mesh, self.batch_sharding, self.multiple = mesh, batch_sharding, multiple
+
+    def place(self, sampler, key, params, prompts, prompt_mask, weight_params):
+        """-> ((key, params, prompts, masks, weight_params) placed on the mesh, (B, padded B))."""
+        mesh = self.mesh
         if np.ndim(prompts) != 2:
             raise ValueError(f"prompts: expected a batch int32[B, P], got shape {tuple(np.shape(prompts))} "
                              "(add a leading axis for one prompt)")
         if not np.issubdtype(np.asarray(prompts).dtype, np.integer):
             raise ValueError(f"prompts: expected integer token ids, got {np.asarray(prompts).dtype}")
-        padded, mask, b = pad_batch(np.asarray(prompts, np.int32), prompt_mask, multiple)
+        padded, mask, b = pad_batch(np.asarray(prompts, np.int32), prompt_mask, self.multiple)
         mask = None if prompt_mask is None else mask
-        if hasattr(sample, "check_prompt"):  # the host-side checks, on the host copy: a global array
-            sample.check_prompt(padded, mask)  # spanning several processes cannot be read by one
+        # the host-side checks, on the host copy: a global array spanning several processes cannot be read by one
+        _, masks, _ = sampler.check_prompt(padded, mask)
+        replicated = NamedSharding(mesh, P())
         params = _reshard(params, mesh)
         params = jax.tree.map(lambda x: x if isinstance(getattr(x, "sharding", None), NamedSharding)
                               and x.sharding.mesh == mesh else jax.device_put(x, replicated), params)
         wp = None if weight_params is None else jax.device_put(_reshard(weight_params, mesh), replicated)
-        placed_mask = None if mask is None else _global_array(mask, batch_sharding)
-        args = (key, params, _global_array(padded, batch_sharding), placed_mask, wp)
-        return args, b
+        placed_mask = _global_array(np.asarray(masks), self.batch_sharding)
+        return (key, params, _global_array(padded, self.batch_sharding), placed_mask, wp), (b, padded.shape[0])
 
-    def finish(result, b, padded):
+    def finish(self, result, how):
+        b, padded = how
         if jax.process_count() > 1 or b == padded:
             return result  # several processes: slicing would move rows across hosts; see local_results
         return jax.tree.map(lambda x: x[:b], result)
-
-    def run(key, params, prompts, prompt_mask=None, weight_params=None):
-        args, b = place(key, params, prompts, prompt_mask, weight_params)
-        with jax.set_mesh(mesh):
-            result = sample(*args)
-        return finish(result, b, args[2].shape[0])
-
-    def lower(key, params, prompts, prompt_mask=None, weight_params=None):
-        args, _ = place(key, params, prompts, prompt_mask, weight_params)
-        with jax.set_mesh(mesh):
-            return sample.lower(*args)
-
-    def compile(key, params, prompts, prompt_mask=None, weight_params=None):
-        args, _ = place(key, params, prompts, prompt_mask, weight_params)
-        with jax.set_mesh(mesh):
-            executable = sample.compile(*args)
-
-        def compiled(key, params, prompts, prompt_mask=None, weight_params=None):
-            args, b = place(key, params, prompts, prompt_mask, weight_params)
-            with jax.set_mesh(mesh):
-                result = executable(*args)
-            return finish(result, b, args[2].shape[0])
-
-        compiled.executable = executable.executable
-        return compiled
-
-    run.lower = lower
-    run.compile = compile
-    run.mesh = mesh
-    run.sample = sample
-    return run
 
 
 def local_results(result: Any, num_prompts: int) -> Iterator[tuple[int, Any]]:

@@ -30,6 +30,7 @@ Stream constants are ≥ 2^30 and step indices < 2^30, so no two streams share a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional
@@ -150,10 +151,203 @@ class SMCResult(NamedTuple):
         if problems:
             raise FloatingPointError("SR-SMC sample is invalid: " + "; ".join(problems))
         return self
-# ---- make_sampler -------------------------------------------------------------------------------------
+# ---- the sampler -------------------------------------------------------------------------------------
+class LoopState(NamedTuple):
+    """The SR-SMC loop of a batch of B prompts between two blocks (``Sampler.init`` /
+    ``step_block`` / ``finish``). Every field has the leading axis B.
+
+    state: SMCState   the particles, weights and diagnostics so far.
+    key: key[B]       each prompt's key (``fold_in(key, b)`` of the key given to ``init``).
+    prompt: int32[B, P] / prompt_mask: bool[B, P]   the left-padded prompts and their validity.
+    block: int32[B]   blocks done (``config.num_blocks`` when finished).
+    """
+
+    state: SMCState
+    key: jax.Array
+    prompt: jax.Array
+    prompt_mask: jax.Array
+    block: jax.Array
+
+
+class Sampler:
+    """SR-SMC for one denoiser and one :class:`SMCConfig` (built by :func:`make_sampler`).
+
+    Whole runs (one jitted program, ``lax.scan`` over blocks):
+
+    * ``sampler(key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult``;
+    * ``sampler.lower(...)`` -> ``jax.stages.Lowered``; ``sampler.compile(...)`` -> a
+      :class:`CompiledSampler` (same arguments; ``.memory_analysis()``, ``.executable``);
+    * ``sampler.check_prompt(prompt, prompt_mask=None)`` -> ``(int32[B, P], bool[B, P], batched)``,
+      the host-side checks every call runs before tracing.
+
+    Block by block, blackjax-style, for servers, streaming and research code that inspects the
+    particles between blocks (each a jitted program of its own; the same functions as the whole run):
+
+    * ``sampler.init(key, params, prompt, prompt_mask=None, weight_params=None) -> LoopState``;
+    * ``sampler.step_block(params, loop, weight_params=None) -> LoopState`` runs every prompt's
+      next block (a prompt already finished is left as it is);
+    * ``sampler.finish(params, loop, weight_params=None) -> SMCResult`` (needs every block done).
+    These take batches only (a 1-D prompt is a batch of one) and keep the leading B axis.
+
+    Attributes: ``config``, ``denoiser`` (the :class:`CachedDenoiser` it runs), ``context_length``,
+    ``mesh`` (None, or the mesh of :func:`srsmc_jax.sharding.distribute`).
+    """
+
+    def __init__(self, denoiser: Any, config: SMCConfig, *, context_length: Optional[int] = None,
+                 jit: bool = True, progress: Optional[Callable[[int, int], None]] = None, placement: Any = None):
+        if not isinstance(config, SMCConfig):
+            raise TypeError(f"config: expected an SMCConfig, got {type(config).__name__}")
+        den = as_cached(denoiser)
+        self.config = config
+        self.denoiser = den
+        self.context_length = context_length if context_length is not None else den.max_length
+        _check_config_against_denoiser(config, den)
+        self._jit = jit
+        self._progress = progress
+        self._placement = placement
+        self._program = jax.jit(self._core) if jit else self._core
+        self._steps: dict[str, Callable] = {}
+
+    # -- construction --------------------------------------------------------------------------------
+    @property
+    def mesh(self):
+        return None if self._placement is None else self._placement.mesh
+
+    def placed(self, placement: Any) -> "Sampler":
+        """The same sampler run through ``placement`` (``srsmc_jax.sharding.distribute``)."""
+        return Sampler(self.denoiser, self.config, context_length=self.context_length, jit=self._jit,
+                       progress=self._progress, placement=placement)
+
+    def __repr__(self) -> str:
+        where = "" if self._placement is None else f", mesh={dict(self.mesh.shape)}"
+        return f"Sampler(N={self.config.num_particles}, gen_length={self.config.gen_length}{where})"
+
+    # -- checks --------------------------------------------------------------------------------------
+    def check_prompt(self, prompt, prompt_mask=None):
+        """``(int32[B, P] prompts, bool[B, P] masks, batched)`` after every host-side check."""
+        return _check_prompt(prompt, prompt_mask, self.config, self.denoiser, self.context_length)
+
+    def _checked(self, key, params, prompt, prompt_mask, weight_params):
+        if self._placement is not None:
+            return self._placement.place(self, key, params, prompt, prompt_mask, weight_params)
+        check_auto_axes(params, prompt, prompt_mask)  # the engine's gathers need Auto mesh axes
+        prompts, masks, batched = self.check_prompt(prompt, prompt_mask)
+        return (key, params, prompts, masks, weight_params), batched
+
+    def _scope(self):
+        return contextlib.nullcontext() if self._placement is None else jax.set_mesh(self.mesh)
+
+    def _result(self, result, how):
+        if self._placement is not None:
+            return self._placement.finish(result, how)
+        return result if how else jax.tree.map(lambda x: x[0], result)
+
+    # -- whole runs ----------------------------------------------------------------------------------
+    def _core(self, key, params, prompts, masks, weight_params):
+        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(prompts.shape[0]))
+        one = functools.partial(_sample_one, self.denoiser, self.config, params=params,
+                                weight_params=weight_params, progress=self._progress)
+        return jax.vmap(one)(keys, prompts, masks)
+
+    def __call__(self, key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult:
+        args, how = self._checked(key, params, prompt, prompt_mask, weight_params)
+        with self._scope():
+            result = self._program(*args)
+        return self._result(result, how)
+
+    def lower(self, key, params, prompt, prompt_mask=None, weight_params=None):
+        args, _ = self._checked(key, params, prompt, prompt_mask, weight_params)
+        with self._scope():
+            return jax.jit(self._core).lower(*args) if not self._jit else self._program.lower(*args)
+
+    def compile(self, key, params, prompt, prompt_mask=None, weight_params=None) -> "CompiledSampler":
+        with self._scope():
+            executable = self.lower(key, params, prompt, prompt_mask, weight_params).compile()
+        return CompiledSampler(self, executable)
+
+    # -- block by block ------------------------------------------------------------------------------
+    def _step_fn(self, name: str, fn: Callable) -> Callable:
+        if name not in self._steps:
+            self._steps[name] = jax.jit(fn) if self._jit else fn
+        return self._steps[name]
+
+    def init(self, key, params, prompt, prompt_mask=None, weight_params=None) -> LoopState:
+        """The loop before its first block, for a batch of prompts (see the class docstring)."""
+        (key, params, prompts, masks, weight_params), _ = self._checked(key, params, prompt, prompt_mask,
+                                                                        weight_params)
+        den, config = self.denoiser, self.config
+
+        def init(key, params, prompts, masks, weight_params):
+            keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(prompts.shape[0]))
+
+            def one(k, p, m):
+                return _initial_state(_context(den, config, k, p, m, params, weight_params), p)
+
+            states = jax.vmap(one)(keys, prompts, masks)
+            return LoopState(states, keys, prompts, masks, jnp.zeros((prompts.shape[0],), jnp.int32))
+
+        with self._scope():
+            return self._step_fn("init", init)(key, params, prompts, masks, weight_params)
+
+    def step_block(self, params, loop: LoopState, weight_params=None) -> LoopState:
+        """Every prompt's next block (prompts with every block done are returned unchanged)."""
+        den, config = self.denoiser, self.config
+
+        def step(params, loop, weight_params):
+            def one(state, k, p, m, b):
+                ctx = _context(den, config, k, p, m, params, weight_params)
+                done = b >= config.num_blocks
+                new = _run_block(ctx, state, jnp.minimum(b, config.num_blocks - 1))
+                return jax.tree.map(lambda old, x: jnp.where(done, old, x), state, new)
+
+            states = jax.vmap(one)(loop.state, loop.key, loop.prompt, loop.prompt_mask, loop.block)
+            return loop._replace(state=states, block=jnp.minimum(loop.block + 1, config.num_blocks))
+
+        with self._scope():
+            return self._step_fn("step", step)(params, loop, weight_params)
+
+    def finish(self, params, loop: LoopState, weight_params=None) -> SMCResult:
+        """The answers and diagnostics of a loop whose every block is done (leading axis B)."""
+        blocks = np.asarray(jax.device_get(loop.block)) if _is_concrete(loop.block) else None
+        if blocks is not None and (blocks < self.config.num_blocks).any():
+            raise ValueError(f"finish: {int((blocks < self.config.num_blocks).sum())} prompt(s) have blocks left "
+                             f"(blocks done {blocks.tolist()} of {self.config.num_blocks}); call step_block first")
+        den, config = self.denoiser, self.config
+
+        def finish(params, loop, weight_params):
+            def one(state, k, p, m):
+                return _close(_context(den, config, k, p, m, params, weight_params), state)
+
+            return jax.vmap(one)(loop.state, loop.key, loop.prompt, loop.prompt_mask)
+
+        with self._scope():
+            return self._step_fn("finish", finish)(params, loop, weight_params)
+
+
+class CompiledSampler:
+    """A :class:`Sampler`'s whole-run program compiled for one shape: call it with the arguments
+    of ``Sampler.__call__`` (the same host-side checks run first). ``executable`` is JAX's
+    ``Compiled`` (``.as_text()``, ``.cost_analysis()``); ``memory_analysis()`` is XLA's."""
+
+    def __init__(self, sampler: Sampler, executable):
+        self.sampler = sampler
+        self.executable = executable
+
+    def memory_analysis(self):
+        return self.executable.memory_analysis()
+
+    def __call__(self, key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult:
+        s = self.sampler
+        args, how = s._checked(key, params, prompt, prompt_mask, weight_params)
+        with s._scope():
+            result = self.executable(*args)
+        return s._result(result, how)
+
+
 def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[int] = None, jit: bool = True,
-                 progress: Optional[Callable[[int, int], None]] = None):
-    """Build ``sample(key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult``.
+                 progress: Optional[Callable[[int, int], None]] = None) -> Sampler:
+    """The :class:`Sampler` of ``denoiser`` under ``config``:
+    ``sampler(key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult``.
 
     denoiser: a callable ``(params, tokens: int32[L]) -> float32[L, V]``, a
         :class:`srsmc_jax.Denoiser`, a :class:`srsmc_jax.CachedDenoiser`, or an object with
@@ -161,10 +355,12 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
     config: an :class:`SMCConfig`.
     context_length: the model's maximum sequence length (defaults to the denoiser's ``max_length``).
     progress: optional host function ``progress(blocks_done, num_blocks)`` called after every block
-        (through ``jax.debug.callback``, once per prompt of a batch; for progress bars, off by default
-        because a host callback costs a device-host round trip on accelerators).
+        of a whole run (through ``jax.debug.callback``, once per prompt of a batch). Off by default:
+        a host callback costs a device-host round trip on accelerators and makes the program
+        uncacheable by JAX's persistent compilation cache (``Sampler.step_block`` is the cacheable
+        way to watch a run block by block).
 
-    ``sample`` arguments:
+    Call arguments:
       key: a PRNG key.
       params: the denoiser's parameters (any pytree).
       prompt: int32[P] or a batch int32[B, P], LEFT-padded (generation starts at position P).
@@ -174,54 +370,9 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
 
     Everything that can be checked is checked before tracing: the config against the facts the
     denoiser declares (mask id, generation length, block alignment), and the prompt's dtype, shape,
-    length, token ids and padding. ``sample.lower(...)`` lowers with the same checks, and
-    ``sample.compile(...)`` returns a function of the same arguments that runs the compiled program
-    (``.memory_analysis()`` is XLA's, where the backend reports one).
+    length, token ids and padding.
     """
-    if not isinstance(config, SMCConfig):
-        raise TypeError(f"config: expected an SMCConfig, got {type(config).__name__}")
-    den = as_cached(denoiser)
-    max_len = context_length if context_length is not None else den.max_length
-    _check_config_against_denoiser(config, den)
-
-    def core(key, params, prompts, masks, weight_params):
-        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(prompts.shape[0]))
-        one = functools.partial(_sample_one, den, config, params=params, weight_params=weight_params,
-                                progress=progress)
-        return jax.vmap(one)(keys, prompts, masks)
-
-    core = jax.jit(core) if jit else core
-
-    def run(fn, key, params, prompt, prompt_mask, weight_params):
-        check_auto_axes(params, prompt, prompt_mask)  # the engine's gathers need Auto mesh axes
-        prompts, masks, batched = _check_prompt(prompt, prompt_mask, config, den, max_len)
-        result = fn(key, params, prompts, masks, weight_params)
-        return result if batched else jax.tree.map(lambda x: x[0], result)
-
-    def sample(key, params, prompt, prompt_mask=None, weight_params=None):
-        return run(core, key, params, prompt, prompt_mask, weight_params)
-
-    def lower(key, params, prompt, prompt_mask=None, weight_params=None):
-        check_auto_axes(params, prompt, prompt_mask)
-        prompts, masks, _ = _check_prompt(prompt, prompt_mask, config, den, max_len)
-        return core.lower(key, params, prompts, masks, weight_params)
-
-    def compile(key, params, prompt, prompt_mask=None, weight_params=None):
-        executable = lower(key, params, prompt, prompt_mask, weight_params).compile()
-
-        def compiled(key, params, prompt, prompt_mask=None, weight_params=None):
-            return run(executable, key, params, prompt, prompt_mask, weight_params)
-
-        compiled.memory_analysis = executable.memory_analysis
-        compiled.executable = executable
-        return compiled
-
-    sample.config = config
-    sample.denoiser = den
-    sample.check_prompt = lambda prompt, prompt_mask=None: _check_prompt(prompt, prompt_mask, config, den, max_len)
-    sample.lower = lower
-    sample.compile = compile
-    return sample
+    return Sampler(denoiser, config, context_length=context_length, jit=jit, progress=progress)
 
 
 def _check_config_against_denoiser(config: SMCConfig, den: CachedDenoiser) -> None:
@@ -336,22 +487,25 @@ def _lay_out(config: SMCConfig, state: SMCState) -> SMCState:
     return state._replace(particles=particles, log_weights=lw, pending=pending)
 
 
-def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, *, params,
-                weight_params, progress=None) -> SMCResult:
-    """SR-SMC for one prompt: int32[P] with bool[P] validity. See ``make_sampler``."""
-    n, g, lb = config.num_particles, config.gen_length, config.block
+def _context(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, params, weight_params) -> _Context:
+    """The step functions' context for one prompt: int32[P] with bool[P] validity."""
     plen = prompt.shape[0]
-    length = plen + g
     seq = SequenceInfo(
-        valid=jnp.concatenate([prompt_valid, jnp.ones((g,), bool)]),
-        prompt=jnp.arange(length) < plen,
+        valid=jnp.concatenate([prompt_valid, jnp.ones((config.gen_length,), bool)]),
+        prompt=jnp.arange(plen + config.gen_length) < plen,
     )
-    ctx = _Context(den, config, key, params, seq, weight_params, plen)
-    strat = config.strategies
+    return _Context(den, config, key, params, seq, weight_params, plen)
+
+
+def _initial_state(ctx: _Context, prompt) -> SMCState:
+    """N copies of the prompt followed by masks, their caches, zero weights."""
+    config, den = ctx.config, ctx.den
+    n, g, lb = config.num_particles, config.gen_length, config.block
+    length = ctx.plen + g
     tokens0 = jnp.concatenate([prompt, jnp.full((g,), config.mask_id, jnp.int32)])
     tokens = jnp.broadcast_to(tokens0, (n, length))
-    cache = jax.vmap(lambda t: den.init(params, t, seq))(tokens)
-    history = () if strat.move is None else MoveHistory(
+    cache = jax.vmap(lambda t: den.init(ctx.params, t, ctx.seq))(tokens)
+    history = () if config.strategies.move is None else MoveHistory(
         reveal_step=jnp.full((n, length), -1, jnp.int32), step_increments=jnp.zeros((n, lb), jnp.float32))
     t_max = config.max_steps
     state = SMCState(
@@ -367,46 +521,70 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
         move_acceptance=jnp.full((t_max,), jnp.nan, jnp.float32),
         error=jnp.zeros((), jnp.int32),
     )
-    state = _lay_out(config, state)
-    steps = config.steps_per_block
-    early_exit = strat.select.data_dependent and not config.differentiable
-    across_blocks = strat.twist is not None and strat.twist.rows == "generation"
+    return _lay_out(config, state)
 
-    def run_block(state, b):
-        block_start = plen + b * lb
-        # the previous block's last step is completed here only when ψ spans later blocks
-        state = _step(ctx, state, block_start, jnp.int32(0), first=True, complete=across_blocks)
-        if early_exit:
-            def cond(carry):
-                s, st = carry
-                block = jax.lax.dynamic_slice_in_dim(st.particles.tokens, block_start, lb, axis=1)
-                return (s < steps) & jnp.any(block == config.mask_id)
 
-            def body(carry):
-                s, st = carry
-                return s + 1, _step(ctx, st, block_start, s, first=False, complete=True)
+def _across_blocks(config: SMCConfig) -> bool:
+    twist = config.strategies.twist
+    return twist is not None and twist.rows == "generation"
 
-            taken, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), state))
-        else:
-            if steps > 1:
-                def scan_body(st, s):
-                    return _step(ctx, st, block_start, s, first=False, complete=True), None
 
-                state, _ = jax.lax.scan(scan_body, state, jnp.arange(1, steps, dtype=jnp.int32))
-            taken = jnp.int32(steps)
-        if not across_blocks:  # nothing of the block is left masked: ψ = 0, complete the last step now
-            state, _, _ = _complete(ctx, state, jnp.zeros((n,), jnp.float32), block_start, taken - 1,
-                                    at_block_end=True)
+def _run_block(ctx: _Context, state: SMCState, b) -> SMCState:
+    """Block ``b`` (int32[]) of one prompt: its steps and the completion of its last step."""
+    config = ctx.config
+    n, lb, steps = config.num_particles, config.block, config.steps_per_block
+    early_exit = config.strategies.select.data_dependent and not config.differentiable
+    across_blocks = _across_blocks(config)
+    block_start = ctx.plen + b * lb
+    # the previous block's last step is completed here only when ψ spans later blocks
+    state = _step(ctx, state, block_start, jnp.int32(0), first=True, complete=across_blocks)
+    if early_exit:
+        def cond(carry):
+            s, st = carry
+            block = jax.lax.dynamic_slice_in_dim(st.particles.tokens, block_start, lb, axis=1)
+            return (s < steps) & jnp.any(block == config.mask_id)
+
+        def body(carry):
+            s, st = carry
+            return s + 1, _step(ctx, st, block_start, s, first=False, complete=True)
+
+        taken, state = jax.lax.while_loop(cond, body, (jnp.ones((), jnp.int32), state))
+    else:
+        if steps > 1:
+            def scan_body(st, s):
+                return _step(ctx, st, block_start, s, first=False, complete=True), None
+
+            state, _ = jax.lax.scan(scan_body, state, jnp.arange(1, steps, dtype=jnp.int32))
+        taken = jnp.int32(steps)
+    if not across_blocks:  # nothing of the block is left masked: ψ = 0, complete the last step now
+        state, _, _ = _complete(ctx, state, jnp.zeros((n,), jnp.float32), block_start, taken - 1,
+                                at_block_end=True)
+    return _lay_out(config, state)
+
+
+def _close(ctx: _Context, state: SMCState) -> SMCResult:
+    """After the last block: the run's last step completed (when ψ spans blocks), the answer picked."""
+    config = ctx.config
+    if _across_blocks(config):  # the run's last step: everything is revealed, ψ = 0
+        last_start = ctx.plen + (config.num_blocks - 1) * config.block
+        state, _, _ = _complete(ctx, state, jnp.zeros((config.num_particles,), jnp.float32), last_start,
+                                jnp.int32(config.steps_per_block - 1), at_block_end=True)
+    return _finish(config, ctx.key, state, ctx.plen)
+
+
+def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, *, params,
+                weight_params, progress=None) -> SMCResult:
+    """SR-SMC for one prompt: int32[P] with bool[P] validity. See ``make_sampler``."""
+    ctx = _context(den, config, key, prompt, prompt_valid, params, weight_params)
+
+    def body(state, b):
+        state = _run_block(ctx, state, b)
         if progress is not None:
             jax.debug.callback(lambda done: progress(int(done), config.num_blocks), b + 1)
-        return _lay_out(config, state), None
+        return state, None
 
-    state, _ = jax.lax.scan(run_block, state, jnp.arange(config.num_blocks))
-    if across_blocks:  # the run's last step: everything is revealed, ψ = 0
-        last_start = plen + (config.num_blocks - 1) * lb
-        state, _, _ = _complete(ctx, state, jnp.zeros((n,), jnp.float32), last_start, jnp.int32(steps - 1),
-                                at_block_end=True)
-    return _finish(config, key, state, plen)
+    state, _ = jax.lax.scan(body, _initial_state(ctx, prompt), jnp.arange(config.num_blocks))
+    return _close(ctx, state)
 
 
 def _rows(ctx: _Context, block_start):

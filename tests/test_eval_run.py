@@ -17,9 +17,9 @@ SHARED = shared_dir()
 
 from benchmarks.stats import wilson_interval
 from srsmc_jax.app.eval import get_task
-from srsmc_jax.app.eval.methods import METHODS, MethodError, add_method_flags, method_config
 from srsmc_jax.app.eval.run import RunError, parse_doc_ids, prompt_sha256, select_documents
 from srsmc_jax.app.eval.summary import compare, format_tables, load_run
+from srsmc_jax.app.methods import METHODS, MethodError, add_method_flags, method_config
 
 DATA = SHARED / "data"
 

@@ -48,6 +48,7 @@ def _denoiser(graphdef, cfg: DreamConfig, *, cache: Optional[str], cfg_scale: fl
 
 DREAM = register_family(FamilySpec(
     name="dream",
+    prepend_bos=True,
     config_class=DreamConfig,
     module_class=DreamModel,
     key_table=dream_table,

@@ -47,6 +47,7 @@ def _denoiser(graphdef, cfg: LLaDAConfig, *, cache: Optional[str], cfg_scale: fl
 
 LLADA = register_family(FamilySpec(
     name="llada",
+    vocab_size=lambda cfg: int(cfg.embedding_size),
     config_class=LLaDAConfig,
     module_class=LLaDAModel,
     key_table=llada_table,

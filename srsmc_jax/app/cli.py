@@ -1,77 +1,56 @@
 """The ``srsmc`` command line (also ``python -m srsmc_jax``).
 
     srsmc sample "..4..1 ..2... ...5.2 3..... ..6... 5..6.." --show-particles   # the embedded Sudoku model
-    srsmc sample "What is 7*8?" --model ckpt/llada-8b-instruct --chat --gen-length 64
-    srsmc sample --model ckpt/random --prompt-ids 5,17,3 --gen-length 32 --json
+    srsmc sample "What is 7*8?" --model ckpt/llada-8b-instruct --chat --max-new-tokens 64
+    srsmc generate --model ckpt/llada-8b-instruct --input prompts.jsonl --output out.jsonl
+    srsmc eval --model ckpt/llada-8b-instruct --task gsm8k --limit 2
+    srsmc convert hf/LLaDA-8B-Instruct ckpt/llada-8b-instruct
+    srsmc multihost --prompts prompts.txt --out results/ ...
 
 Every ``SMCConfig`` knob has a flag, generated from the dataclass and the strategy registries
 (``srsmc sample --help``). Defaults come from the model (the embedded model's task knows its answer
-length) and otherwise from ``SMCConfig``. Bad input is a one-line ``srsmc: error: …`` on stderr with
-exit status 2, found before any expensive work; progress goes to stderr (``--quiet`` silences it).
+length; otherwise up to 128 tokens in the family's blocks, what fits the context). Every command runs
+its prompts through the one batch path (``srsmc_jax.app.generate.Generator``: one encoder, one key
+rule), so the same prompt and seed give the same sample in every command. Bad input is a one-line
+``srsmc: error: …`` on stderr with exit status 2, found before any expensive work; Ctrl-C is one line
+and exit status 130 (``srsmc_jax.app.interrupts``); compiled programs are kept in JAX's persistent
+compilation cache (``srsmc_jax.app.compile_cache``: ``--no-compile-cache``, ``--compile-cache DIR``).
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from srsmc_jax.app import flags
-
-PROG = "srsmc"
-SEED_MAX = 2**32 - 1
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (the usage is behind ``--help``), exit status 2."""
-
-    def error(self, message: str):
-        if "required: command" in message:
-            message = "missing command; try `srsmc sample PUZZLE` (see srsmc --help)"
-        else:
-            message = f"{message} (see {self.prog} --help)"
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, {SEED_MAX}], got {value}")
-    return value
-
-
-def _prompt_ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated token ids like 1,2,3, got {text!r}") from None
-    if not ids:
-        raise argparse.ArgumentTypeError("expected at least one token id")
-    return ids
-
+from srsmc_jax.app import compile_cache, flags, interrupts
+from srsmc_jax.app.common import PROG, SEED_MAX, CLIError, Parser, Progress, add_model_flags, load_model
+from srsmc_jax.app.common import prompt_ids as _prompt_ids
+from srsmc_jax.app.common import seed as _seed
 
 CLI_DEFAULTS = {"num_particles": 8}
-CLI_DEFAULT_HELP = {"gen_length": "the task's answer length, else 128 (capped by the context length)",
-                    "block_length": "the whole answer for an embedded task, else min(32, gen_length)"}
+CLI_DEFAULT_HELP = {"gen_length": "the task's answer length, else up to 128 in whole blocks (what fits the context)",
+                    "block_length": "the whole answer for an embedded task, else the family's (32), lowered to fit"}
+
+# Commands with parsers of their own: srsmc NAME ARGS... runs MODULE.main(ARGS).
+DELEGATED = {
+    "eval": ("srsmc_jax.app.eval.__main__", "evaluate a model on GSM8K / MATH / HumanEval / MBPP / Sudoku "
+                                           "(lm-eval 0.4.8 prompts and scoring), resumably"),
+    "convert": ("srsmc_jax.convert.__main__", "convert an official Hugging Face / Lightning checkpoint"),
+    "multihost": ("srsmc_jax.app.multihost", "sample a prompt file across the processes of a jax.distributed job"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog=PROG, description="Self-Rewarding Sequential Monte Carlo (SR-SMC) for masked diffusion "
-                                        "language models.")
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def build_parser() -> Parser:
+    ap = Parser(prog=PROG, description="Self-Rewarding Sequential Monte Carlo (SR-SMC) for masked diffusion "
+                                       "language models. Compiled programs are cached on disk "
+                                       f"({compile_cache.default_dir()}; --no-compile-cache or "
+                                       f"--compile-cache DIR on any command, or ${compile_cache.ENV}=off|DIR).")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     s = sub.add_parser("sample", help="sample an answer to PROMPT with SR-SMC",
                        description="Sample with SR-SMC. Without --model: the embedded 6x6 Sudoku model "
                                    "(PROMPT = 36 cells, digits 1-6, '.' for blanks).")
@@ -79,16 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prompt text (for the embedded model: a 6x6 puzzle); or give --prompt-ids")
     s.add_argument("--prompt-ids", type=_prompt_ids, default=None,
                    help="the prompt as comma-separated token ids (for checkpoints without a tokenizer)")
-    s.add_argument("--model", type=Path, default=None,
-                   help="a converted checkpoint folder (srsmc convert); default: the embedded Sudoku model")
-    s.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype (default: float32)")
-    s.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
+    add_model_flags(s)
     s.add_argument("--cache", default="none",
                    help="the model family's cache: none; prefix / dual (LLaDA, Dream: Fast-dLLM, approximate); "
                         "block (BD3-LM, exact) (default: none)")
     s.add_argument("--chat", action="store_true", help="wrap the prompt in the model family's chat template")
+    s.add_argument("--no-special-tokens", action="store_true",
+                   help="encode the prompt without the tokenizer's post-processor (default: the family's choice)")
+    s.add_argument("--add-bos", action="store_true",
+                   help="prepend the model's BOS token (default: the family's choice; Dream does)")
     s.add_argument("--seed", type=_seed, default=0, help=f"PRNG seed in [0, {SEED_MAX}] (default: 0)")
     flags.add_config_flags(s, defaults=CLI_DEFAULTS, default_help=CLI_DEFAULT_HELP,
                            short={"num_particles": "-n", "temperature": "-t"})
@@ -99,178 +77,64 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plot", type=Path, default=None,
                      help="write the ESS trace and particle genealogy to this .png file (needs matplotlib)")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress messages on stderr")
-    from srsmc_jax.app import generate  # `srsmc generate` (batch generation)
+    from srsmc_jax.app import generate
 
     generate.add_subparser(sub)
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
     return ap
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run one ``srsmc`` command; returns the exit status (0 ok, 2 bad input, 1 internal error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, cache_setting = compile_cache.take_flags(argv)
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in DELEGATED and argv[0] == command:
+        if command != "convert":
+            compile_cache.enable(compile_cache.resolve(cache_setting))
+        return importlib.import_module(DELEGATED[command][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        compile_cache.enable(compile_cache.resolve(cache_setting))
         if args.command == "generate":
             from srsmc_jax.app.generate import run_command
 
             return run_command(args)
         return _sample(args)
-    except (CLIError, ValueError, FileNotFoundError, NotImplementedError, ImportError, FloatingPointError,
-            OSError) as e:
-        text = str(e).strip()
-        msg = text.splitlines()[0] if text else type(e).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotImplementedError, ImportError, FloatingPointError, OSError) as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # in-process callers (tests, notebooks); the console script exits from interrupts
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return interrupts.EXIT_INTERRUPTED
     except Exception as e:  # a bug, not bad input: one line, the traceback on request
         if os.environ.get("SRSMC_DEBUG"):
             raise
-        print(f"{PROG}: internal error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
+        print(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)} "
               "(rerun with SRSMC_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 
-# ---- progress ---------------------------------------------------------------------------------------------
-class Progress:
-    """One line per phase on stderr once the run has taken more than ``delay`` seconds (a TTY or not):
-    ``srsmc: compiling…`` then ``srsmc: compiling: done in 3.1s``; sampling adds block lines."""
-
-    def __init__(self, enabled: bool, delay: float = 2.0):
-        self.enabled, self.delay, self.start = enabled, delay, time.time()
-        self._lock = threading.Lock()
-        self._phase: Optional[str] = None
-        self._announced = False
-        self._timer: Optional[threading.Timer] = None
-        self._blocks_done = 0
-
-    def _print(self, text: str) -> None:
-        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
-
-    def _announce(self) -> None:
-        with self._lock:
-            if self._phase is not None and not self._announced:
-                self._announced = True
-                self._print(f"{self._phase}…")
-
-    def phase(self, name: str) -> "Progress":
-        self._phase_name = name
-        return self
-
-    def __enter__(self):
-        if self.enabled:
-            self._phase, self._announced, self._phase_start = self._phase_name, False, time.time()
-            wait = max(0.0, self.delay - (time.time() - self.start))
-            if wait == 0.0:
-                self._announce()
-            else:
-                self._timer = threading.Timer(wait, self._announce)
-                self._timer.daemon = True
-                self._timer.start()
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if not self.enabled:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        with self._lock:
-            if self._announced and exc_type is None:
-                self._print(f"{self._phase}: done in {time.time() - self._phase_start:.1f}s")
-            self._phase = None
-
-    def block_done(self, done: int, total: int) -> None:
-        """Called from the sampler's host callback after each block."""
-        if not self.enabled or done <= self._blocks_done:
-            return
-        self._blocks_done = done
-        if time.time() - self.start > self.delay:
-            self._print(f"sampling: block {done}/{total} done")
+def run() -> None:
+    """The ``srsmc`` console script: Ctrl-C handled (one line, exit 130), then :func:`main`."""
+    interrupts.install(PROG)
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown under live XLA threads (it can crash after the work is done)
 
 
-# ---- model, prompt and config -----------------------------------------------------------------------------
-def _load(args):
-    from srsmc_jax import models
-    from srsmc_jax.models.embedded import task_for
-
-    if args.model is not None and not (Path(args.model) / "srsmc_checkpoint.json").is_file():
-        p = Path(args.model)
-        if not p.exists():
-            raise CLIError(f"--model {p}: not a converted checkpoint folder (no such folder)")
-        hint = " (a Hugging Face folder: convert it first with `srsmc convert SRC DST`)" \
-            if (p / "config.json").is_file() else ""
-        raise CLIError(f"--model {p}: not a converted checkpoint folder{hint}")
-    model = models.load(args.model, dtype=args.dtype, verify=not getattr(args, "no_verify", False))
-    return model, task_for(model.path)
-
-
-def _encode(args, model, task):
-    import numpy as np
-
-    if args.prompt_ids is not None:
-        if args.prompt is not None:
-            raise CLIError("give either PROMPT or --prompt-ids, not both")
-        if args.chat:
-            raise CLIError("--chat needs a text PROMPT, not --prompt-ids")
-        return np.asarray(args.prompt_ids, np.int32)
-    if args.prompt is None:
-        raise CLIError("prompt: missing; give the PROMPT text or --prompt-ids 1,2,3")
-    if task is not None:
-        if args.chat:
-            raise CLIError(f"--chat: the embedded {task.name} model has no chat template")
-        return task.encode(args.prompt)
-    if not args.prompt.strip():
-        raise CLIError("prompt: empty")
-    tok = model.tokenizer
-    if tok is None:
-        raise CLIError(f"--model {model.path}: the checkpoint has no tokenizer files to encode the prompt; "
-                       "give token ids with --prompt-ids")
-    text = _chat(model, args.prompt) if args.chat else args.prompt
-    return np.asarray(tok.encode(text, add_special_tokens=False).ids, np.int32)
-
-
-def _chat(model, text: str) -> str:
-    if model.spec.chat_template is None:
-        raise CLIError(f"--chat: the {model.family} family has no chat template")
-    return model.spec.apply_chat_template(text)
-
-
-def _decode(model, task, ids) -> str:
-    if task is not None:
-        return task.decode(ids)
-    tok = model.tokenizer
-    if tok is None:
-        return ",".join(str(int(i)) for i in ids)
-    ids = [int(i) for i in ids if int(i) != model.mask_id]
-    eos = getattr(model.config, "eos_token_id", None)
-    if eos is not None and eos in ids:
-        ids = ids[: ids.index(eos)]
-    return tok.decode(ids, skip_special_tokens=True)
-
-
-def _config(args, model, task, prompt_len: int):
-    given = flags.given_knobs(args)
-    room = model.max_length - prompt_len
-    if "gen_length" in given and given["gen_length"] + prompt_len > model.max_length:
-        raise CLIError(f"--gen-length: prompt {prompt_len} tokens + gen_length {given['gen_length']} exceed the "
-                       f"model's context length {model.max_length}")
-    if task is not None:
-        if "gen_length" in given and given["gen_length"] != task.gen_length:
-            raise CLIError(f"--gen-length: the embedded {task.name} model answers with exactly {task.gen_length} "
-                           f"tokens, got {given['gen_length']}")
-        gen = task.gen_length
-        block = given.get("block_length", gen)
-    else:
-        gen = given.get("gen_length", min(128, room) if room >= 1 else 128)
-        block = given.get("block_length", min(32, gen))
-    if block is None:
-        block = gen
-    if gen + prompt_len > model.max_length:
-        raise CLIError(f"prompt: {prompt_len} tokens + gen_length {gen} exceed the model's context length "
-                       f"{model.max_length}")
-    defaults = dict(CLI_DEFAULTS, gen_length=gen, block_length=block)
-    return flags.config_from_args(args, defaults, gen_length=gen, block_length=block, mask_id=model.mask_id)
-
-
+# ---- the sample command -------------------------------------------------------------------------------------
 def _check_plot(path: Optional[Path]) -> None:
     if path is None:
         return
@@ -289,40 +153,52 @@ def _check_plot(path: Optional[Path]) -> None:
 
 # ---- the command --------------------------------------------------------------------------------------------
 def _sample(args) -> int:
+    from srsmc_jax.app.encode import PromptEncoder
+    from srsmc_jax.app.generate import Generator, PromptRecord, config_for_model, encoder_options
+
     progress = Progress(enabled=not args.quiet)
     _check_plot(args.plot)
+    if args.prompt_ids is not None and args.prompt is not None:
+        raise CLIError("give either PROMPT or --prompt-ids, not both")
+    if args.prompt_ids is not None and args.chat:
+        raise CLIError("--chat needs a text PROMPT, not --prompt-ids")
+    if args.prompt is None and args.prompt_ids is None:
+        raise CLIError("prompt: missing; give the PROMPT text or --prompt-ids 1,2,3")
     with progress.phase("loading the model"):
-        model, task = _load(args)
+        model, task = load_model(args)
     kinds = model.spec.cache_kinds
     if args.cache not in kinds:
         raise CLIError(f"--cache {args.cache}: the {model.family} family supports {', '.join(kinds)}")
-    prompt = _encode(args, model, task)
-    config = _config(args, model, task, len(prompt))
-
-    import jax
-    import numpy as np
-
-    from srsmc_jax.smc import make_sampler
-
-    cache = None if args.cache == "none" else args.cache
-    den = model.as_denoiser(cache=cache, gen_length=config.gen_length)
-    sample = make_sampler(den, config, progress=progress.block_done)
-    key = jax.random.key(args.seed)
-    # memory: estimated and refused (one line, with the numbers) before anything is compiled
+    encoder = PromptEncoder.for_model(model, task, chat=args.chat, **encoder_options(args))
+    if args.prompt_ids is not None:
+        prompt = encoder.check(args.prompt_ids, where="--prompt-ids")
+        record = PromptRecord(id=0, prompt_ids=tuple(prompt), where="--prompt-ids")
+    else:
+        if not encoder.can_encode_text:
+            raise CLIError(f"--model {model.path}: the checkpoint has no tokenizer files to encode the prompt; "
+                           "give token ids with --prompt-ids (or a tokenizer with --tokenizer FILE)")
+        prompt = encoder.encode(args.prompt)
+        record = PromptRecord(id=0, prompt=args.prompt, where="prompt")
+    config = config_for_model(args, model, task, longest_prompt=len(prompt))
+    gen = Generator(model, config, task=task, cache=None if args.cache == "none" else args.cache, batch_size=1,
+                    num_devices=1, encoder=encoder)
+    prepared = gen.prepare([record])
+    need = gen.memory_estimate(prepared[0].bucket, 1)
+    gen.check_batches(prepared)  # refused (one line, with the numbers) before anything is compiled
+    stats = compile_cache.CompileStats()
     from srsmc_jax import memory
 
-    need = memory.estimate(den, config, params=model.params, prompt_length=len(prompt))
-    free, source = memory.available_bytes()
-    memory.check(need, free, source)
-    room = "" if free is None else f" of {memory.format_bytes(free)} available"
-    with progress.phase(f"compiling (memory: about {memory.format_bytes(need.compared)}{room})"):
-        compiled = sample.compile(key, model.params, prompt)
-    with progress.phase(f"sampling {config.num_particles} particles, {config.num_blocks} block(s)"):
+    with progress.phase(f"compiling (memory: about {memory.format_bytes(need.compared)})"):
+        gen.compile(prepared)
+    cached = stats.hits > 0 and stats.misses == 0
+    with progress.phase(f"sampling {config.num_particles} particles, {config.num_blocks} block(s)"
+                        + (" (program loaded from the compilation cache)" if cached else "")):
         start = time.time()
-        result = jax.tree.map(np.asarray, compiled(key, model.params, prompt))
+        (_, result, _), = next(gen.results(prepared, seed=args.seed))
         seconds = time.time() - start
     result.raise_if_error()
-    out = _summary(args, model, task, config, result, seconds)
+    out = _summary(args, model, task, config, result, seconds, encoder)
+    out["compile"] = {"cache_hits": stats.hits, "compiled": stats.misses}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -334,13 +210,13 @@ def _sample(args) -> int:
     return 0
 
 
-def _summary(args, model, task, config, result, seconds) -> dict[str, Any]:
+def _summary(args, model, task, config, result, seconds, encoder) -> dict[str, Any]:
     import dataclasses
 
     import numpy as np
 
     out: dict[str, Any] = {
-        "answer": _decode(model, task, result.tokens),
+        "answer": _text(encoder, result.tokens),
         "selected": int(result.selected),
         "log_z": float(result.log_z),
         "nfe": int(result.nfe),
@@ -352,13 +228,18 @@ def _summary(args, model, task, config, result, seconds) -> dict[str, Any]:
     }
     if task is not None:
         out["solved"] = bool(task.check(args.prompt, result.tokens))
-    out["particles"] = [{"text": _decode(model, task, p), "log_weight": float(w), "trajectory_confidence": float(c)}
+    out["particles"] = [{"text": _text(encoder, p), "log_weight": float(w), "trajectory_confidence": float(c)}
                         for p, w, c in zip(result.particles, result.log_weights, result.trajectory_confidence)]
     if task is not None:
         for entry, ids in zip(out["particles"], result.particles):
             entry["solved"] = bool(task.check(args.prompt, ids))
     out["ess"] = [None if np.isnan(e) else float(e) for e in result.ess]
     return out
+
+
+def _text(encoder, ids) -> str:
+    text = encoder.decode(ids)
+    return ",".join(str(int(i)) for i in ids) if text is None else text
 
 
 def _side_by_side(left_title: str, left: str, right_title: str, right: str) -> str:

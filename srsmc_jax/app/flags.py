@@ -100,7 +100,7 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: Optional[Mapping
     group = parser.add_argument_group("sampler (SMCConfig)")
     for f in cli_fields():
         default = defaults.get(f.name, f.default)
-        names = [flag_name(f.name)] + ([short[f.name]] if f.name in short else [])
+        names = [flag_name(f.name)] + ([short[f.name]] if f.name in short else []) + ALIASES.get(f.name, [])
         help_text = _help(f, default_help.get(f.name, default))
         if str(f.type) == "bool":
             group.add_argument(*names, action="store_true", default=argparse.SUPPRESS, help=help_text)
@@ -108,6 +108,36 @@ def add_config_flags(parser: argparse.ArgumentParser, defaults: Optional[Mapping
             kind, choices = _parser_for(f)
             group.add_argument(*names, type=kind, choices=choices, default=argparse.SUPPRESS,
                                metavar=None if choices else f.name.upper(), help=help_text)
+
+
+# what a Hugging Face ``generate`` user types first
+ALIASES = {"gen_length": ["--max-new-tokens"]}
+DEFAULT_GEN_LENGTH = 128
+
+
+def default_lengths(given: Mapping[str, Any], *, room: int, block: int = 32,
+                    task_gen_length: Optional[int] = None) -> tuple[int, int]:
+    """(gen_length, block_length) from the flags given, else defaults that fit: an embedded task's
+    answer length (one block); else at most 128 tokens, a whole number of the family's default
+    ``block`` (lowered to what fits), within ``room`` (the context left after the prompt).
+    ValueError naming the flag when the given values cannot work."""
+    gen, blk = given.get("gen_length"), given.get("block_length")
+    if task_gen_length is not None:
+        gen = task_gen_length if gen is None else gen
+        return gen, gen if blk is None else blk
+    if room < 1:
+        raise ValueError(f"prompt: it leaves no room to generate in the model's context ({room} positions left)")
+    if gen is None:
+        unit = min(blk or block, room)
+        gen = max(min(DEFAULT_GEN_LENGTH, room) // unit * unit, unit)
+    if blk is None:
+        blk = min(block, gen)
+        if gen % blk:
+            if "gen_length" in given:
+                raise ValueError(f"{flag_name('gen_length')} {gen}: not a multiple of the default block length {blk}; "
+                                 f"give {flag_name('block_length')} (a divisor of it)")
+            blk = gen
+    return gen, blk
 
 
 def given_knobs(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,7 @@ the local devices, resumable. The command line ``srsmc generate`` and the Python
 
 Input: one JSON object per line, ``{"id": ID, "prompt": "text"}`` or ``{"id": ID, "prompt_ids":
 [1, 2, 3]}``, optionally ``"until": ["stop", ...]``; ``ID`` is a string or an int, unique. Output:
-one line per prompt (in the order finished, bucket by bucket; match lines by ``id``) with the
+one line per prompt (in input order once the run ends) with the
 answer, every particle, log-weights, trajectory confidences, the ESS trace, resampling events, NFE
 and time (:func:`Generator.run` documents each field).
 
@@ -17,11 +17,12 @@ How a batch runs:
   left for the generation. Every batch of a bucket has the same shape, so the sampler compiles once
   per bucket (the last, partial batch is filled with copies of a real row, whose results are
   dropped).
-* **Keys.** Prompt ``id`` gets the key ``fold_in(fold_in(key(seed), h1), h2)`` with ``h1, h2`` two
-  31-bit pieces of the SHA-256 of its id: its samples depend on the seed and its id only, not on
-  the batch it lands in, its place in it, the batch size or the device count, so a batch gives the
-  one-at-a-time results and a resumed run the samples the killed one would have written.
-  (The batched program is ``jit(vmap(sample))`` over per-prompt keys.)
+* **Keys.** A prompt gets the key :func:`srsmc_jax.prompts.prompt_key` of the seed and its token ids:
+  its samples depend on the seed and its tokens only, not on its id, the batch it lands in, its
+  place in it, the batch size or the device count, so a batch gives the one-at-a-time results, a
+  resumed run the samples the killed one would have written, and ``srsmc sample``, ``srsmc eval``
+  and the server the same sample for the same prompt and seed. (The batched program is
+  ``jit(vmap(sample))`` over per-prompt keys.)
 * **Devices.** With several local devices the batch is split over the ``data`` mesh axis of
   :mod:`srsmc_jax.sharding` (batch size rounded up to a multiple of the device count).
 * **Stop strings** are applied after generation, as the LLaDA / Fast-dLLM / SR-SMC evaluation code
@@ -31,9 +32,10 @@ How a batch runs:
   settings skips every id already in the file, and a partial last line left by a killed run is cut
   off (:mod:`srsmc_jax.app.jsonl`). A file written with other settings is refused.
 
-Prompts are encoded with the checkpoint's ``tokenizer.json`` (``add_special_tokens=True`` by default:
-what ``tokenizer(text)`` does in the reference evaluation code), optionally after the family's chat
-template (``--chat``) and with the model's BOS token prepended (``--add-bos``, Dream's evaluation).
+Prompts are encoded by :class:`srsmc_jax.app.encode.PromptEncoder`, the one encoder of every front
+end (the family decides special tokens and BOS; ``--chat``, ``--no-special-tokens`` and ``--add-bos``
+override). The finished output file lists the prompts in input order (lines are appended in the
+order batches finish while running; the file is reordered atomically at the end).
 """
 
 from __future__ import annotations
@@ -48,15 +50,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from srsmc_jax.app import flags
+from srsmc_jax.app.common import PROG, CLIError, Progress, add_model_flags, load_model, seed
+from srsmc_jax.app.encode import EncodeError, PromptEncoder
 from srsmc_jax.app.jsonl import FINGERPRINT_FIELD, ResultsLog, key_text
-from srsmc_jax.prompts import cut_at_stop_strings
+from srsmc_jax.prompts import cut_at_stop_strings, prompt_keys
 
 FORMAT_VERSION = 1
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_BUCKETS = "pow2"
 
 
-class GenerateError(ValueError):
+class GenerateError(CLIError):
     """Bad input to batch generation (the message is one line naming the argument, file or record)."""
 
 
@@ -73,6 +77,7 @@ class PromptRecord:
     prompt_ids: Optional[tuple[int, ...]] = None
     until: tuple[str, ...] = ()
     where: str = "record"
+    sample: int = 0
 
 
 def _is_int(x) -> bool:
@@ -86,9 +91,13 @@ def parse_record(obj: Any, where: str) -> PromptRecord:
     if not isinstance(obj, Mapping):
         raise GenerateError(f"{where}: expected a JSON object {{\"id\": ..., \"prompt\": ...}}, "
                             f"got {type(obj).__name__}")
-    unknown = sorted(set(obj) - {"id", "prompt", "prompt_ids", "until"})
+    unknown = sorted(set(obj) - {"id", "prompt", "prompt_ids", "until", "sample"})
     if unknown:
-        raise GenerateError(f"{where}: unknown field {unknown[0]!r} (expected id, prompt or prompt_ids, until)")
+        raise GenerateError(f"{where}: unknown field {unknown[0]!r} (expected id, prompt or prompt_ids, until, "
+                            "sample)")
+    sample = obj.get("sample", 0)
+    if not _is_int(sample) or not 0 <= sample < 2**31:
+        raise GenerateError(f"{where}: \"sample\" must be an integer in [0, 2^31), got {json.dumps(sample)}")
     if "id" not in obj:
         raise GenerateError(f"{where}: no \"id\"")
     rid = obj["id"]
@@ -112,7 +121,7 @@ def parse_record(obj: Any, where: str) -> PromptRecord:
         until = (until,)
     if not isinstance(until, (list, tuple)) or not all(isinstance(u, str) for u in until):
         raise GenerateError(f"{where}: \"until\" must be a string or a list of strings")
-    return PromptRecord(id=rid, prompt=text, prompt_ids=ids, until=tuple(until), where=where)
+    return PromptRecord(id=rid, prompt=text, prompt_ids=ids, until=tuple(until), where=where, sample=sample)
 
 
 def check_unique(records: Sequence[PromptRecord]) -> None:
@@ -192,30 +201,11 @@ def bucket_size(length: int, buckets: tuple[str, Any], *, limit: int, multiple: 
 
 
 # ---- model-side helpers -------------------------------------------------------------------------------------
-def family_spec(model):
-    """The model family's registry entry (``cache_kinds``, ``chat_template``...)."""
-    return model.spec
-
-
 def chat_template_for(model) -> Callable[[str], str]:
     """The model family's chat template ``text -> text`` (one user turn, generation prompt added)."""
     if model.spec.chat_template is None:
         raise GenerateError(f"--chat: no chat template is known for the {model.family} family")
     return model.spec.apply_chat_template
-
-
-def _special_token_ids(model) -> tuple[Optional[int], Optional[int]]:
-    cfg = model.config
-    return getattr(cfg, "pad_token_id", None), getattr(cfg, "bos_token_id", None)
-
-
-def _vocab_size(model) -> Optional[int]:
-    cfg = model.config
-    for name in ("embedding_size", "vocab_size"):
-        v = getattr(cfg, name, None)
-        if v:
-            return int(v)
-    return None
 
 
 def decode_completion(tokenizer, ids: Sequence[int], until: Sequence[str]) -> str:
@@ -273,27 +263,25 @@ def config_dict(config) -> dict:
     return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
-def _hash_pieces(rid: Any) -> tuple[int, int]:
-    digest = hashlib.sha256(key_text(rid).encode("utf-8")).digest()
-    return (int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF, int.from_bytes(digest[4:8], "little") & 0x7FFF_FFFF)
-
-
 class Generator:
-    """Batched SR-SMC generation for one model and one config.
+    """Batched SR-SMC generation for one model and one config: the one batch path of every front end.
 
-    model: a ``models.LoadedModel``. config: an ``SMCConfig`` (its ``mask_id`` the model's).
-    cache: None, or the family's cache name ("prefix", "dual", "block"). batch_size: prompts per
-    sampler call (rounded up to a multiple of the device count). buckets: see :func:`parse_buckets`.
-    num_devices: local devices to shard the batch over (default: all). chat: apply the family's
-    chat template to text prompts. add_special_tokens: the tokenizer's post-processor (BOS etc.).
-    add_bos: prepend ``config.bos_token_id`` unless the prompt starts with it. progress: a
-    function of one line of text (called at most every ``progress_interval`` seconds, and for
-    every compilation).
+    model: a ``srsmc_jax.models.LoadedModel``. config: an ``SMCConfig`` (its ``mask_id`` the model's).
+    task: the embedded task of the model, if any (its own prompt codec). cache: None, or the
+    family's cache name ("prefix", "dual", "block"). batch_size: prompts per sampler call (rounded up
+    to a multiple of the device count). buckets: see :func:`parse_buckets`. num_devices: local
+    devices to shard the batch over (default: all). chat / add_special_tokens / add_bos: the
+    :class:`~srsmc_jax.app.encode.PromptEncoder` options (None: the family's default); encoder: a
+    ready encoder instead. check_memory: refuse a batch the memory estimate says does not fit, in
+    one line, before compiling it. progress: a function of one line of text (called at most every
+    ``progress_interval`` seconds, and for every compilation).
     """
 
-    def __init__(self, model, config, *, cache: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 buckets: str = DEFAULT_BUCKETS, num_devices: Optional[int] = None, chat: bool = False,
-                 add_special_tokens: bool = True, add_bos: bool = False,
+    def __init__(self, model, config, *, task: Any = None, cache: Optional[str] = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, buckets: str = DEFAULT_BUCKETS,
+                 num_devices: Optional[int] = None, chat: bool | Callable[[str], str] = False,
+                 add_special_tokens: Optional[bool] = None, add_bos: Optional[bool] = None,
+                 encoder: Optional[PromptEncoder] = None, check_memory: bool = True,
                  progress: Optional[Callable[[str], None]] = None, progress_interval: float = 1.0):
         import jax
 
@@ -305,16 +293,20 @@ class Generator:
         ndev = available if num_devices is None else num_devices
         if not _is_int(ndev) or not 1 <= ndev <= available:
             raise GenerateError(f"--devices: expected an int in [1, {available}] (local devices), got {num_devices!r}")
-        kinds = tuple(family_spec(model).cache_kinds)
+        kinds = tuple(model.spec.cache_kinds)
         if (cache or "none") not in kinds:
             raise GenerateError(f"--cache {cache}: the {model.family} family supports {', '.join(kinds)}")
-        self.model, self.config, self.cache = model, config, cache
+        self.model, self.config, self.cache, self.task = model, config, cache, task
         self.buckets_spec = buckets
         self.buckets = parse_buckets(buckets)
         self.num_devices = ndev
         self.batch_size = -(-batch_size // ndev) * ndev
-        self.chat = chat_template_for(model) if chat else None
-        self.add_special_tokens, self.add_bos = add_special_tokens, add_bos
+        try:
+            self.encoder = encoder or PromptEncoder.for_model(model, task, chat=chat,
+                                                              add_special_tokens=add_special_tokens, add_bos=add_bos)
+        except EncodeError as e:
+            raise GenerateError(str(e)) from None
+        self.check_memory = check_memory
         self.progress, self.progress_interval = progress, progress_interval
         den = model.as_denoiser(cache=cache, gen_length=config.gen_length) if cache == "prefix" \
             else model.as_denoiser(cache=cache)
@@ -336,6 +328,10 @@ class Generator:
             self._mesh = data_mesh(ndev)
             self._params = jax.device_put(model.params, NamedSharding(self._mesh, PartitionSpec()))
 
+    @property
+    def chat(self):
+        return self.encoder.chat
+
     # -- what identifies the results -------------------------------------------------------------------
     def fingerprint(self, seed: int) -> str:
         """A hash of everything that determines the samples (not the batch size or device count)."""
@@ -344,19 +340,15 @@ class Generator:
         m = self.model
         facts = {"format": FORMAT_VERSION, "model": None if m.path is None else str(m.path), "family": m.family,
                  "dtype": jnp.dtype(m.dtype).name, "config": config_dict(self.config), "seed": seed,
-                 "cache": self.cache, "buckets": self.buckets_spec, "chat": self.chat is not None,
-                 "add_special_tokens": self.add_special_tokens, "add_bos": self.add_bos}
+                 "cache": self.cache, "buckets": self.buckets_spec, **self.encoder.facts()}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- encoding and checks (no model work) ----------------------------------------------------------
     def prepare(self, records: Iterable[Any]) -> list[Prepared]:
-        """Encode and check every record (tokenizer, vocabulary, context length, stop strings) before
-        anything is compiled; GenerateError naming the record."""
+        """Encode and check every record (tokenizer, vocabulary, mask id, context length, stop
+        strings) before anything is compiled; GenerateError naming the record."""
         records = [parse_record(r, f"record {i + 1}") for i, r in enumerate(records)]
         check_unique(records)
-        tok = self.model.tokenizer
-        _, bos = _special_token_ids(self.model)
-        vocab = _vocab_size(self.model)
         limit = self.max_length - self.config.gen_length
         if limit < 1:
             raise GenerateError(f"--gen-length: {self.config.gen_length} leaves no room for a prompt in the "
@@ -364,30 +356,20 @@ class Generator:
         multiple = self.denoiser.block_multiple
         prepared = []
         for r in records:
-            if r.prompt is not None:
-                if tok is None:
-                    raise GenerateError(f"{r.where}: the model {self.model.path} has no tokenizer to encode "
-                                        "\"prompt\"; give \"prompt_ids\" instead")
-                text = self.chat(r.prompt) if self.chat is not None else r.prompt
-                ids = list(tok.encode(text, add_special_tokens=self.add_special_tokens).ids)
-            else:
-                if self.chat is not None:
-                    raise GenerateError(f"{r.where}: --chat needs a text \"prompt\", not \"prompt_ids\"")
-                ids = list(r.prompt_ids)
-            if r.until and tok is None:
+            try:
+                if r.prompt is not None:
+                    if not self.encoder.can_encode_text:
+                        raise GenerateError(f"{r.where}: the model {self.model.path} has no tokenizer to encode "
+                                            "\"prompt\"; give \"prompt_ids\" (or --tokenizer FILE)")
+                    ids = self.encoder.encode(r.prompt, where=r.where)
+                else:
+                    if self.encoder.chat is not None:
+                        raise GenerateError(f"{r.where}: --chat needs a text \"prompt\", not \"prompt_ids\"")
+                    ids = self.encoder.check(r.prompt_ids, where=r.where)
+            except EncodeError as e:
+                raise GenerateError(str(e)) from None
+            if r.until and not self.encoder.can_encode_text:
                 raise GenerateError(f"{r.where}: \"until\" needs a tokenizer to decode the generation")
-            if self.add_bos:
-                if bos is None:
-                    raise GenerateError(f"--add-bos: the {self.model.family} config has no bos_token_id")
-                if not ids or ids[0] != bos:
-                    ids = [bos] + ids
-            if not ids:
-                raise GenerateError(f"{r.where}: the prompt encodes to no tokens")
-            if vocab is not None:
-                bad = [i for i in ids if not 0 <= i < vocab]
-                if bad:
-                    raise GenerateError(f"{r.where}: token id {bad[0]} is outside the model's vocabulary "
-                                        f"of {vocab} ids")
             if len(ids) > limit:
                 raise GenerateError(f"{r.where}: prompt of {len(ids)} tokens + gen_length {self.config.gen_length} "
                                     f"exceeds the model's context length {self.max_length}")
@@ -425,57 +407,80 @@ class Generator:
         batch = NamedSharding(self._mesh, PartitionSpec("data"))
         return tuple(jax.device_put(x, batch) for x in (keys, tokens, masks))
 
-    def _call(self, keys, tokens, masks):
-        """Run one batch (compiling its shape first if new) -> (host SMCResult, sampling seconds)."""
+    def memory_estimate(self, bucket: int, rows: int):
+        """The ``srsmc_jax.memory`` estimate of one batch of ``rows`` prompts padded to ``bucket``."""
+        from srsmc_jax import memory
+
+        return memory.estimate(self.denoiser, self.config, params=self.model.params, prompt_length=bucket,
+                               batch=-(-rows // self.num_devices))
+
+    def _check_memory(self, bucket: int, rows: int) -> None:
+        from srsmc_jax import memory
+
+        need = self.memory_estimate(bucket, rows)
+        free, source = memory.available_bytes()
+        try:
+            memory.check(need, free, source)
+        except memory.InsufficientMemory as e:
+            raise GenerateError(f"{str(e).splitlines()[0]} (lower --batch-size or -n)") from None
+
+    def _executable(self, keys, tokens, masks):
+        """The compiled program of this batch shape (compiled, after the memory check, when new)."""
+        shape = tuple(tokens.shape)
+        if shape not in self._executables:
+            if self.check_memory:
+                self._check_memory(shape[1], shape[0])
+            self._say(f"compiling bucket {shape[1]} ({shape[0]} prompts × {self.config.num_particles} "
+                      f"particles × {shape[1]} + {self.config.gen_length} tokens)…", force=True)
+            t0 = time.perf_counter()
+            self._executables[shape] = self._program.lower(keys, self._params, tokens, masks).compile()
+            seconds = time.perf_counter() - t0
+            self.report.compiled[shape[1]] = shape
+            self.report.compile_seconds += seconds
+            self._say(f"compiled bucket {shape[1]} in {seconds:.1f}s", force=True)
+        return self._executables[shape]
+
+    def _scope(self):
         import contextlib
 
         import jax
 
-        shape = tuple(tokens.shape)
-        scope = jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
-        with scope:
-            if shape not in self._executables:
-                self._say(f"compiling bucket {shape[1]} ({shape[0]} prompts × {self.config.num_particles} "
-                          f"particles × {shape[1]} + {self.config.gen_length} tokens)…", force=True)
-                t0 = time.perf_counter()
-                self._executables[shape] = self._program.lower(keys, self._params, tokens, masks).compile()
-                seconds = time.perf_counter() - t0
-                self.report.compiled[shape[1]] = shape
-                self.report.compile_seconds += seconds
-                self._say(f"compiled bucket {shape[1]} in {seconds:.1f}s", force=True)
-            t0 = time.perf_counter()
-            result = jax.device_get(self._executables[shape](keys, self._params, tokens, masks))
-            return result, time.perf_counter() - t0
+        return jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext()
 
-    def keys_for(self, seed: int, ids: Sequence[Any]):
-        """key[len(ids)]: the per-prompt keys (see the module docstring)."""
-        import jax
-        import numpy as np
-
-        pieces = np.asarray([_hash_pieces(i) for i in ids], np.uint32).reshape(-1, 2)
-        base = jax.random.key(seed)
-        return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(base, a), b))(pieces[:, 0], pieces[:, 1])
-
-    # -- running --------------------------------------------------------------------------------------
-    def run(self, prepared: Sequence[Prepared], *, seed: int = 0) -> Iterator[list[dict]]:
-        """Generate for every prepared record; yields the output records of each batch. Fields:
-
-        id, answer (text after stop strings; null without a tokenizer), tokens (the answer's ids,
-        the whole generation), selected (its particle), particles [{text, tokens, log_weight,
-        trajectory_confidence}], ess (after each step taken), resampled_at (steps after which the
-        particles were resampled), log_z, nfe (forward passes × particles), num_steps, prompt_tokens,
-        bucket, seconds (the batch's sampling wall time divided among its prompts), error (null, or
-        what the engine flagged: NaN logits, degenerate weights).
-        """
-        import jax
-        import numpy as np
-
+    def _inputs(self, chunk: Sequence[Prepared], rows: int, seed: int):
         from srsmc_jax.prompts import pad_prompts
 
-        total = len(prepared)
-        done = 0
-        pad, _ = _special_token_ids(self.model)
-        pad = 0 if pad is None else int(pad)
+        filled = list(chunk) + [chunk[0]] * (rows - len(chunk))  # same shape for every batch of a bucket
+        pad = getattr(self.model.config, "pad_token_id", None)
+        tokens, masks = pad_prompts([p.ids for p in filled], 0 if pad is None else int(pad), length=chunk[0].bucket)
+        return self._place(self.keys_for(seed, filled), tokens, masks)
+
+    def compile(self, prepared: Sequence[Prepared]) -> int:
+        """Compile (or load from the persistent cache) every batch shape ``prepared`` needs, ahead of
+        :meth:`results`; returns how many programs were built."""
+        before = len(self._executables)
+        with self._scope():
+            for chunk, rows in self.batches(prepared):
+                self._executable(*self._inputs(chunk, rows, 0))
+        return len(self._executables) - before
+
+    def _call(self, keys, tokens, masks):
+        """Run one batch (compiling its shape first if new) -> (host SMCResult, sampling seconds)."""
+        import jax
+
+        with self._scope():
+            executable = self._executable(keys, tokens, masks)
+            t0 = time.perf_counter()
+            result = jax.device_get(executable(keys, self._params, tokens, masks))
+            return result, time.perf_counter() - t0
+
+    def keys_for(self, seed: int, prepared: Sequence[Prepared]):
+        """key[len(prepared)]: the per-prompt keys (:func:`srsmc_jax.prompts.prompt_key`)."""
+        return prompt_keys(seed, [p.ids for p in prepared], [p.record.sample for p in prepared])
+
+    # -- running --------------------------------------------------------------------------------------
+    def batches(self, prepared: Sequence[Prepared]) -> Iterator[tuple[list[Prepared], int]]:
+        """The batches :meth:`results` runs: (records, rows) per sampler call, bucket by bucket."""
         by_bucket: dict[int, list[Prepared]] = {}
         for p in prepared:
             by_bucket.setdefault(p.bucket, []).append(p)
@@ -483,23 +488,50 @@ class Generator:
             group = by_bucket[size]
             rows = min(self.batch_size, -(-len(group) // self.num_devices) * self.num_devices)
             for start in range(0, len(group), rows):
-                chunk = group[start:start + rows]
-                filled = chunk + [chunk[0]] * (rows - len(chunk))  # same shape for every batch of a bucket
-                tokens, masks = pad_prompts([p.ids for p in filled], pad, length=size)
-                keys = self.keys_for(seed, [p.record.id for p in filled])
-                keys, tokens, masks = self._place(keys, tokens, masks)
-                result, seconds = self._call(keys, tokens, masks)
-                self.report.sampling_seconds += seconds
-                n, g = self.config.num_particles, self.config.gen_length
-                self.report.generated_tokens += len(chunk) * n * g
-                out = [self._output(p, jax.tree.map(lambda x, i=i: np.asarray(x)[i], result), seconds / len(chunk))
-                       for i, p in enumerate(chunk)]
-                self.report.generated += len(out)
-                self.report.errors += sum(o["error"] is not None for o in out)
-                done += len(chunk)
-                self._say(f"{done}/{total} prompts (bucket {size}), {self.report.tokens_per_second:,.0f} tokens/s"
-                          f"{self._eta(done, total)}", force=done == total)
-                yield out
+                yield group[start:start + rows], rows
+
+    def check_batches(self, prepared: Sequence[Prepared]) -> None:
+        """The memory estimate of every distinct batch shape, before anything is compiled."""
+        if self.check_memory:
+            for shape in sorted({(chunk[0].bucket, rows) for chunk, rows in self.batches(prepared)}):
+                self._check_memory(shape[0], shape[1])
+
+    def results(self, prepared: Sequence[Prepared], *, seed: int = 0) -> Iterator[list[tuple[Prepared, Any, float]]]:
+        """Run every prepared record; yields each batch's ``(record, SMCResult row as numpy, seconds)``."""
+        import jax
+        import numpy as np
+
+        self.check_batches(prepared)
+        total = len(prepared)
+        done = 0
+        for chunk, rows in self.batches(prepared):
+            size = chunk[0].bucket
+            result, seconds = self._call(*self._inputs(chunk, rows, seed))
+            self.report.sampling_seconds += seconds
+            n, g = self.config.num_particles, self.config.gen_length
+            self.report.generated_tokens += len(chunk) * n * g
+            rows_out = [(p, jax.tree.map(lambda x, i=i: np.asarray(x)[i], result), seconds / len(chunk))
+                        for i, p in enumerate(chunk)]
+            done += len(chunk)
+            self.report.generated += len(chunk)
+            self.report.errors += sum(int(r.error) != 0 for _, r, _ in rows_out)
+            self._say(f"{done}/{total} prompts (bucket {size}), {self.report.tokens_per_second:,.0f} tokens/s"
+                      f"{self._eta(done, total)}", force=done == total)
+            yield rows_out
+
+    def run(self, prepared: Sequence[Prepared], *, seed: int = 0) -> Iterator[list[dict]]:
+        """Generate for every prepared record; yields the output records of each batch. Fields:
+
+        id, answer (text after stop strings; null without a tokenizer), tokens (the answer's ids,
+        the whole generation), selected (its particle), particles [{text, tokens, log_weight,
+        trajectory_confidence}], ess (after each step taken), resampled_at (steps after which the
+        particles were resampled), log_z, nfe (forward passes × particles), num_steps, prompt_tokens,
+        prompt_sha256 (of the prompt's token ids), bucket, seconds (the batch's sampling wall time
+        divided among its prompts), error (null, or what the engine flagged: NaN logits, degenerate
+        weights).
+        """
+        for batch in self.results(prepared, seed=seed):
+            yield [self._output(p, r, s) for p, r, s in batch]
 
     def _eta(self, done: int, total: int) -> str:
         if done == 0 or done == total or self.report.generated == 0:
@@ -520,11 +552,10 @@ class Generator:
 
         from srsmc_jax.smc import ERROR_MESSAGES
 
-        tok = self.model.tokenizer
         until = p.record.until
 
         def text(ids):
-            return None if tok is None else decode_completion(tok, ids, until)
+            return self.encoder.decode(ids, until=until)
 
         steps = int(r.num_steps)
         flags_ = int(r.error)
@@ -545,10 +576,19 @@ class Generator:
             "nfe": int(r.nfe),
             "num_steps": steps,
             "prompt_tokens": len(p.ids),
+            "prompt_sha256": ids_sha256(p.ids),
+            "sample": p.record.sample,
             "bucket": p.bucket,
             "seconds": round(seconds, 6),
             "error": "; ".join(problems) if problems else None,
         }
+
+
+def ids_sha256(ids: Sequence[int]) -> str:
+    """SHA-256 of a prompt's token ids (int32 little-endian), hex."""
+    import numpy as np
+
+    return hashlib.sha256(np.asarray(list(ids), dtype="<i4").tobytes()).hexdigest()
 
 
 def _finite(x) -> Optional[float]:
@@ -563,12 +603,18 @@ def run_generation(model, records: Iterable[Any], config, *, output: Optional[Pa
     """:func:`generate` returning also the :class:`Report` and the :class:`Generator`."""
     gen = Generator(model, config, **options)
     prepared = gen.prepare(records)
+    gen.check_batches(prepared)  # before the output file is opened or anything is compiled
     results: dict[str, dict] = {}
     log = None
     if output is not None:
         log = ResultsLog(Path(output), fingerprint=gen.fingerprint(seed), key=lambda rec: rec["id"])
         done = log.open()
         results = {k: {f: v for f, v in rec.items() if f != FINGERPRINT_FIELD} for k, rec in done.items()}
+        for p in prepared:  # a prompt edited since its row was written is generated again
+            old = results.get(key_text(p.record.id))
+            if old is not None and (old.get("prompt_sha256"), old.get("sample", 0)) != (ids_sha256(p.ids),
+                                                                                        p.record.sample):
+                del results[key_text(p.record.id)]
     todo = [p for p in prepared if key_text(p.record.id) not in results]
     gen.report.skipped = len(prepared) - len(todo)
     try:
@@ -576,6 +622,10 @@ def run_generation(model, records: Iterable[Any], config, *, output: Optional[Pa
             if log is not None:
                 log.append(batch)
             results.update((key_text(rec["id"]), rec) for rec in batch)
+        if log is not None:  # the finished file in input order (then ids of earlier runs not in this input)
+            mine = [key_text(p.record.id) for p in prepared]
+            rest = [k for k in results if k not in set(mine)]
+            log.rewrite([results[k] for k in mine + rest])
     finally:
         if log is not None:
             log.close()
@@ -591,79 +641,90 @@ def generate(model, records: Iterable[Any], config, *, output: Optional[Path] = 
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
-GENERATE_DEFAULT_HELP = {"gen_length": "the embedded task's answer length, else 128",
-                         "block_length": "the whole answer for an embedded task, else min(32, gen_length)"}
+GENERATE_DEFAULT_HELP = {"gen_length": "the embedded task's answer length, else up to 128 (what fits the context)",
+                         "block_length": "the whole answer for an embedded task, else the family's (32)"}
 
 
 def add_subparser(sub) -> None:
     """Register ``srsmc generate`` on the ``srsmc`` sub-parsers."""
-    from srsmc_jax.app import cli
-
     g = sub.add_parser("generate", help="generate for every prompt of a JSONL file (batched, resumable)",
                        description="Batch generation with SR-SMC: prompts from --input (one JSON object per "
                                    "line: {\"id\", \"prompt\" or \"prompt_ids\", optional \"until\"}), one result "
-                                   "line per prompt appended to --output; a rerun skips finished ids.")
-    g.add_argument("--model", type=Path, default=None,
-                   help="a converted checkpoint folder (srsmc convert); default: the embedded Sudoku model")
+                                   "line per prompt appended to --output (in input order once finished); a rerun "
+                                   "skips finished ids.")
+    add_model_flags(g)
     g.add_argument("--input", type=Path, required=True, help="prompts, one JSON object per line")
     g.add_argument("--output", type=Path, required=True, help="results JSONL (appended to; resumed from)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype (default: float32)")
-    g.add_argument("--no-verify", action="store_true",
-                   help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
-    g.add_argument("--cache", default="none", help="the model family's cache: none, prefix / dual (LLaDA, Dream), "
-                                                   "block (BD3-LM) (default: none)")
-    g.add_argument("--chat", action="store_true", help="wrap text prompts in the model family's chat template")
-    g.add_argument("--no-special-tokens", action="store_true",
-                   help="encode prompts without the tokenizer's post-processor (no BOS it would add)")
-    g.add_argument("--add-bos", action="store_true", help="prepend the model's BOS token (Dream's evaluation)")
-    g.add_argument("--seed", type=cli._seed, default=0, help=f"PRNG seed in [0, {cli.SEED_MAX}] (default: 0)")
-    g.add_argument("--batch-size", type=flags.positive_int, default=DEFAULT_BATCH_SIZE,
-                   help=f"prompts per sampler call (default: {DEFAULT_BATCH_SIZE}; "
-                        "rounded up to a multiple of the devices)")
-    g.add_argument("--buckets", default=DEFAULT_BUCKETS,
-                   help="prompt padding buckets: pow2, a multiple K, or sizes like 256,512,1024 (default: pow2)")
-    g.add_argument("--devices", type=flags.positive_int, default=None,
-                   help="local devices to shard over (default: all)")
+    add_batch_flags(g)
+    g.add_argument("--seed", type=seed, default=0, help="PRNG seed (default: 0)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     flags.add_config_flags(g, default_help=GENERATE_DEFAULT_HELP, short={"num_particles": "-n", "temperature": "-t"})
 
 
-def config_for_model(args, model, task) -> Any:
-    """SMCConfig from the flags, with the gen/block defaults of :data:`GENERATE_DEFAULT_HELP`."""
+def add_batch_flags(parser, *, cache_default: Optional[str] = "none", chat: bool = True) -> None:
+    """The batch path's flags, the same for ``srsmc generate`` and ``srsmc eval``."""
+    if cache_default is not None:
+        parser.add_argument("--cache", default=cache_default,
+                            help="the model family's cache: none, prefix / dual (LLaDA, Dream), block (BD3-LM) "
+                                 f"(default: {cache_default})")
+    if chat:
+        parser.add_argument("--chat", action="store_true", help="wrap text prompts in the model family's chat template")
+    parser.add_argument("--no-special-tokens", action="store_true",
+                        help="encode prompts without the tokenizer's post-processor (default: the family's choice)")
+    parser.add_argument("--add-bos", action="store_true",
+                        help="prepend the model's BOS token (default: the family's choice; Dream does)")
+    parser.add_argument("--batch-size", type=flags.positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"prompts per sampler call (default: {DEFAULT_BATCH_SIZE}; "
+                             "rounded up to a multiple of the devices)")
+    parser.add_argument("--buckets", default=DEFAULT_BUCKETS,
+                        help="prompt padding buckets: pow2, a multiple K, or sizes like 256,512,1024 (default: pow2)")
+    parser.add_argument("--devices", type=flags.positive_int, default=None,
+                        help="local devices to shard over (default: all)")
+
+
+def encoder_options(args) -> dict:
+    """The encoder's flags as :class:`Generator` keyword arguments (None: the family's default)."""
+    return {"add_special_tokens": False if args.no_special_tokens else None,
+            "add_bos": True if args.add_bos else None}
+
+
+def config_for_model(args, model, task, *, longest_prompt: int = 1) -> Any:
+    """SMCConfig from the flags, with gen / block defaults that fit the model (:func:`flags.default_lengths`)."""
     given = flags.given_knobs(args)
-    gen = given.get("gen_length", task.gen_length if task is not None else 128)
-    block = given.get("block_length", gen if task is not None else min(32, gen))
-    return flags.config_from_args(args, {}, gen_length=gen, block_length=gen if block is None else block,
-                                  mask_id=model.mask_id)
+    gen, block = flags.default_lengths(given, room=model.max_length - longest_prompt,
+                                       block=model.spec.default_block_length,
+                                       task_gen_length=None if task is None else task.gen_length)
+    return flags.config_from_args(args, {}, gen_length=gen, block_length=block, mask_id=model.mask_id)
 
 
 def run_command(args) -> int:
     """``srsmc generate``: everything about the input is checked before the model is loaded, and
     everything about the prompts before anything is compiled."""
-    from srsmc_jax.app import cli
-
     if args.output.resolve() == args.input.resolve():
         raise GenerateError("--output: must differ from --input")
     parse_buckets(args.buckets)
     records = read_prompt_file(args.input)
     if not args.output.resolve().parent.is_dir():
         raise GenerateError(f"--output {args.output}: the folder {args.output.parent} does not exist")
-    say = None if args.quiet else (lambda text: print(f"{cli.PROG} generate: {text}", file=sys.stderr, flush=True))
-    if say:
-        say(f"{len(records)} prompts from {args.input}; loading the model…")
-    model, task = cli._load(args)
-    config = config_for_model(args, model, task)
+    progress = Progress(enabled=not args.quiet, delay=0.0, prog=f"{PROG} generate")
+    progress.say(f"{len(records)} prompts from {args.input}; loading the model…")
+    model, task = load_model(args)
+    try:
+        encoder = PromptEncoder.for_model(model, task, chat=args.chat, **encoder_options(args))
+    except EncodeError as e:
+        raise GenerateError(str(e)) from None
+    longest = max((len(encoder.encode(r.prompt, where=r.where)) if r.prompt is not None and encoder.can_encode_text
+                   else len(r.prompt_ids or ())) for r in records)
+    config = config_for_model(args, model, task, longest_prompt=longest)
     results, report, gen = run_generation(
-        model, records, config, output=args.output, seed=args.seed, cache=None if args.cache == "none" else args.cache,
-        batch_size=args.batch_size, buckets=args.buckets, num_devices=args.devices, chat=args.chat,
-        add_special_tokens=not args.no_special_tokens, add_bos=args.add_bos, progress=say)
-    if say:
-        buckets = ", ".join(f"{p} ({b}×{p})" for p, (b, _) in sorted(report.compiled.items())) or "none"
-        rate = f"; {report.tokens_per_second:,.0f} tokens/s" if report.generated else ""
-        say(f"wrote {report.generated} results to {args.output} ({report.skipped} already there, skipped); "
-            f"{len(report.compiled)} compiled program(s), buckets {buckets}{rate}")
+        model, records, config, output=args.output, seed=args.seed, task=task,
+        cache=None if args.cache == "none" else args.cache, batch_size=args.batch_size, buckets=args.buckets,
+        num_devices=args.devices, encoder=encoder, progress=None if args.quiet else progress.say)
+    buckets = ", ".join(f"{p} ({b}×{p})" for p, (b, _) in sorted(report.compiled.items())) or "none"
+    rate = f"; {report.tokens_per_second:,.0f} tokens/s" if report.generated else ""
+    progress.say(f"wrote {report.generated} results to {args.output} ({report.skipped} already there, skipped); "
+                 f"{len(report.compiled)} compiled program(s), buckets {buckets}{rate}")
     if report.errors:
-        print(f"{cli.PROG} generate: warning: {report.errors} result(s) flagged an engine error (see their "
+        print(f"{PROG} generate: warning: {report.errors} result(s) flagged an engine error (see their "
               "\"error\" field)", file=sys.stderr)
     return 0

@@ -87,6 +87,18 @@ class ResultsLog:
             self._file.flush()
             os.fsync(self._file.fileno())
 
+    def rewrite(self, records: Iterable[dict]) -> None:
+        """Replace the file atomically (temporary file, fsync, rename) by ``records`` in this order,
+        each with the fingerprint; appending goes on in the new file."""
+        from srsmc_jax.app.results_file import write_text
+
+        was_open = self._file is not None
+        self.close()
+        write_text(self.path, "".join(json.dumps({**r, FINGERPRINT_FIELD: self.fingerprint}, ensure_ascii=False,
+                                                 allow_nan=False) + "\n" for r in records))
+        if was_open:
+            self._file = open(self.path, "a", encoding="utf-8")
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from srsmc_jax.app.common import SEED_MAX, CLIError, add_model_flags, load_model, seed
 from srsmc_jax.app.eval.data import DataError
 from srsmc_jax.app.eval.registry import TASK_NAMES, get_task
 from srsmc_jax.app.eval.task import FAMILY_CHAT, load_chat_template
@@ -58,30 +59,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--summary", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                         help="print these runs side by side (same documents, Wilson CIs, McNemar tests) and exit")
     run = parser.add_argument_group("evaluating a model (--model)")
-    run.add_argument("--model", type=Path, default=None, help="a converted checkpoint folder (srsmc convert)")
-    run.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                     help="compute dtype (default: float32)")
+    add_model_flags(run)
     run.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
                      help="run folder (default: eval_runs/TASK/METHOD-nN-LG-seedS); rerun to resume")
-    from srsmc_jax.app.cli import SEED_MAX, _seed
-
-    run.add_argument("--seed", type=_seed, default=0, help=f"PRNG seed in [0, {SEED_MAX}] (default: 0)")
+    run.add_argument("--seed", type=seed, default=0, help=f"PRNG seed in [0, {SEED_MAX}] (default: 0)")
     run.add_argument("--limit", type=positive_int, default=None, help="only the first K documents (after --doc-ids)")
     run.add_argument("--doc-ids", default=None, help="only these doc ids, e.g. 0,5,10-19")
-    run.add_argument("--batch-size", type=positive_int, default=8, help="prompts per sampler call (default: 8)")
-    run.add_argument("--buckets", default="pow2", help="prompt padding buckets: pow2, a multiple K, or sizes "
-                                                       "like 512,768,1024 (default: pow2)")
-    run.add_argument("--devices", type=positive_int, default=None, help="local devices to shard over (default: all)")
     run.add_argument("--workers", type=positive_int, default=None,
                      help="sandbox processes for code tasks (default: CPUs)")
-    run.add_argument("--no-special-tokens", action="store_true",
-                     help="encode prompts without the tokenizer's post-processor "
-                          "(default: with it, as tokenizer(text))")
-    run.add_argument("--add-bos", action="store_true", help="prepend the model's BOS token (Dream's evaluation)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
-    from srsmc_jax.app.eval.methods import add_method_flags
+    from srsmc_jax.app.methods import add_method_flags
 
     add_method_flags(run)
+    from srsmc_jax.app.generate import add_batch_flags
+
+    add_batch_flags(run, cache_default=None, chat=False)
     return parser
 
 
@@ -109,30 +101,34 @@ def _write_prompts_mode(args) -> int:
     return 0
 
 
+def encoder_options(args) -> dict:
+    from srsmc_jax.app.generate import encoder_options
+
+    return encoder_options(args)
+
+
 def _evaluate_mode(args) -> int:
-    from srsmc_jax.app.eval.methods import method_config
     from srsmc_jax.app.eval.run import evaluate, parse_doc_ids
     from srsmc_jax.app.eval.summary import compare, format_tables, load_run
+    from srsmc_jax.app.methods import method_config
 
     doc_ids = parse_doc_ids(args.doc_ids) if args.doc_ids is not None else None
     if args.chat not in (None, FAMILY_CHAT):
         load_chat_template(args.chat)  # fail early
-    method_config(args, mask_id=0)  # flags checked before the model is loaded (mask id: the model's, later)
+    method_config(args)  # flags checked before the model is loaded (lengths and mask id: the model's, later)
     task = get_task(args.task, args.data)
     task.documents()  # and the data
     say = None if args.quiet else (lambda text: print(f"eval: {text}", file=sys.stderr, flush=True))
     if say:
         say(f"loading {args.model}…")
-    from srsmc_jax.app import cli
-
-    model, _ = cli._load(args)
-    config, cache = method_config(args, mask_id=model.mask_id)
+    model, task_model = load_model(args)
+    config, cache = method_config(args, model=model, task=task_model)
     out = args.out or Path("eval_runs") / args.task / (
         f"{args.method}-n{config.num_particles}-L{config.gen_length}-seed{args.seed}")
     result = evaluate(model, task, config, method=args.method, out_dir=out, cache=cache, seed=args.seed,
                       chat=args.chat, limit=args.limit, doc_ids=doc_ids, batch_size=args.batch_size,
-                      buckets=args.buckets, num_devices=args.devices, add_special_tokens=not args.no_special_tokens,
-                      add_bos=args.add_bos, workers=args.workers, progress=say)
+                      buckets=args.buckets, num_devices=args.devices, workers=args.workers, progress=say,
+                      **encoder_options(args))
     rep = result.report
     if say:
         rate = f", {rep.tokens_per_second:,.0f} tokens/s" if rep.generated else ""
@@ -144,8 +140,6 @@ def _evaluate_mode(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from srsmc_jax.app.cli import CLIError
-
     errors = (UsageError, DataError, CLIError, ValueError, FileNotFoundError, NotImplementedError, OSError)
     try:
         modes = [m for m, on in (("--write-prompts", args.write_prompts is not None),

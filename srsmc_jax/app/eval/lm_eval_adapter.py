@@ -36,14 +36,14 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from srsmc_jax.app import flags
-from srsmc_jax.app.eval.methods import add_method_flags, method_config
+from srsmc_jax.app.methods import add_method_flags, method_config
 
 OWN_ARGS = ("path", "dtype", "seed", "method", "preset", "cache", "chat", "add_bos", "add_special_tokens",
             "buckets", "devices", "batch_size", "max_batch_size", "device", "quiet")
 
 
 def _method_args(knobs: dict[str, Any], method: str, preset: str, cache) -> argparse.Namespace:
-    """model_args knobs -> the Namespace ``srsmc_jax.app.eval.methods`` reads (via its flag parsers)."""
+    """model_args knobs -> the Namespace ``srsmc_jax.app.methods`` reads (via its flag parsers)."""
     fields = {f.name: f for f in flags.cli_fields()}
     argv = ["--method", str(method), "--preset", str(preset)]
     if cache is not None:
@@ -74,8 +74,8 @@ class SRSMCLM(LM):
     """lm-eval model ``srsmc`` (see the module docstring)."""
 
     def __init__(self, path: str = None, dtype: str = "float32", seed: int = 0, method: str = "srsmc",
-                 preset: str = "paper", cache: str = None, chat: bool = False, add_bos: bool = False,
-                 add_special_tokens: bool = True, buckets: str = "pow2", devices: int = None,
+                 preset: str = "paper", cache: str = None, chat: bool = False, add_bos: Any = None,
+                 add_special_tokens: Any = None, buckets: str = "pow2", devices: int = None,
                  batch_size: Any = 8, max_batch_size: Any = None, device: Any = None, quiet: bool = False,
                  **knobs):
         super().__init__()
@@ -88,14 +88,15 @@ class SRSMCLM(LM):
         args = _method_args(knobs, method, preset, cache)
         method_config(args, mask_id=0)  # bad knobs fail before the model is loaded
         self.model = models.load(str(path), dtype=dtype)
-        self.config, self.cache = method_config(args, mask_id=self.model.mask_id)
+        self.config, self.cache = method_config(args, model=self.model)
         self.seed, self.method = int(seed), method
         self._family_chat = bool(chat)
         size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         say = None if quiet else (lambda text: print(f"srsmc: {text}", file=sys.stderr, flush=True))
         self.generator = Generator(self.model, self.config, cache=self.cache, batch_size=size, buckets=buckets,
                                    num_devices=None if devices is None else int(devices), chat=self._family_chat,
-                                   add_special_tokens=bool(add_special_tokens), add_bos=bool(add_bos),
+                                   add_special_tokens=None if add_special_tokens is None else bool(add_special_tokens),
+                                   add_bos=None if add_bos is None else bool(add_bos),
                                    progress=say)
 
     # ---- lm-eval's interface ----------------------------------------------------------------------
@@ -109,9 +110,10 @@ class SRSMCLM(LM):
             base = f"{req.task_name}/{req.doc_id}" if req.task_name is not None else f"request/{i}"
             if getattr(req, "idx", 0):
                 base += f"@{req.idx}"
-            k = seen.get(base, 0)  # repeats of one request get keys of their own
+            k = seen.get(base, 0)  # repeats of one request get keys of their own (sample index k)
             seen[base] = k + 1
-            records.append({"id": base if k == 0 else f"{base}#{k}", "prompt": context, "until": until})
+            records.append({"id": base if k == 0 else f"{base}#{k}", "prompt": context, "until": until,
+                            "sample": k})
         prepared = self.generator.prepare(records)
         answers: dict[str, str] = {}
         for batch in self.generator.run(prepared, seed=self.seed):

@@ -24,8 +24,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from srsmc_jax.app.eval.methods import describe
 from srsmc_jax.app.eval.task import FAMILY_CHAT, Document, Task, load_chat_template, mean_scores
+from srsmc_jax.app.methods import describe
 from srsmc_jax.app.results_file import write_json
 
 SAMPLES = "samples.jsonl"
@@ -100,7 +100,8 @@ class RunResult:
 def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Optional[str] = None,
              seed: int = 0, chat: Optional[str] = None, limit: Optional[int] = None,
              doc_ids: Optional[Sequence[int]] = None, batch_size: int = 8, buckets: str = "pow2",
-             num_devices: Optional[int] = None, add_special_tokens: bool = True, add_bos: bool = False,
+             num_devices: Optional[int] = None, add_special_tokens: Optional[bool] = None,
+             add_bos: Optional[bool] = None,
              workers: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> RunResult:
     """Generate for the selected documents of ``task`` with ``config`` and score them (see the
     module docstring). ``chat``: None, ``"family"`` (the model family's template) or
@@ -125,7 +126,7 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
             "model": None if model.path is None else str(model.path), "family": model.family,
             "dtype": str(getattr(model.dtype, "__name__", model.dtype)), "cache": cache or "none",
             "describe": dict(describe(config, cache)), "metrics": list(task.metrics),
-            "add_special_tokens": add_special_tokens, "add_bos": add_bos, "buckets": buckets,
+            "add_special_tokens": gen.encoder.add_special_tokens, "add_bos": gen.encoder.add_bos, "buckets": buckets,
             "config": config_dict(config)}
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path = out_dir / RUN_META

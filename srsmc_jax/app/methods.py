@@ -1,4 +1,4 @@
-"""Decoding methods and presets of the evaluation runner (and of the ``lm_eval --model srsmc`` adapter).
+"""The registry of decoding methods and presets (``srsmc eval``, the ``lm_eval --model srsmc`` adapter).
 
 Methods (each a set of ``SMCConfig`` knobs it FIXES; a flag that contradicts one is an error):
 
@@ -56,8 +56,10 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
         short={"num_particles": "-n", "temperature": "-t"})
 
 
-def method_config(args: argparse.Namespace, *, mask_id: int):
-    """(SMCConfig, cache) for ``args.method`` / ``args.preset`` and the sampler flags given."""
+def method_config(args: argparse.Namespace, *, model: Any = None, task: Any = None, mask_id: int = 0):
+    """(SMCConfig, cache) for ``args.method`` / ``args.preset`` and the sampler flags given; with a
+    loaded ``model``, its mask id and a check that the lengths fit its context (without one, the
+    flags alone are checked)."""
     if args.method not in METHODS:
         raise MethodError(f"--method: unknown method {args.method!r}; expected one of {', '.join(METHODS)}")
     if args.preset not in PRESETS:
@@ -69,7 +71,16 @@ def method_config(args: argparse.Namespace, *, mask_id: int):
             raise MethodError(f"{flags.flag_name(knob)} {given[knob]}: --method {args.method} fixes it to {value!r}")
     preset = PRESETS[args.preset]
     defaults: dict[str, Any] = dict(preset["knobs"])
-    config = flags.config_from_args(args, defaults, mask_id=mask_id, **fixed)
+    if task is not None:  # an embedded task answers with exactly its own length, in one block
+        defaults.update(gen_length=task.gen_length, block_length=task.gen_length)
+    if model is not None:
+        gen = given.get("gen_length", defaults.get("gen_length", 128))
+        if gen >= model.max_length:
+            source = "" if "gen_length" in given else f" (set by --preset {args.preset})"
+            raise MethodError(f"--gen-length {gen}{source} leaves no room for a prompt in the model's context length "
+                              f"{model.max_length}; give a smaller --gen-length")
+    config = flags.config_from_args(args, defaults, mask_id=mask_id if model is None else model.mask_id,
+                                    **fixed)
     cache = args.cache if args.cache is not None else preset["cache"]
     return config, (None if cache == "none" else cache)
 
