@@ -11,6 +11,8 @@ The engine (this package, except ``srsmc_jax.app``) never imports ``models`` or 
 command line in ``srsmc_jax.app`` is the application layer on top of both.
 """
 
+# first: in a source checkout, models/ and convert/ beside this folder are srsmc_jax.models / .convert
+from . import _source_layout  # noqa: F401  isort: skip
 from . import answer, move, objectives, proposal, resampling, schedules, select, sharding, twist, weights
 from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
 from .config import SMCConfig, Strategies

@@ -310,6 +310,13 @@ class MeshPlacement:
             raise ValueError(f"prompts: expected integer token ids, got {np.asarray(prompts).dtype}")
         padded, mask, b = pad_batch(np.asarray(prompts, np.int32), prompt_mask, self.multiple)
         mask = None if prompt_mask is None else mask
+        from srsmc_jax.smc import check_keys, is_key_batch
+
+        check_keys(key, b)
+        if is_key_batch(key):  # one key per prompt: padded like the prompts, split like them
+            keys = jax.random.key_data(key)
+            keys = np.concatenate([np.asarray(keys), np.repeat(np.asarray(keys)[-1:], padded.shape[0] - b, 0)])
+            key = jax.random.wrap_key_data(_global_array(keys, self.batch_sharding), impl=jax.random.key_impl(key))
         # the host-side checks, on the host copy: a global array spanning several processes cannot be read by one
         _, masks, _ = sampler.check_prompt(padded, mask)
         replicated = NamedSharding(mesh, P())

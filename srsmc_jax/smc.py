@@ -232,6 +232,7 @@ class Sampler:
             return self._placement.place(self, key, params, prompt, prompt_mask, weight_params)
         check_auto_axes(params, prompt, prompt_mask)  # the engine's gathers need Auto mesh axes
         prompts, masks, batched = self.check_prompt(prompt, prompt_mask)
+        check_keys(key, prompts.shape[0])
         return (key, params, prompts, masks, weight_params), batched
 
     def _scope(self):
@@ -244,7 +245,7 @@ class Sampler:
 
     # -- whole runs ----------------------------------------------------------------------------------
     def _core(self, key, params, prompts, masks, weight_params):
-        keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(prompts.shape[0]))
+        keys = _prompt_keys(key, prompts.shape[0])
         one = functools.partial(_sample_one, self.denoiser, self.config, params=params,
                                 weight_params=weight_params, progress=self._progress)
         return jax.vmap(one)(keys, prompts, masks)
@@ -278,7 +279,7 @@ class Sampler:
         den, config = self.denoiser, self.config
 
         def init(key, params, prompts, masks, weight_params):
-            keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(prompts.shape[0]))
+            keys = _prompt_keys(key, prompts.shape[0])
 
             def one(k, p, m):
                 return _initial_state(_context(den, config, k, p, m, params, weight_params), p)
@@ -324,6 +325,28 @@ class Sampler:
             return self._step_fn("finish", finish)(params, loop, weight_params)
 
 
+def is_key_batch(key) -> bool:
+    """True for a typed key array key[B] (one key per prompt), False for one key (typed or raw uint32[2])."""
+    return jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+
+
+def check_keys(key, batch: int) -> None:
+    """A key batch must have one key per prompt (ValueError naming ``key``)."""
+    if not hasattr(key, "dtype"):
+        raise ValueError(f"key: expected a PRNG key (jax.random.key(seed)), got {type(key).__name__}")
+    if is_key_batch(key) and key.shape[0] != batch:
+        raise ValueError(f"key: a batch of {key.shape[0]} keys for {batch} prompts (give one key, or one per prompt)")
+
+
+def _prompt_keys(key, batch: int):
+    """key[B] of the prompts: ``fold_in(key, b)`` from one key; from a batch key[B], each prompt's key is
+    what the same key alone gives a single prompt (``fold_in(key[b], 0)``), so a prompt sampled in a batch of
+    per-prompt keys equals it sampled alone."""
+    if is_key_batch(key):
+        return jax.vmap(lambda k: jax.random.fold_in(k, 0))(key)
+    return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch))
+
+
 class CompiledSampler:
     """A :class:`Sampler`'s whole-run program compiled for one shape: call it with the arguments
     of ``Sampler.__call__`` (the same host-side checks run first). ``executable`` is JAX's
@@ -361,7 +384,9 @@ def make_sampler(denoiser: Any, config: SMCConfig, *, context_length: Optional[i
         way to watch a run block by block).
 
     Call arguments:
-      key: a PRNG key.
+      key: a PRNG key, or a batch of typed keys key[B], one per prompt (prompt b then gets exactly the
+        sample ``sampler(key[b], params, prompt[b])`` gives alone: batch-invariant keys, e.g.
+        ``srsmc_jax.prompts.prompt_keys``).
       params: the denoiser's parameters (any pytree).
       prompt: int32[P] or a batch int32[B, P], LEFT-padded (generation starts at position P).
       prompt_mask: None or bool/int[P] / [B, P], 1 = real token, 0 = left padding. Needs a denoiser

@@ -127,3 +127,20 @@ def test_a_users_own_models_and_convert_packages_change_nothing(tmp_path):
     h = subprocess.run([sys.executable, "-m", "srsmc_jax", "--help"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=env)
     assert h.returncode == 0 and "sample" in h.stdout, h.stderr
+
+
+def test_a_source_checkout_runs_without_installing(tmp_path):
+    """A copy of the checkout on PYTHONPATH imports its own models/ and convert/ as srsmc_jax.models /
+    srsmc_jax.convert (not those of the installed copy)."""
+    import shutil
+
+    for name in ("srsmc_jax", "models", "convert"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "checkpoint*"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    probe = "import json, srsmc_jax.models as m, srsmc_jax.convert as c; print(json.dumps([m.__file__, c.__file__]))"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    files = [Path(f).resolve() for f in json.loads(r.stdout.strip().splitlines()[-1])]
+    assert files == [(tmp_path / "models" / "__init__.py").resolve(), (tmp_path / "convert" / "__init__.py").resolve()]

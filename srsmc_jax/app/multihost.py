@@ -70,42 +70,49 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def encode_prompts(model: Any, task: Any, prompts: list[str]):
-    """(int32[B, P] left-padded ids, bool[B, P] mask) of the prompts: ``ids:1,2,3`` lines as given,
-    others through the embedded task's encoder or the checkpoint's tokenizer."""
+    """(int32[B, P] left-padded ids, bool[B, P] mask, ids per prompt) of the prompts: ``ids:1,2,3``
+    lines as given, others through the one prompt encoder of every front end
+    (:class:`srsmc_jax.app.encode.PromptEncoder`)."""
     import numpy as np
 
     import srsmc_jax as sr
+    from srsmc_jax.app.encode import PromptEncoder
 
+    encoder = PromptEncoder.for_model(model, task)
     ids = []
     for i, text in enumerate(prompts):
+        where = f"prompt {i + 1}"
         if text.startswith("ids:"):
             try:
-                ids.append([int(t) for t in text[4:].split(",") if t.strip()])
-            except ValueError:
-                raise ValueError(f"prompt {i + 1}: expected ids:1,2,3, got {text!r}") from None
-        elif task is not None:
-            ids.append(list(task.encode(text)))
-        elif model.tokenizer is not None:
-            ids.append(model.tokenizer.encode(text, add_special_tokens=False).ids)
+                ids.append(encoder.check([int(t) for t in text[4:].split(",") if t.strip()], where=where))
+            except ValueError as e:
+                raise ValueError(f"{where}: expected ids:1,2,3 ({e})") from None
+        elif encoder.can_encode_text:
+            ids.append(encoder.encode(text, where=where))
         else:
-            raise ValueError(f"prompt {i + 1}: the checkpoint has no tokenizer; give token ids as ids:1,2,3")
+            raise ValueError(f"{where}: the checkpoint has no tokenizer; give token ids as ids:1,2,3")
     pad = int(getattr(model.config, "pad_token_id", 0) or 0)
     tokens, mask = sr.pad_prompts(ids, pad)
-    return tokens, np.asarray(mask, bool)
+    return tokens, np.asarray(mask, bool), ids
 
 
 def run_prompts(model: Any, config: Any, tokens, mask, *, mesh: Any, seed: int = 0,
-                cache: Optional[str] = None) -> Iterator[tuple[int, Any]]:
+                cache: Optional[str] = None, ids: Optional[list] = None) -> Iterator[tuple[int, Any]]:
     """Sample every prompt on ``mesh``; yield ``(b, SMCResult row as numpy)`` for the rows this
-    process holds (all of them with one process)."""
-    import jax
+    process holds (all of them with one process). Each prompt is keyed by the one key rule of every
+    front end (:func:`srsmc_jax.prompts.prompt_key` of the seed and its token ``ids``; the real
+    tokens of each row of ``tokens`` when not given)."""
+    import numpy as np
 
     import srsmc_jax as sr
+    from srsmc_jax.prompts import prompt_keys
 
+    if ids is None:
+        ids = [np.asarray(t)[np.asarray(m, bool)].tolist() for t, m in zip(tokens, mask)]
     den = model.as_denoiser(cache=cache, gen_length=config.gen_length)
     run = sr.sharding.distribute(sr.make_sampler(den, config), mesh)
     padded = None if mask.all() else mask
-    result = run(jax.random.key(seed), model.params, tokens, padded)
+    result = run(prompt_keys(seed, ids), model.params, tokens, padded)
     yield from sr.sharding.local_results(result, tokens.shape[0])
 
 
@@ -173,16 +180,17 @@ def _sample_job(args) -> Path:
     mesh = sr.sharding.make_mesh(model=args.mesh_model)
     model = models.load(args.model, mesh=mesh)
     task = task_for(model.path)
-    tokens, mask = encode_prompts(model, task, prompts)
-    gen = task.gen_length if task is not None else 128
+    tokens, mask, ids = encode_prompts(model, task, prompts)
     given = flags.given_knobs(args)
-    gen = given.get("gen_length", gen)
-    config = flags.config_from_args(args, {"num_particles": 8}, gen_length=gen,
-                                    block_length=given.get("block_length", gen if task is not None else min(32, gen)),
+    gen, block = flags.default_lengths(given, room=model.max_length - tokens.shape[1],
+                                       block=model.spec.default_block_length,
+                                       task_gen_length=None if task is None else task.gen_length)
+    config = flags.config_from_args(args, {"num_particles": 8}, gen_length=gen, block_length=block,
                                     mask_id=model.mask_id)
     rows = []
-    for b, row in run_prompts(model, config, tokens, mask, mesh=mesh, seed=args.seed, cache=args.cache):
-        answer = task.decode(row.tokens) if task is not None else ",".join(str(int(t)) for t in row.tokens)
+    for b, row in run_prompts(model, config, tokens, mask, mesh=mesh, seed=args.seed, cache=args.cache, ids=ids):
+        text = task.decode(row.tokens) if task is not None else model.decode(row.tokens)
+        answer = text if text is not None else ",".join(str(int(t)) for t in row.tokens)
         rows.append(_row_json(b, prompts[b], row, answer))
     write_shard(out, jax.process_index(), jax.process_count(), rows)
     if jax.process_count() > 1:
