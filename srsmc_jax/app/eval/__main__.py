@@ -165,5 +165,7 @@ def main(argv=None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m srsmc_jax.app.eval: Ctrl-C is one line "eval: interrupted", exit 130
+    from srsmc_jax.app import interrupts
+
+    interrupts.run("eval", main)
