@@ -11,7 +11,20 @@ The engine (this package, except ``srsmc_jax.app``) never imports ``models`` or 
 command line in ``srsmc_jax.app`` is the application layer on top of both.
 """
 
-from . import answer, move, objectives, proposal, resampling, schedules, select, sharding, twist, weights
+# _cli_start first: a command-line tool takes Ctrl-C over before JAX loads (nothing for a library import)
+from . import (
+    _cli_start,  # noqa: F401  (first: Ctrl-C for the command-line tools before JAX loads)
+    answer,
+    move,
+    objectives,
+    proposal,
+    resampling,
+    schedules,
+    select,
+    sharding,
+    twist,
+    weights,
+)
 from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
 from .config import SMCConfig, Strategies
 from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_cached, as_denoiser
