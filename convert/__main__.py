@@ -72,5 +72,8 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m srsmc_jax.convert: Ctrl-C is one line "convert: interrupted", exit 130
+    # (the command-line entry point only: the converter itself never imports the application layer)
+    from srsmc_jax.app import interrupts
+
+    interrupts.run("convert", main)

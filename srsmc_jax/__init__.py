@@ -13,7 +13,20 @@ command line in ``srsmc_jax.app`` is the application layer on top of both.
 
 # first: in a source checkout, models/ and convert/ beside this folder are srsmc_jax.models / .convert
 from . import _source_layout  # noqa: F401  isort: skip
-from . import answer, move, objectives, proposal, resampling, schedules, select, sharding, twist, weights
+# then _cli_start, before anything imports JAX: a command-line tool takes Ctrl-C over (nothing for a library import)
+from . import (
+    _cli_start,  # noqa: F401  (first: Ctrl-C for the command-line tools before JAX loads)
+    answer,
+    move,
+    objectives,
+    proposal,
+    resampling,
+    schedules,
+    select,
+    sharding,
+    twist,
+    weights,
+)
 from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
 from .config import SMCConfig, Strategies
 from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_cached, as_denoiser

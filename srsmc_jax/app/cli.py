@@ -101,11 +101,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in DELEGATED and argv[0] == command:
         if command != "convert":
-            compile_cache.enable(compile_cache.resolve(cache_setting))
+            compile_cache.enable(cache_setting)  # None: $SRSMC_COMPILE_CACHE or the default; "off"
         return importlib.import_module(DELEGATED[command][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        compile_cache.enable(compile_cache.resolve(cache_setting))
+        compile_cache.enable(cache_setting)  # None: $SRSMC_COMPILE_CACHE or the default; "off"
         if args.command == "generate":
             from srsmc_jax.app.generate import run_command
 
@@ -127,11 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def run() -> None:
     """The ``srsmc`` console script: Ctrl-C handled (one line, exit 130), then :func:`main`."""
-    interrupts.install(PROG)
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # no interpreter teardown under live XLA threads (it can crash after the work is done)
+    interrupts.run(PROG, main)  # os._exit: no interpreter teardown under live XLA threads
 
 
 # ---- the sample command -------------------------------------------------------------------------------------
@@ -190,7 +186,7 @@ def _sample(args) -> int:
 
     with progress.phase(f"compiling (memory: about {memory.format_bytes(need.compared)})"):
         gen.compile(prepared)
-    cached = stats.hits > 0 and stats.misses == 0
+    cached = stats.hits > 0 and stats.compiled == 0
     with progress.phase(f"sampling {config.num_particles} particles, {config.num_blocks} block(s)"
                         + (" (program loaded from the compilation cache)" if cached else "")):
         start = time.time()
@@ -198,7 +194,7 @@ def _sample(args) -> int:
         seconds = time.time() - start
     result.raise_if_error()
     out = _summary(args, model, task, config, result, seconds, encoder)
-    out["compile"] = {"cache_hits": stats.hits, "compiled": stats.misses}
+    out["compile"] = {"cache_hits": stats.hits, "compiled": stats.compiled}
     if args.json:
         print(json.dumps(out, indent=2))
     else:

@@ -22,6 +22,8 @@ ENV = "SRSMC_COMPILE_CACHE"
 OFF = ("off", "0", "none", "false", "no")
 HIT_EVENT = "/jax/compilation_cache/cache_hits"
 MISS_EVENT = "/jax/compilation_cache/cache_misses"
+# every XLA program built, compiled or loaded from the cache (jax._src.dispatch.BACKEND_COMPILE_EVENT)
+PROGRAM_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def default_dir() -> Path:
@@ -91,7 +93,9 @@ def enable(path: Optional[Path | str] = None) -> Optional[Path]:
 class CompileStats:
     """Counts compilation-cache hits and misses from now on (process-wide JAX monitoring events).
 
-    hits: programs loaded from the cache; misses: programs compiled (and written to the cache).
+    hits: programs loaded from the cache; misses: programs compiled and written to the cache;
+    programs: every program built (loaded or compiled, whether the cache is on or off);
+    compiled: the programs XLA compiled (``programs - hits``: counted with the cache off too).
     """
 
     def __init__(self):
@@ -99,10 +103,24 @@ class CompileStats:
 
         self.hits = 0
         self.misses = 0
+        self.programs = 0
         monitoring.register_event_listener(self._on_event)
+        monitoring.register_event_duration_secs_listener(self._on_duration)
 
     def _on_event(self, event: str, **_) -> None:
         if event == HIT_EVENT:
             self.hits += 1
         elif event == MISS_EVENT:
             self.misses += 1
+
+    def _on_duration(self, event: str, duration: float, **_) -> None:
+        if event == PROGRAM_EVENT:
+            self.programs += 1
+
+    @property
+    def compiled(self) -> int:
+        return max(self.programs - self.hits, self.misses)
+
+    def summary(self) -> str:
+        """``"3 compiled program(s), 2 loaded from the compilation cache"``."""
+        return f"{self.compiled} compiled program(s), {self.hits} loaded from the compilation cache"

@@ -708,6 +708,9 @@ def run_command(args) -> int:
         raise GenerateError(f"--output {args.output}: the folder {args.output.parent} does not exist")
     progress = Progress(enabled=not args.quiet, delay=0.0, prog=f"{PROG} generate")
     progress.say(f"{len(records)} prompts from {args.input}; loading the model…")
+    from srsmc_jax.app.compile_cache import CompileStats
+
+    stats = CompileStats()  # every program of the run: compiled, or loaded from the persistent cache
     model, task = load_model(args)
     try:
         encoder = PromptEncoder.for_model(model, task, chat=args.chat, **encoder_options(args))
@@ -723,7 +726,7 @@ def run_command(args) -> int:
     buckets = ", ".join(f"{p} ({b}×{p})" for p, (b, _) in sorted(report.compiled.items())) or "none"
     rate = f"; {report.tokens_per_second:,.0f} tokens/s" if report.generated else ""
     progress.say(f"wrote {report.generated} results to {args.output} ({report.skipped} already there, skipped); "
-                 f"{len(report.compiled)} compiled program(s), buckets {buckets}{rate}")
+                 f"buckets {buckets}; {stats.summary()}{rate}")
     if report.errors:
         print(f"{PROG} generate: warning: {report.errors} result(s) flagged an engine error (see their "
               "\"error\" field)", file=sys.stderr)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+from typing import Callable, Optional, Sequence
 
 EXIT_INTERRUPTED = 130
 _installed = False
@@ -55,3 +57,32 @@ def unblocked_child() -> None:
     """``preexec_fn`` for child processes: SIGINT unblocked again (the blocked mask is inherited across exec)."""
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def run(prog: str, main: Callable[[Optional[Sequence[str]]], Optional[int]],
+        argv: Optional[Sequence[str]] = None) -> None:
+    """A command-line entry point: :func:`install`, then ``main(argv)``, then ``os._exit`` with its status
+    once stdout and stderr are flushed (no interpreter teardown under live XLA threads: it can crash
+    after the work is done). ``SystemExit`` (argparse's ``--help`` and usage errors) gives its code;
+    any other exception its traceback and status 1, as Python would."""
+    install(prog)
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    except BaseException:  # a bug: Python's own report, then the same exit as below
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message")
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)

@@ -254,5 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # Ctrl-C is one line "multihost: interrupted", exit 130
+    from srsmc_jax.app import interrupts
+
+    interrupts.run("multihost", main)

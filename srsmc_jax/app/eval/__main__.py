@@ -121,6 +121,9 @@ def _evaluate_mode(args) -> int:
     say = None if args.quiet else (lambda text: print(f"eval: {text}", file=sys.stderr, flush=True))
     if say:
         say(f"loading {args.model}…")
+    from srsmc_jax.app.compile_cache import CompileStats
+
+    stats = CompileStats()  # every program of the run: compiled, or loaded from the persistent cache
     model, task_model = load_model(args)
     config, cache = method_config(args, model=model, task=task_model)
     out = args.out or Path("eval_runs") / args.task / (
@@ -133,7 +136,7 @@ def _evaluate_mode(args) -> int:
     if say:
         rate = f", {rep.tokens_per_second:,.0f} tokens/s" if rep.generated else ""
         say(f"{rep.generated} documents generated, {rep.skipped} already in {out}; "
-            f"{len(rep.compiled)} compiled program(s){rate}")
+            f"{len(rep.compiled)} batch shape(s); {stats.summary()}{rate}")
     print(format_tables(compare([load_run(out)])))
     return 0
 
@@ -165,5 +168,7 @@ def main(argv=None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m srsmc_jax.app.eval: Ctrl-C is one line "eval: interrupted", exit 130
+    from srsmc_jax.app import interrupts
+
+    interrupts.run("eval", main)

@@ -63,6 +63,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+from srsmc_jax.app.interrupts import unblocked_child
+
 TEMP_PREFIX = "srsmc-sandbox-"
 _TAIL_BYTES = 2048
 
@@ -331,7 +333,8 @@ def run_program(program: str, limits: Limits = DEFAULT_LIMITS) -> ExecResult:
         with open(run_dir / "stdout", "wb") as out, open(run_dir / "stderr", "wb") as err:
             start = time.monotonic()
             proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, start_new_session=True, close_fds=True)
+                                    stderr=err, start_new_session=True, close_fds=True,
+                                    preexec_fn=unblocked_child)  # SIGINT: not blocked as in the tools
         status, seen, poll_s = None, 1, 0.005
         try:
             while True:
