@@ -265,3 +265,25 @@ def test_huge_n_is_refused_in_one_line_naming_the_flag(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "-n" in r.stderr and "needs about" in r.stderr, r.stderr
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "run").exists()
     assert time.time() - t0 < 120
+
+
+def test_a_second_multihost_job_on_one_out_refuses(tmp_path):
+    prompts, out = tmp_path / "p.txt", tmp_path / "o"
+    prompts.write_text(PUZZLE + "\n")
+    out.mkdir()
+    holder = _hold(out / "shard-00000-of-00001.jsonl")  # a running job's process 0
+    try:
+        r = subprocess.run([sys.executable, "-m", "srsmc_jax.app.multihost", "--prompts", str(prompts), "--out",
+                            str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"another run is writing it (pid {holder.pid}" in r.stderr
+
+
+def test_a_huge_doc_id_range_is_one_line():
+    from srsmc_jax.app.eval.run import parse_doc_ids
+
+    with pytest.raises(RunError, match="--doc-ids .*more than 10,000,000 ids"):
+        parse_doc_ids("0-99999999999")

@@ -52,6 +52,7 @@ class RunError(ValueError):
 def parse_doc_ids(spec: str) -> list[int]:
     """``"0,5,10-19"`` -> [0, 5, 10, ..., 19]."""
     ids: list[int] = []
+    too_many = False
     for part in spec.split(","):
         part = part.strip()
         if not part:
@@ -62,13 +63,15 @@ def parse_doc_ids(spec: str) -> list[int]:
                 if hi < lo:
                     raise ValueError
                 if hi - lo + 1 + len(ids) > MAX_DOC_IDS:
-                    raise RunError(f"--doc-ids {spec!r}: more than {MAX_DOC_IDS:,} ids (no task has that many "
-                                   "documents)")
+                    too_many = True
+                    break
                 ids.extend(range(lo, hi + 1))
             else:
                 ids.append(int(part))
         except ValueError:
             raise RunError(f"--doc-ids {spec!r}: expected ids and ranges like 0,5,10-19") from None
+    if too_many:
+        raise RunError(f"--doc-ids {spec!r}: more than {MAX_DOC_IDS:,} ids (no task has that many documents)")
     if not ids or min(ids) < 0:
         raise RunError(f"--doc-ids {spec!r}: expected non-negative ids")
     return sorted(set(ids))
