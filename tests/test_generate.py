@@ -32,7 +32,7 @@ from srsmc_jax.app.generate import (
     read_prompt_file,
     run_generation,
 )
-from srsmc_jax.app.jsonl import ResultsFileError, ResultsLog
+from srsmc_jax.app.jsonl import ResultsFileError, ResultsLog, record_line
 
 MODEL = models.load()
 CONFIG = sr.SMCConfig(num_particles=2, gen_length=4, block_length=4, mask_id=MODEL.mask_id, temperature=1.0,
@@ -140,14 +140,14 @@ def test_results_log_cuts_a_partial_line_and_refuses_another_run(tmp_path):
     log.append([{"id": 1, "x": 1.5}, {"id": "1", "x": 2}])
     log.close()
     with open(path, "a") as f:
-        f.write('{"id": 7, "x"')  # what a kill in the middle of a write leaves
+        f.write(record_line({"id": 7, "x": 3}, "A")[:40])  # what a kill in the middle of a write leaves
     log = ResultsLog(path, fingerprint="A", key=lambda r: r["id"])
     done = log.open()
     log.close()
     assert sorted(done) == ['"1"', "1"] and path.read_text().count("\n") == 2 and path.read_text().endswith("}\n")
     with pytest.raises(ResultsFileError, match="different run"):
         ResultsLog(path, fingerprint="B", key=lambda r: r["id"]).open()
-    path.write_text('{"id": 1, "fingerprint": "A"}\nnot json\n{"id": 2, "fingerprint": "A"}\n')
+    path.write_text(record_line({"id": 1}, "A") + "not json\n" + record_line({"id": 2}, "A"))
     with pytest.raises(ResultsFileError, match=r"out.jsonl:2: not a JSON record"):
         ResultsLog(path, fingerprint="A", key=lambda r: r["id"]).open()
 
@@ -182,8 +182,8 @@ def test_killed_run_resumes_without_repeating_finished_prompts(tmp_path):
     before = out.read_bytes()
     finished = before[: before.rfind(b"\n") + 1].decode().splitlines()
     assert 3 <= len(finished) < 40
-    with open(out, "ab") as f:
-        f.write(b'{"id": "p39", "answer": "12')  # as if killed in the middle of a line, too
+    with open(out, "ab") as f:  # as if killed in the middle of a line, too
+        f.write(finished[-1].encode()[:-20])
 
     r = _cli(*[a for a in args if a != "--quiet"])
     assert r.returncode == 0, r.stderr

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -51,6 +52,10 @@ def test_two_processes_equal_one_process(tmp_path):
     assert "wrote 4 of 5 prompts (2 local of 4 devices)" in outs[0][1]  # 5 prompts padded to 8 rows
     assert "wrote 1 of 5 prompts (2 local of 4 devices)" in outs[1][1]
     shards = [_rows(two / f"shard-{i:05d}-of-00002.jsonl") for i in (0, 1)]
+    headers = [shard.pop(0) for shard in shards]  # the header line: format, run id, process, count
+    assert [(h["format"], h["process"], h["count"], h["prompts"], h["rows"]) for h in headers] == \
+        [("srsmc-jax-shard/1", 0, 2, 5, 4), ("srsmc-jax-shard/1", 1, 2, 5, 1)]
+    assert headers[0]["run"] == headers[1]["run"]  # one run id, the launch id broadcast by process 0
     assert [r["index"] for r in shards[0]] == [0, 1, 2, 3] and [r["index"] for r in shards[1]] == [4]
     assert (two / "results.jsonl").read_bytes() == (one / "results.jsonl").read_bytes()
 
@@ -73,12 +78,99 @@ def test_two_processes_equal_one_process(tmp_path):
 def test_merge_refuses_a_missing_shard(tmp_path):
     from srsmc_jax.app.multihost import merge_shards, write_shard
 
-    write_shard(tmp_path, 0, 2, [{"index": 0}])
+    write_shard(tmp_path, 0, 2, [{"index": 0}], run="r")
     with pytest.raises(ValueError, match="missing shard-00001-of-00002.jsonl"):
         merge_shards(tmp_path)
-    write_shard(tmp_path, 1, 2, [{"index": 2}])
+    write_shard(tmp_path, 1, 2, [{"index": 2}], run="r")
     with pytest.raises(ValueError, match="no result for prompt 1"):
         merge_shards(tmp_path)
-    write_shard(tmp_path, 1, 2, [{"index": 0}])
+    write_shard(tmp_path, 1, 2, [{"index": 0}], run="r")
     with pytest.raises(ValueError, match="prompt 0 was already written"):
         merge_shards(tmp_path)
+
+
+def test_merge_refuses_stale_incomplete_and_foreign_shards(tmp_path):
+    from srsmc_jax.app.multihost import merge_shards, write_shard
+
+    write_shard(tmp_path, 0, 2, [{"index": 0}], run="new", num_prompts=2)
+    write_shard(tmp_path, 1, 2, [{"index": 1}], run="old", num_prompts=2)  # a stale shard of another run
+    with pytest.raises(ValueError, match="shard-00001-of-00002.jsonl: from another run"):
+        merge_shards(tmp_path)
+    with pytest.raises(ValueError, match="shard-00000-of-00002.jsonl: from another run"):
+        merge_shards(tmp_path, run="newer")  # the job's own merge names its run id
+    write_shard(tmp_path, 1, 2, [{"index": 1}], run="new", num_prompts=2)
+    shard = tmp_path / "shard-00001-of-00002.jsonl"
+    shard.write_text(shard.read_text().splitlines()[0] + "\n")  # rows missing: an incomplete shard
+    with pytest.raises(ValueError, match="holds 0 rows, its header says 1"):
+        merge_shards(tmp_path)
+    write_shard(tmp_path, 1, 2, [{"index": 1}], run="new", num_prompts=3)  # another prompt file
+    with pytest.raises(ValueError, match="from another run"):
+        merge_shards(tmp_path)
+    write_shard(tmp_path, 1, 2, [{"index": 1}], run="new", num_prompts=2)
+    write_shard(tmp_path, 0, 3, [{"index": 0}], run="x")  # a job of another size in the same folder
+    with pytest.raises(ValueError, match="of 2 and of 3 processes"):
+        merge_shards(tmp_path)
+    (tmp_path / "shard-00000-of-00003.jsonl").unlink()
+    results = tmp_path / "results.jsonl"
+    results.write_bytes(b"my own results\n")  # a results.jsonl srsmc did not write is left as it is
+    with pytest.raises(ValueError, match="not a results file of srsmc multihost"):
+        merge_shards(tmp_path)
+    assert results.read_bytes() == b"my own results\n"
+    results.unlink()
+    assert merge_shards(tmp_path).read_text() == '{"index": 0}\n{"index": 1}\n'
+    shard.write_text('{"index": 1}\n')  # a shard-named file without our header
+    with pytest.raises(ValueError, match="not a shard written by srsmc multihost"):
+        merge_shards(tmp_path)
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "srsmc_jax.app.multihost", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_flags_are_one_line_errors_before_jax_distributed(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(PUZZLES[0] + "\n")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    two = ["--num-processes", "2", "--coordinator", f"127.0.0.1:{_free_port()}"]
+    cases = [(["--out", a_file], "--out"), (["--out", tmp_path / "o", "--local-devices", "0"], "--local-devices 0"),
+             (["--out", tmp_path / "o", "--num-processes", "2", "--process-id", "0", "--coordinator",
+               "no-such-host.invalid:1234"], "--coordinator no-such-host.invalid:1234: cannot resolve"),
+             (["--out", tmp_path / "o", *two, "--process-id", "5"], "--process-id 5: expected 0 .. 1"),
+             (["--out", tmp_path / "o", *two[:2], "--process-id", "0", "--coordinator", "localhost"], "HOST:PORT")]
+    for args, message in cases:
+        t0 = time.time()
+        r = _run("--prompts", prompts, *args, timeout=120)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (message, r.stderr)
+        assert "Traceback" not in r.stderr and time.time() - t0 < 60
+    assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
+    r = _run("--prompts", prompts, "--out", tmp_path / "o", "--local-devices", "1", "-n", "1000000", timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs about" in r.stderr and "-n" in r.stderr, r.stderr
+    assert list((tmp_path / "o").iterdir()) == []  # refused before compiling: no shard, no lock file left
+
+
+def test_a_dead_peer_is_one_line_within_seconds(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PUZZLES) + "\n")
+    port = _free_port()
+    procs = [subprocess.Popen(_driver("--prompts", str(prompts), "--out", str(tmp_path / "o"), "--local-devices", "1",
+                                      "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
+                                      str(i), "--heartbeat-timeout", "3"),
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        line = procs[1].stderr.readline()  # process 1 is connected: kill it (its job dies with its runner)
+        assert "process 1/2: connected" in line, line
+        procs[1].kill()
+        killed = time.time()
+        _, err = procs[0].communicate(timeout=120)
+        waited = time.time() - killed
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    lines = [x for x in err.splitlines() if not x.startswith("process 0/2")]
+    assert procs[0].returncode == 1 and len(lines) == 1, err
+    assert "a peer process died or stopped answering" in lines[0] and "full log:" in lines[0]
+    assert waited < 60, waited
+    assert not (tmp_path / "o" / "results.jsonl").exists()

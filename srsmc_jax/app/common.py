@@ -137,3 +137,60 @@ class Progress:
             if self._announced and exc_type is None:
                 self.say(f"{self._phase}: done in {time.time() - self._phase_start:.1f}s")
             self._phase = None
+
+
+def model_identity(model) -> dict:
+    """What identifies a loaded model's weights and tokenizer, for run fingerprints (not its path):
+
+    ``weights``: the checkpoint's content identity (a sha256 over the sha256 of every file recorded
+    at conversion in its ``srsmc_checkpoint.json``, which ``models.load`` checks the files against
+    unless ``verify=False``), independent of its path, so that a checkpoint
+    re-converted at the same path with other weights is another model; for a legacy checkpoint
+    without file records, its path and every file's size and mtime; for a model built in memory
+    (``models.random_model``), the sha256 of its parameters. ``tokenizer``: the sha256 of the
+    tokenizer in use (``--tokenizer`` replaces the checkpoint's own), None without one.
+    Computed once per model object."""
+    import hashlib
+
+    cached = getattr(model, "_srsmc_identity", None)
+    if cached is not None:
+        return cached
+    weights = None
+    if model.path is not None:
+        import json
+
+        from srsmc_jax.models import checkpoint
+
+        try:
+            meta = checkpoint.read_meta(model.path)
+        except ValueError:
+            meta = None
+        if meta is not None and meta.files is not None:
+            body = {rel: rec.sha256 for rel, rec in sorted(meta.files.items())}
+            weights = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        if weights is None:
+            h = hashlib.sha256(str(Path(model.path).resolve()).encode())
+            for f in sorted(p for p in Path(model.path).rglob("*") if p.is_file()):
+                st = f.stat()
+                h.update(f"{f.relative_to(model.path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            weights = "legacy:" + h.hexdigest()
+    if weights is None:
+        import jax
+        import numpy as np
+
+        h = hashlib.sha256()
+        for path, leaf in jax.tree_util.tree_flatten_with_path(model.params)[0]:
+            a = np.asarray(jax.device_get(leaf))
+            h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}\n".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        weights = "params:" + h.hexdigest()
+    tok = model.tokenizer
+    to_str = getattr(tok, "to_str", None)
+    tokenizer = None if tok is None else hashlib.sha256(
+        (to_str() if callable(to_str) else type(tok).__qualname__).encode()).hexdigest()
+    identity = {"weights": weights, "tokenizer": tokenizer}
+    try:
+        model._srsmc_identity = identity
+    except AttributeError:
+        pass
+    return identity

@@ -29,8 +29,14 @@ How a batch runs:
   does: decode keeping special tokens, cut before the first stop string, then drop special tokens
   (re-encode and decode without them).
 * **Resuming.** Output lines are appended one ``write`` at a time and fsync'ed; a rerun with the same
-  settings skips every id already in the file, and a partial last line left by a killed run is cut
-  off (:mod:`srsmc_jax.app.jsonl`). A file written with other settings is refused.
+  settings skips every id already in the file whose prompt (``prompt_sha256``, ``sample``) is
+  unchanged and generates the others again (their old rows leave the file first). The run's
+  fingerprint holds the model's content identity (the sha256 of its checkpoint files, not its
+  path), the config, seed and encoder options: a file of another run is refused (``--overwrite``
+  replaces it), a file not written by srsmc is refused and left byte-identical, and a partial last
+  line of ours left by a killed run is cut off only after that check (:mod:`srsmc_jax.app.jsonl`).
+  One run at a time: the output is locked (``.<name>.lock`` beside it) and a second run on it is
+  refused in one line naming the holder.
 
 Prompts are encoded by :class:`srsmc_jax.app.encode.PromptEncoder`, the one encoder of every front
 end (the family decides special tokens and BOS; ``--chat``, ``--no-special-tokens`` and ``--add-bos``
@@ -50,12 +56,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from srsmc_jax.app import flags
-from srsmc_jax.app.common import PROG, CLIError, Progress, add_model_flags, load_model, seed
+from srsmc_jax.app.common import PROG, CLIError, Progress, add_model_flags, load_model, model_identity, seed
 from srsmc_jax.app.encode import EncodeError, PromptEncoder
-from srsmc_jax.app.jsonl import FINGERPRINT_FIELD, ResultsLog, key_text
+from srsmc_jax.app.jsonl import DuplicateKeyError, ResultsLog, key_text, loads_strict, strip_identity
 from srsmc_jax.prompts import cut_at_stop_strings, prompt_keys
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model by its content identity (common.model_identity), not its path
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_BUCKETS = "pow2"
 
@@ -148,7 +154,9 @@ def read_prompt_file(path: Path) -> list[PromptRecord]:
             continue
         where = f"{path}:{number}"
         try:
-            obj = json.loads(line)
+            obj = loads_strict(line)
+        except DuplicateKeyError as e:
+            raise GenerateError(f"{where}: the key {str(e)!r} appears twice") from None
         except json.JSONDecodeError as e:
             raise GenerateError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
         records.append(parse_record(obj, where))
@@ -334,11 +342,13 @@ class Generator:
 
     # -- what identifies the results -------------------------------------------------------------------
     def fingerprint(self, seed: int) -> str:
-        """A hash of everything that determines the samples (not the batch size or device count)."""
+        """A hash of everything that determines the samples (not the batch size or device count):
+        the model's content identity (the sha256 of its checkpoint files, not its path), the config,
+        seed, cache, buckets and encoder options. Each row's prompt is checked apart (prompt_sha256)."""
         import jax.numpy as jnp
 
         m = self.model
-        facts = {"format": FORMAT_VERSION, "model": None if m.path is None else str(m.path), "family": m.family,
+        facts = {"format": FORMAT_VERSION, "model": model_identity(m), "family": m.family,
                  "dtype": jnp.dtype(m.dtype).name, "config": config_dict(self.config), "seed": seed,
                  "cache": self.cache, "buckets": self.buckets_spec, **self.encoder.facts()}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
@@ -599,7 +609,7 @@ def _finite(x) -> Optional[float]:
 
 # ---- one call: generate with resume ------------------------------------------------------------------------
 def run_generation(model, records: Iterable[Any], config, *, output: Optional[Path] = None, seed: int = 0,
-                   **options) -> tuple[list[dict], Report, Generator]:
+                   overwrite: bool = False, **options) -> tuple[list[dict], Report, Generator]:
     """:func:`generate` returning also the :class:`Report` and the :class:`Generator`."""
     gen = Generator(model, config, **options)
     prepared = gen.prepare(records)
@@ -607,14 +617,23 @@ def run_generation(model, records: Iterable[Any], config, *, output: Optional[Pa
     results: dict[str, dict] = {}
     log = None
     if output is not None:
-        log = ResultsLog(Path(output), fingerprint=gen.fingerprint(seed), key=lambda rec: rec["id"])
-        done = log.open()
-        results = {k: {f: v for f, v in rec.items() if f != FINGERPRINT_FIELD} for k, rec in done.items()}
+        log = ResultsLog(Path(output), fingerprint=gen.fingerprint(seed), key=lambda rec: rec["id"],
+                         what="--output")
+        done = log.open(overwrite=overwrite)
+        results = {k: strip_identity(rec) for k, rec in done.items()}
+        stale = []
         for p in prepared:  # a prompt edited since its row was written is generated again
             old = results.get(key_text(p.record.id))
             if old is not None and (old.get("prompt_sha256"), old.get("sample", 0)) != (ids_sha256(p.ids),
                                                                                         p.record.sample):
+                stale.append(key_text(p.record.id))
                 del results[key_text(p.record.id)]
+        if stale:  # its old row leaves the file before the new one is appended (no id twice in the file)
+            try:
+                log.rewrite(list(results.values()))
+            except BaseException:
+                log.close()
+                raise
     todo = [p for p in prepared if key_text(p.record.id) not in results]
     gen.report.skipped = len(prepared) - len(todo)
     try:
@@ -636,7 +655,9 @@ def generate(model, records: Iterable[Any], config, *, output: Optional[Path] = 
              **options) -> list[dict]:
     """Generate for every record (dicts as in the input file, or :class:`PromptRecord`) and return
     the output records in input order. ``output``: a JSONL file to append to and resume from (ids
-    already there are not generated again). ``options``: :class:`Generator`'s keyword arguments."""
+    already there with the same prompt are not generated again; a file of another program or run is
+    refused, see :mod:`srsmc_jax.app.jsonl`; ``overwrite=True`` replaces a file of ours written by
+    another run). ``options``: :class:`Generator`'s keyword arguments."""
     return run_generation(model, records, config, output=output, seed=seed, **options)[0]
 
 
@@ -655,6 +676,9 @@ def add_subparser(sub) -> None:
     add_model_flags(g)
     g.add_argument("--input", type=Path, required=True, help="prompts, one JSON object per line")
     g.add_argument("--output", type=Path, required=True, help="results JSONL (appended to; resumed from)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace --output when it holds results of another run (other model weights, settings or "
+                        "seed); a file not written by srsmc is never replaced")
     add_batch_flags(g)
     g.add_argument("--seed", type=seed, default=0, help="PRNG seed (default: 0)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
@@ -700,7 +724,8 @@ def config_for_model(args, model, task, *, longest_prompt: int = 1) -> Any:
 def run_command(args) -> int:
     """``srsmc generate``: everything about the input is checked before the model is loaded, and
     everything about the prompts before anything is compiled."""
-    if args.output.resolve() == args.input.resolve():
+    if args.output.resolve() == args.input.resolve() or (
+            args.output.exists() and args.input.exists() and args.output.samefile(args.input)):
         raise GenerateError("--output: must differ from --input")
     parse_buckets(args.buckets)
     records = read_prompt_file(args.input)
@@ -720,7 +745,7 @@ def run_command(args) -> int:
                    else len(r.prompt_ids or ())) for r in records)
     config = config_for_model(args, model, task, longest_prompt=longest)
     results, report, gen = run_generation(
-        model, records, config, output=args.output, seed=args.seed, task=task,
+        model, records, config, output=args.output, seed=args.seed, overwrite=args.overwrite, task=task,
         cache=None if args.cache == "none" else args.cache, batch_size=args.batch_size, buckets=args.buckets,
         num_devices=args.devices, encoder=encoder, progress=None if args.quiet else progress.say)
     buckets = ", ".join(f"{p} ({b}×{p})" for p, (b, _) in sorted(report.compiled.items())) or "none"

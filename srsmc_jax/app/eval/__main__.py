@@ -7,7 +7,9 @@
 
 ``--write-prompts`` writes one ``{"task", "doc_id", "prompt", "until"}`` line per document of TASK's
 evaluation split (the plain lm-eval 0.4.8 prompt; with ``--chat MODULE:FUNCTION``, rendered by that
-function), with no model and nothing else run; the file is written whole or not at all.
+function), with no model and nothing else run; the file is written whole or not at all. It never
+writes inside the data folder, and replaces an existing file only when it is empty or a prompts file
+of its own (every line exactly those four keys).
 
 ``--model`` evaluates (``srsmc_jax/app/eval/run.py``): resumable per-document JSONL in RUN_DIR, then the
 run's table. ``--chat`` alone applies the model family's chat template. ``--summary`` prints the
@@ -68,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=positive_int, default=None,
                      help="sandbox processes for code tasks (default: CPUs)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace RUN_DIR when it holds a run of other settings (other model weights, config, seed); "
+                          "a folder with files not written by srsmc eval is never replaced")
     from srsmc_jax.app.methods import add_method_flags
 
     add_method_flags(run)
@@ -84,9 +89,39 @@ def write_prompts(path: Path, requests) -> None:
                    ensure_ascii=False) + "\n" for r in requests))
 
 
+PROMPT_KEYS = ("task", "doc_id", "prompt", "until")
+
+
+def check_prompts_target(path: Path, data_dir) -> None:
+    """Refuse (UsageError, nothing written) a --write-prompts path inside the data folder (the
+    benchmark's own files), that is not a regular file, or that holds anything but a prompts file
+    written by --write-prompts (every line a JSON object with exactly the keys of :data:`PROMPT_KEYS`)."""
+    from srsmc_jax.app.eval.data import default_data_dir
+    from srsmc_jax.app.jsonl import DuplicateKeyError, loads_strict
+
+    target = path.resolve()
+    data = Path(data_dir if data_dir is not None else default_data_dir()).resolve()
+    if target == data or data in target.parents:
+        raise UsageError(f"--write-prompts {path}: inside the data folder {data} (the benchmark's own files); "
+                         "write the prompts elsewhere")
+    if not target.parent.is_dir():
+        raise UsageError(f"--write-prompts {path}: folder does not exist")
+    if not target.exists():
+        return
+    if not target.is_file():
+        raise UsageError(f"--write-prompts {path}: not a regular file")
+    try:
+        lines = target.read_bytes().decode("utf-8").splitlines()
+        ours = all(isinstance(r := loads_strict(line), dict) and tuple(r) == PROMPT_KEYS for line in lines)
+    except (UnicodeDecodeError, ValueError, DuplicateKeyError):
+        ours = False
+    if not ours:
+        raise UsageError(f"--write-prompts {path}: the file exists and is not a prompts file written by "
+                         "--write-prompts; it is left as it is (choose a new file name)")
+
+
 def _write_prompts_mode(args) -> int:
-    if not args.write_prompts.resolve().parent.is_dir():
-        raise UsageError(f"--write-prompts {args.write_prompts}: folder does not exist")
+    check_prompts_target(args.write_prompts, args.data)
     if args.chat == FAMILY_CHAT:
         raise UsageError("--chat without MODULE:FUNCTION needs --model (the family's template); "
                          "give --chat MODULE:FUNCTION to write chat prompts")
@@ -131,6 +166,7 @@ def _evaluate_mode(args) -> int:
     result = evaluate(model, task, config, method=args.method, out_dir=out, cache=cache, seed=args.seed,
                       chat=args.chat, limit=args.limit, doc_ids=doc_ids, batch_size=args.batch_size,
                       buckets=args.buckets, num_devices=args.devices, workers=args.workers, progress=say,
+                      overwrite=args.overwrite,
                       **encoder_options(args))
     rep = result.report
     if say:

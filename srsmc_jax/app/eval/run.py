@@ -8,9 +8,17 @@ A run folder holds ``run.json`` (model, task, method, the full config, seed, fin
 ``task``, ``doc_id``, ``prompt_sha256`` (of the exact text encoded), ``output`` (the answer after
 the stop strings), ``scores`` (each metric 0/1), ``extracted`` (what the scorer took from the output),
 ``nfe``, ``num_steps``, ``ess`` (after each step), ``resampled_at``, ``selected``, ``particles``
-(text, log-weight, trajectory confidence), ``seconds``, ``error``. Rerunning the same command skips
-the documents already there (a killed run loses at most the batch in flight); a folder written with
-another model, config, seed or prompt is refused. Document ``(task, doc_id)`` is generated with the key
+(text, log-weight, trajectory confidence), ``seconds``, ``error``; and ``summary.json`` (the means).
+
+Resuming (see ``README.md`` beside this file): rerunning the same command skips the documents
+already there whose prompt is unchanged (a killed run loses at most the batch in flight) and
+generates a document whose prompt changed again (its old line is dropped first). Every file of the
+folder carries a format marker and the run's fingerprint (the model's content identity, not its
+path; task, method, config, seed, chat, encoder options), checked before anything is written or
+repaired: a folder of another run is refused (``overwrite=True`` / ``--overwrite`` replaces it);
+a folder with files that are not ours, or with ``samples.jsonl`` but no ``run.json``, is refused
+and left byte-identical. One run per folder at a time (a lock file ``.<folder>.lock`` beside it).
+Document ``(task, doc_id)`` is generated with the key
 of id ``"task/doc_id"`` (see ``srsmc_jax.app.generate``), so methods with the same seed share
 their noise document by document, and a slice (``--limit``, ``--doc-ids``) gives the same samples as
 the full run.
@@ -31,6 +39,10 @@ from srsmc_jax.app.results_file import write_json
 SAMPLES = "samples.jsonl"
 RUN_META = "run.json"
 SUMMARY = "summary.json"
+RUN_FORMAT = "srsmc-jax-eval-run/1"
+SUMMARY_FORMAT = "srsmc-jax-eval-summary/1"
+# what a document-id range may hold (a bigger selection is refused before a list is built)
+MAX_DOC_IDS = 10_000_000
 
 
 class RunError(ValueError):
@@ -40,6 +52,7 @@ class RunError(ValueError):
 def parse_doc_ids(spec: str) -> list[int]:
     """``"0,5,10-19"`` -> [0, 5, 10, ..., 19]."""
     ids: list[int] = []
+    too_many = False
     for part in spec.split(","):
         part = part.strip()
         if not part:
@@ -49,11 +62,16 @@ def parse_doc_ids(spec: str) -> list[int]:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
+                if hi - lo + 1 + len(ids) > MAX_DOC_IDS:
+                    too_many = True
+                    break
                 ids.extend(range(lo, hi + 1))
             else:
                 ids.append(int(part))
         except ValueError:
             raise RunError(f"--doc-ids {spec!r}: expected ids and ranges like 0,5,10-19") from None
+    if too_many:
+        raise RunError(f"--doc-ids {spec!r}: more than {MAX_DOC_IDS:,} ids (no task has that many documents)")
     if not ids or min(ids) < 0:
         raise RunError(f"--doc-ids {spec!r}: expected non-negative ids")
     return sorted(set(ids))
@@ -97,17 +115,81 @@ class RunResult:
     report: Any
 
 
+def _read_json_object(path: Path, what: str) -> dict:
+    from srsmc_jax.app.jsonl import DuplicateKeyError, loads_strict
+
+    try:
+        value = loads_strict(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, DuplicateKeyError):
+        value = None
+    if not isinstance(value, dict):
+        raise RunError(f"--out {path.parent}: {path.name} is not {what}; the folder is left as it is (use another "
+                       "--out)")
+    return value
+
+
+def _ours(name: str) -> bool:
+    """A name srsmc eval writes in a run folder (its files and their temporary files)."""
+    if name in (RUN_META, SAMPLES, SUMMARY):
+        return True
+    return any(name.startswith(f".{n}.") and name.endswith(".tmp") for n in (RUN_META, SAMPLES, SUMMARY))
+
+
+def check_run_folder(out_dir: Path, fingerprint: str, *, overwrite: bool = False) -> bool:
+    """Check ``out_dir`` may hold this run, changing nothing; returns True when it already holds it
+    (resume), False when it is new (absent or empty) or, with ``overwrite``, a run of ours with other
+    settings. RunError (one line) for a file, a folder with files that are not ours, samples without
+    ``run.json``, or another run's folder without ``overwrite``. ``samples.jsonl`` itself is checked
+    by :class:`srsmc_jax.app.jsonl.ResultsLog`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir}: not a folder")
+    if not out_dir.is_dir():
+        return False
+    names = sorted(p.name for p in out_dir.iterdir())
+    foreign = [n for n in names if not _ours(n)]
+    meta_path = out_dir / RUN_META
+    if not meta_path.is_file():
+        if foreign:
+            raise RunError(f"--out {out_dir}: holds files that are not a run of srsmc eval ({foreign[0]}); use a new "
+                           "or empty folder")
+        left = [n for n in names if n in (SAMPLES, SUMMARY)]
+        if left:
+            raise RunError(f"--out {out_dir}: holds {left[0]} but no {RUN_META} (deleted?): the settings it was made "
+                           "with are unknown; the folder is left as it is (use another --out)")
+        return False
+    old = _read_json_object(meta_path, "a run.json of srsmc eval")
+    if old.get("format") != RUN_FORMAT:
+        raise RunError(f"--out {out_dir}: {RUN_META} is not one of srsmc eval (no \"format\": \"{RUN_FORMAT}\"); "
+                       "the folder is left as it is (use another --out)")
+    same = old.get("fingerprint") == fingerprint
+    if not same and not overwrite:
+        raise RunError(f"--out {out_dir}: holds a run with other settings (fingerprint {old.get('fingerprint')}, "
+                       f"this run {fingerprint}: other model weights, config, seed or prompts); use another --out "
+                       "(or --overwrite to replace it)")
+    summary = out_dir / SUMMARY
+    if summary.exists():
+        old_summary = _read_json_object(summary, "a summary.json of srsmc eval")
+        if old_summary.get("format") != SUMMARY_FORMAT or (same and old_summary.get("fingerprint") != fingerprint):
+            raise RunError(f"--out {out_dir}: {SUMMARY} is not this run's (no \"format\": \"{SUMMARY_FORMAT}\" "
+                           "or another fingerprint); the folder is left as it is (use another --out)")
+    return same
+
+
 def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Optional[str] = None,
              seed: int = 0, chat: Optional[str] = None, limit: Optional[int] = None,
              doc_ids: Optional[Sequence[int]] = None, batch_size: int = 8, buckets: str = "pow2",
              num_devices: Optional[int] = None, add_special_tokens: Optional[bool] = None,
-             add_bos: Optional[bool] = None,
+             add_bos: Optional[bool] = None, overwrite: bool = False,
              workers: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> RunResult:
     """Generate for the selected documents of ``task`` with ``config`` and score them (see the
     module docstring). ``chat``: None, ``"family"`` (the model family's template) or
-    ``"module:function"``. Every prompt is encoded and checked before anything is compiled."""
+    ``"module:function"``. Every prompt is encoded and checked, and the batches' memory estimated,
+    before anything is compiled; the folder is checked before anything is written in it.
+    ``overwrite``: replace a run folder of ours made with other settings."""
+    from srsmc_jax.app.common import model_identity
+    from srsmc_jax.app.filelock import OutputLock
     from srsmc_jax.app.generate import Generator, PromptRecord, chat_template_for, config_dict
-    from srsmc_jax.app.jsonl import FINGERPRINT_FIELD, ResultsLog, key_text, read_records
+    from srsmc_jax.app.jsonl import ResultsLog, key_text, strip_identity
 
     out_dir = Path(out_dir)
     docs = select_documents(task.documents(), limit=limit, doc_ids=doc_ids)
@@ -120,49 +202,58 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
                     add_special_tokens=add_special_tokens, add_bos=add_bos, progress=progress)
     prepared = gen.prepare([PromptRecord(id=record_id(d), prompt=prompts[record_id(d)], until=tuple(d.until),
                                          where=f"document {record_id(d)}") for d in docs])
+    gen.check_batches(prepared)  # the memory estimate, before the folder is touched
     facts = {"generator": gen.fingerprint(seed), "task": task.name, "method": method, "chat": chat}
     fingerprint = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
-    meta = {"task": task.name, "method": method, "fingerprint": fingerprint, "seed": seed, "chat": chat,
-            "model": None if model.path is None else str(model.path), "family": model.family,
+    meta = {"format": RUN_FORMAT, "task": task.name, "method": method, "fingerprint": fingerprint, "seed": seed,
+            "chat": chat, "model": None if model.path is None else str(model.path),
+            "model_sha256": model_identity(model)["weights"], "family": model.family,
             "dtype": str(getattr(model.dtype, "__name__", model.dtype)), "cache": cache or "none",
             "describe": dict(describe(config, cache)), "metrics": list(task.metrics),
             "add_special_tokens": gen.encoder.add_special_tokens, "add_bos": gen.encoder.add_bos, "buckets": buckets,
             "config": config_dict(config)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = out_dir / RUN_META
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old.get("fingerprint") != fingerprint:
-            raise RunError(f"--out {out_dir}: holds a run with other settings (fingerprint {old.get('fingerprint')}, "
-                           f"this run {fingerprint}); use another --out")
-    else:
-        write_json(meta_path, meta, ensure_ascii=False)
-
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     by_id = {record_id(d): d for d in docs}
-    log = ResultsLog(out_dir / SAMPLES, fingerprint=fingerprint, key=lambda r: [r["task"], r["doc_id"]])
-    done = log.open()
-    try:
-        for rec in done.values():
-            rid = f"{rec['task']}/{rec['doc_id']}"
-            if rid in prompts and rec.get("prompt_sha256") != prompt_sha256(prompts[rid]):
-                raise RunError(f"{out_dir / SAMPLES}: document {rid} was generated from another prompt "
-                               "(changed data or template?); use another --out")
-        todo = [p for p in prepared if key_text([by_id[p.record.id].task, by_id[p.record.id].doc_id]) not in done]
-        gen.report.skipped = len(prepared) - len(todo)
-        for batch in gen.run(todo, seed=seed):
-            items = [(by_id[r["id"]], r["answer"] or "") for r in batch]
-            scores = task.score_batch(items, workers=workers)
-            log.append(_sample_line(doc, prompts[r["id"]], r, s, task.metrics)
-                       for (doc, _), r, s in zip(items, batch, scores))
-    finally:
-        log.close()
-
-    finished = {(r["task"], r["doc_id"]): {k: v for k, v in r.items() if k != FINGERPRINT_FIELD}
-                for r in read_records(out_dir / SAMPLES)}
-    samples = [finished[d.key] for d in docs]
-    means = mean_scores([s["scores"] for s in samples], task.metrics)
-    write_json(out_dir / SUMMARY, {"task": task.name, "method": method, "documents": len(samples),
-                                   "means": means, "fingerprint": fingerprint}, ensure_ascii=False)
+    with OutputLock(out_dir, what="--out"):  # one run per folder; everything checked before anything is written
+        resume = check_run_folder(out_dir, fingerprint, overwrite=overwrite)
+        out_dir.mkdir(exist_ok=True)
+        log = ResultsLog(out_dir / SAMPLES, fingerprint=fingerprint, key=lambda r: [r["task"], r["doc_id"]],
+                         what="--out", lock=False)
+        done = log.open(overwrite=overwrite and not resume)
+        try:
+            if not resume:
+                if (out_dir / SUMMARY).exists():  # a summary of ours from the run being replaced
+                    (out_dir / SUMMARY).unlink()
+                write_json(out_dir / RUN_META, meta, ensure_ascii=False)
+            finished = {key_text([r["task"], r["doc_id"]]): strip_identity(r) for r in done.values()}
+            stale = [k for k, r in finished.items()  # a document whose prompt changed is generated again
+                     if f"{r['task']}/{r['doc_id']}" in prompts
+                     and r.get("prompt_sha256") != prompt_sha256(prompts[f"{r['task']}/{r['doc_id']}"])]
+            if stale:
+                for k in stale:
+                    del finished[k]
+                log.rewrite(list(finished.values()))
+            todo = [p for p in prepared if key_text([by_id[p.record.id].task, by_id[p.record.id].doc_id])
+                    not in finished]
+            gen.report.skipped = len(prepared) - len(todo)
+            for batch in gen.run(todo, seed=seed):
+                items = [(by_id[r["id"]], r["answer"] or "") for r in batch]
+                scores = task.score_batch(items, workers=workers)
+                lines = [_sample_line(doc, prompts[r["id"]], r, s, task.metrics)
+                         for (doc, _), r, s in zip(items, batch, scores)]
+                log.append(lines)
+                finished.update((key_text([x["task"], x["doc_id"]]), x) for x in lines)
+            if todo or stale:  # the finished file in document order (then documents outside this selection)
+                mine = [key_text(list(d.key)) for d in docs]
+                rest = [k for k in finished if k not in set(mine)]
+                log.rewrite([finished[k] for k in mine + rest])
+        finally:
+            log.close()
+        samples = [finished[key_text(list(d.key))] for d in docs]
+        means = mean_scores([s["scores"] for s in samples], task.metrics)
+        write_json(out_dir / SUMMARY, {"format": SUMMARY_FORMAT, "task": task.name, "method": method,
+                                       "documents": len(samples), "means": means, "fingerprint": fingerprint},
+                   ensure_ascii=False)
     return RunResult(out_dir=out_dir, samples=samples, means=means, report=gen.report)
 
 
