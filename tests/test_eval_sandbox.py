@@ -58,7 +58,7 @@ HAZARDS = {
     "fork bomb": ("import os\nwhile True:\n    os.fork()\n", "failed"),
     "subprocess": ("import subprocess\nsubprocess.run(['sleep', '60'])\n", "failed"),
     "huge file": ("with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * 10**6)\n", "failed"),
-    "endless output": ("while True:\n    print('x' * 1000)\n", "failed"),
+    "endless output": ("while True:\n    print('x' * 1000)\n", "output"),
     "socket": ("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", "failed"),
     "raw socket": ("import _socket\n_socket.socket()\n", "failed"),
     "exit early": ("import sys\nsys.exit(0)\nassert False\n", "failed"),
@@ -109,7 +109,7 @@ def test_system_calls_past_the_guard_are_refused_by_seccomp(call, clean):
     """The Python guard is bypassed (ctypes re-imported): the kernel filter still says EPERM."""
     result = run_program(CTYPES + f"r = {call}\nassert r == -1 and ctypes.get_errno() == 1, r\n", FAST)
     assert result.passed, result.stderr[-300:]
-    assert result.protections == {"netns": os.geteuid() == 0, "seccomp": True}
+    assert result.protections["netns"] == (os.geteuid() == 0) and result.protections["seccomp"] is True
 
 
 @seccomp_here
