@@ -67,7 +67,8 @@ program's writes are NOT confined: it can create and overwrite any file its user
 renaming, truncation by ``truncate()`` and ``chmod`` are still refused by the filter, but opening a
 file with ``"w"`` truncates it), and it shares the disk without a total quota (each file is still
 capped by ``RLIMIT_FSIZE``). Without the uid change (not root) it runs as the harness's user and can
-read every file that user can (the harness's own ``/proc`` entries stay closed: it is non-dumpable). Without the filter (not Linux x86_64/aarch64) the Python guard is all there is between the
+read every file that user can (the harness's own ``/proc`` entries stay closed: it is
+non-dumpable). Without the filter (not Linux x86_64/aarch64) the Python guard is all there is between the
 program and ``fork``/``exec``/``socket``, and it is trivially bypassed; forked processes do not
 inherit the parent-death signal (they are killed with the session on every exit path of
 :func:`run_program`, but survive a ``kill -9`` of the harness).
@@ -224,6 +225,8 @@ _LOAD_CONST, _RETURN_VALUE = _opcode.opmap["LOAD_CONST"], _opcode.opmap["RETURN_
 _RETURN_CONST = _opcode.opmap.get("RETURN_CONST", -1)
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _CONTAINERS = (list, tuple, set, frozenset, dict)
+_PAIRS = ((-7919, 7927), (-0.5, 2.5e300), ("\x00a", "\x00b"), (b"\x00a", b"\x00b"), ((-7919,), (7927,)),
+          ([-7919], [7927]), ({-7919: 0}, {7927: 0}), ({-7919}, {7927}), (None, ()))
 _forged = []
 def _constant_return(code, _len=len, _range=range, _NONE=_NONE):
     b, seq = code.co_code, []
@@ -245,6 +248,13 @@ def _is_forged(v, _type=type, _bool=bool, _Exc=Exception, _mro=type.__dict__["__
                  lambda: v <= _s1, lambda: v > _s1, lambda: v >= _s1):
         try:
             if _bool(test()):
+                return True
+        except _Exc:
+            pass
+    # Equal to two different values of one type: forged (no consistent equality does that).
+    for a, b in _PAIRS:
+        try:
+            if _bool(v == a) and _bool(v == b):
                 return True
         except _Exc:
             pass
