@@ -107,6 +107,10 @@ seccomp_here = pytest.mark.skipif(not sandbox.seccomp_filter(), reason="no secco
     "(open('f', 'w').write('x'), libc.unlink(b'f'))[1]",
     "libc.kill(1, 0)",
     "libc.setrlimit(9, (ctypes.c_ulong * 2)(1 << 40, 1 << 40))",  # RLIMIT_AS up again
+    "libc.mount(None, b'/', None, 32, None)",  # MS_REMOUNT: the read-only mounts stay
+    "libc.umount2(b'/proc', 2)",
+    "libc.tgkill(1, 1, 0)",
+    "libc.open_by_handle_at(-100, None, 0)",  # past the mount namespace (EFAULT without the filter)
 ])
 def test_system_calls_past_the_guard_are_refused_by_seccomp(call, clean):
     """The Python guard is bypassed (ctypes re-imported): the kernel filter still says EPERM."""

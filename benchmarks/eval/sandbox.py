@@ -46,8 +46,9 @@ What each run gets (each layer is exercised by ``tests/test_eval_sandbox.py``):
 - a seccomp filter (Linux x86_64 and aarch64, installed through ``prctl`` with ``NO_NEW_PRIVS``, so
   it binds root too and cannot be lifted): ``fork``/``vfork``/``clone`` of a process, ``execve``,
   ``socket``, ``ptrace``, ``process_vm_*``, ``kill``/``tkill``/``tgkill``/``pidfd_*``,
-  ``setns``/``unshare``, ``mount`` and the other mount calls, ``chroot``, setting rlimits, and file
-  removal / renaming / truncation / ``chmod`` / ``chown`` fail with ``EPERM``; threads still work;
+  ``setns``/``unshare``, ``mount`` and the other mount calls, ``chroot``, ``open_by_handle_at``,
+  setting rlimits, and file removal / renaming / truncation / ``chmod`` / ``chown`` fail with
+  ``EPERM``; threads still work;
 - a process count: while the program runs the parent counts its session's processes and kills the
   run (status ``"forked"``) past ``max_processes``; with the filter this never triggers;
 - no network: the namespace above; the filter refuses ``socket()``; and ``socket.socket`` and friends
@@ -370,7 +371,7 @@ _DENIED_SYSCALLS = {
                   pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438, process_vm_readv=310,
                   process_vm_writev=311, mount=165, umount2=166, pivot_root=155, chroot=161,
                   open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
-                  mount_setattr=442)),
+                  mount_setattr=442, open_by_handle_at=304, name_to_handle_at=303)),
     # aarch64 (include/uapi/asm-generic/unistd.h; not exercised by this repository's tests)
     0xC00000B7: dict(
         clone=220, clone3=435, setrlimit=164, prlimit64=261,
@@ -381,7 +382,7 @@ _DENIED_SYSCALLS = {
                   pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438, process_vm_readv=270,
                   process_vm_writev=271, mount=40, umount2=39, pivot_root=41, chroot=51,
                   open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
-                  mount_setattr=442)),
+                  mount_setattr=442, open_by_handle_at=265, name_to_handle_at=264)),
 }
 _ARCH_OF_MACHINE = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
