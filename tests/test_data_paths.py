@@ -285,5 +285,5 @@ def test_a_second_multihost_job_on_one_out_refuses(tmp_path):
 def test_a_huge_doc_id_range_is_one_line():
     from srsmc_jax.app.eval.run import parse_doc_ids
 
-    with pytest.raises(RunError, match="--doc-ids .*more than 10,000,000 ids"):
+    with pytest.raises(RunError, match="--doc-ids .*more than the 1,000,000"):
         parse_doc_ids("0-99999999999")

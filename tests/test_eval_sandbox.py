@@ -2,8 +2,11 @@
 stopped, marked failed and leave no process and no temporary file behind."""
 
 import glob
+import json
 import os
+import sys
 import tempfile
+import time
 
 import pytest
 from shared_files import shared_dir
@@ -13,7 +16,7 @@ SHARED = shared_dir()
 from srsmc_jax.app.eval import sandbox
 from srsmc_jax.app.eval.humaneval import HumanEval
 from srsmc_jax.app.eval.mbpp import MBPP
-from srsmc_jax.app.eval.sandbox import TEMP_PREFIX, Limits, run_program, run_programs
+from srsmc_jax.app.eval.sandbox import TEMP_PREFIX, Limits, Program, run_program, run_programs
 
 DATA = SHARED / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent (set SRSMC_SHARED)")
@@ -58,7 +61,7 @@ HAZARDS = {
     "fork bomb": ("import os\nwhile True:\n    os.fork()\n", "failed"),
     "subprocess": ("import subprocess\nsubprocess.run(['sleep', '60'])\n", "failed"),
     "huge file": ("with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * 10**6)\n", "failed"),
-    "endless output": ("while True:\n    print('x' * 1000)\n", "failed"),
+    "endless output": ("while True:\n    print('x' * 1000)\n", "output"),
     "socket": ("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", "failed"),
     "raw socket": ("import _socket\n_socket.socket()\n", "failed"),
     "exit early": ("import sys\nsys.exit(0)\nassert False\n", "failed"),
@@ -104,12 +107,16 @@ seccomp_here = pytest.mark.skipif(not sandbox.seccomp_filter(), reason="no secco
     "(open('f', 'w').write('x'), libc.unlink(b'f'))[1]",
     "libc.kill(1, 0)",
     "libc.setrlimit(9, (ctypes.c_ulong * 2)(1 << 40, 1 << 40))",  # RLIMIT_AS up again
+    "libc.mount(None, b'/', None, 32, None)",  # MS_REMOUNT: the read-only mounts stay
+    "libc.umount2(b'/proc', 2)",
+    "libc.tgkill(1, 1, 0)",
+    "libc.open_by_handle_at(-100, None, 0)",  # past the mount namespace (EFAULT without the filter)
 ])
 def test_system_calls_past_the_guard_are_refused_by_seccomp(call, clean):
     """The Python guard is bypassed (ctypes re-imported): the kernel filter still says EPERM."""
     result = run_program(CTYPES + f"r = {call}\nassert r == -1 and ctypes.get_errno() == 1, r\n", FAST)
     assert result.passed, result.stderr[-300:]
-    assert result.protections == {"netns": os.geteuid() == 0, "seccomp": True}
+    assert result.protections["netns"] == (os.geteuid() == 0) and result.protections["seccomp"] is True
 
 
 @seccomp_here
@@ -230,3 +237,278 @@ def test_every_reference_passes_and_every_empty_or_wrong_completion_fails(clean)
             leaks = [d.doc_id for d, s in zip(docs, task.score_batch([(d, wrong(d)) for d in docs]))
                      if s["passed"]]
             assert leaks == [], leaks
+
+
+# --- a verdict the program cannot forge (issue 19) ----------------------------------------------
+# HumanEval- and MBPP-shaped documents written here (the real data may be absent): honest right and
+# wrong completions, then completions that are wrong but try to pass anyway. Each attack passed before
+# the verdict came over the harness's own channel.
+
+from srsmc_jax.app.eval.task import Document  # noqa: E402
+
+HE_PROMPT = 'def add(a, b):\n    """The sum of a and b; a list of both for lists; the dict of both for dicts."""\n'
+HE_TEST = ("\n\nMETADATA = {'author': 'test'}\n\n\ndef check(candidate):\n"
+           "    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+           "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n    assert candidate([1], [2]) == [1, 2]\n"
+           "    assert candidate({'a': 1}, {'b': (2, None)}) == {'a': 1, 'b': (2, None)}\n"
+           "    assert candidate('x', 'y') in ('xy', 'yx')\n")
+HE_DOC = Document(task="humaneval", doc_id=0, fields={"prompt": HE_PROMPT, "entry_point": "add"}, prompt=HE_PROMPT,
+                  until=(), target=HE_TEST + "\ncheck(add)")
+HE_RIGHT = "    if isinstance(a, dict):\n        return {**a, **b}\n    return a + b\n"
+HE_WRONG = "    return a - b if isinstance(a, int) else a\n"
+
+MBPP_TESTS = ["assert max_pair([3, 1, 7]) == (7, 3)", "assert max_pair([0, 0]) == (0, 0)",
+              "assert sorted(max_pair([5, -1])) == [-1, 5]"]
+MBPP_DOC = Document(task="mbpp", doc_id=0, fields={"test_list": MBPP_TESTS, "test_setup_code": ""}, prompt="",
+                    until=(), target="\n".join(MBPP_TESTS))
+MBPP_RIGHT = "def max_pair(xs):\n    a, b = sorted(xs)[-2:]\n    return (b, a)\n"
+MBPP_WRONG = "def max_pair(xs):\n    return (max(xs), min(xs) + 1)\n"
+
+ALWAYS_EQUAL = ("class _Any:\n    def __eq__(self, other):\n        return True\n"
+                "    def __ne__(self, other):\n        return False\n"
+                "    def __sub__(self, other):\n        return 0.0\n"
+                "    def __lt__(self, other):\n        return False\n"
+                "    def __iter__(self):\n        return iter([-1, 5])\n    __hash__ = object.__hash__\n")
+# Each attack: (HumanEval completion, MBPP completion). The function bodies are wrong.
+EXIT_ATTACKS = {
+    "sys.exit overridden": (HE_WRONG + "import sys\nsys.exit = lambda *args, **kwargs: None\n",
+                            MBPP_WRONG + "import sys\nsys.exit = lambda *args, **kwargs: None\n"),
+    "posix._exit(0)": (HE_WRONG + "import posix\nposix._exit(0)\n", MBPP_WRONG + "import posix\nposix._exit(0)\n"),
+    "os._exit(0)": (HE_WRONG + "import os, posix\nos._exit = posix._exit\nos._exit(0)\n",
+                    MBPP_WRONG + "import os, posix\nos._exit = posix._exit\nos._exit(0)\n"),
+    "atexit exits 0": (HE_WRONG + "import atexit, posix\natexit.register(posix._exit, 0)\n",
+                       MBPP_WRONG + "import atexit, posix\natexit.register(posix._exit, 0)\n"),
+}
+EQUALITY_ATTACKS = {
+    "always-equal object": ("    return _Any()\n" + ALWAYS_EQUAL,
+                            ALWAYS_EQUAL + "def max_pair(xs):\n    return _Any()\n"),
+    "__eq__ true for any argument": (
+        "    return _Eq()\nclass _Eq:\n    __eq__ = lambda self, other: True\n    __ne__ = lambda self, other: False\n"
+        "    __sub__ = lambda self, other: self\n    __abs__ = lambda self: 0.0\n    __hash__ = object.__hash__\n",
+        "class _Eq(tuple):\n    __eq__ = lambda self, other: True\n    __hash__ = tuple.__hash__\n"
+        "    def __iter__(self):\n        return iter([-1, 5])\n"
+        "def max_pair(xs):\n    return _Eq()\n"),
+    "equal to every value of the expected types": (
+        "    return _Eq()\nclass _Eq(int):\n    def __eq__(self, other):\n"
+        "        return isinstance(other, (int, float, list, dict, str))\n"
+        "    def __ne__(self, other):\n        return not self == other\n"
+        "    def __sub__(self, other):\n        return 0.0\n    __hash__ = int.__hash__\n",
+        "class _Eq(tuple):\n    def __eq__(self, other):\n        return isinstance(other, (tuple, list))\n"
+        "    __hash__ = tuple.__hash__\n    def __iter__(self):\n        return iter([-1, 5])\n"
+        "def max_pair(xs):\n    return _Eq()\n"),
+    "always-equal items": ("    return [_Any(), _Any()] if isinstance(a, list) else _Any()\n" + ALWAYS_EQUAL,
+                           ALWAYS_EQUAL + "def max_pair(xs):\n    return (_Any(), _Any())\n"),
+}
+ATTACKS = {**EXIT_ATTACKS, **EQUALITY_ATTACKS,
+           "SystemExit swallowed": (HE_WRONG + "import sys\nsys.excepthook = lambda *a: None\nraise SystemExit(0)\n",
+                                    MBPP_WRONG + "raise SystemExit(0)\n")}
+
+# No new process: the attacks run through the tasks' own scoring, on the task objects (no data needed).
+_HE, _MBPP = HumanEval(None, limits=Limits(timeout_s=20)), MBPP(None, limits=Limits(timeout_s=20))
+
+
+def test_honest_programs_pass_and_wrong_ones_fail(clean):
+    he = _HE.score_batch([(HE_DOC, HE_RIGHT), (HE_DOC, HE_WRONG), (HE_DOC, "    pass\n")], workers=2)
+    mbpp = _MBPP.score_batch([(MBPP_DOC, MBPP_RIGHT), (MBPP_DOC, MBPP_WRONG), (MBPP_DOC, "")], workers=2)
+    assert [s["pass@1"] for s in he] == [1.0, 0.0, 0.0], he
+    assert [s["pass@1"] for s in mbpp] == [1.0, 0.0, 0.0], mbpp
+    # The program lm-eval runs is still the concatenation of the two parts.
+    assert _HE.program(HE_DOC, HE_RIGHT) == HE_PROMPT + HE_RIGHT + "\n" + HE_DOC.target
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_a_wrong_program_cannot_forge_a_pass(name, clean):
+    he, mbpp = ATTACKS[name]
+    scores = [_HE.score(HE_DOC, he), _MBPP.score(MBPP_DOC, mbpp)]
+    assert [s["pass@1"] for s in scores] == [0.0, 0.0], scores
+    # Power: each attack beats the verdict it targets. The exit attacks end with exit status 0 (the old
+    # verdict); the equality attacks pass as one program whose comparisons are not checked.
+    if name in EXIT_ATTACKS:
+        for task, doc, completion in ((_HE, HE_DOC, he), (_MBPP, MBPP_DOC, mbpp)):
+            result = run_program(task.checked_program(doc, completion), FAST)
+            assert result.returncode == 0 and "no verdict" in result.stderr, (name, result.stderr[-300:])
+    if name in EQUALITY_ATTACKS:
+        for task, doc, completion in ((_HE, HE_DOC, he), (_MBPP, MBPP_DOC, mbpp)):
+            assert run_program(task.program(doc, completion), FAST).passed, name
+
+
+def test_patched_builtins_do_not_reach_the_tests(clean):
+    source = "import builtins\nbuiltins.abs = lambda x: 0\ndef f():\n    return 10\n"
+    tests = "assert abs(f() - 3) < 1\n"
+    assert run_program(source + tests, FAST).passed  # as one program the patch works
+    result = run_program(Program(source, tests), FAST)
+    assert result.status == "failed" and "AssertionError" in result.stderr
+
+
+def test_honest_values_of_many_kinds_are_not_taken_for_forged(clean):
+    program = Program(
+        "import fractions, collections, decimal\n"
+        "class Point:\n    def __init__(self, x):\n        self.x = x\n"
+        "    def __eq__(self, other):\n        return isinstance(other, Point) and other.x == self.x\n"
+        "    __hash__ = None\n"
+        "def f(kind):\n"
+        "    return {'frac': fractions.Fraction(1, 2), 'counter': collections.Counter('aab'),\n"
+        "            'dec': decimal.Decimal('1.5'), 'point': Point(3), 'nested': [[1, (2, {3})], {'k': [None]}],\n"
+        "            'nan': float('nan'), 'od': collections.OrderedDict(a=1), 'gen': range(3)}[kind]\n",
+        "assert f('frac') == fractions.Fraction(2, 4)\nassert f('counter') == {'a': 2, 'b': 1}\n"
+        "assert f('dec') == decimal.Decimal('1.50')\nassert f('point') == Point(3) and f('point') != Point(4)\n"
+        "assert f('nested') == [[1, (2, {3})], {'k': [None]}]\nassert f('nan') != f('nan')\n"
+        "assert f('od') == {'a': 1}\nassert list(f('gen')) == [0, 1, 2] and 1 in f('gen')\n"
+        "assert 0.1 + 0.2 != 0.3 and abs(0.1 + 0.2 - 0.3) < 1e-9 and 1 < 2 <= 2\n"
+        "try:\n    import numpy as np\nexcept (ImportError, PermissionError):\n"
+        "    pass  # numpy calls os.putenv, which the guard refuses\nelse:\n"
+        "    a = np.array([1.0, 2.0])\n    assert (a == np.array([1.0, 2.0])).all() and np.isclose(a.sum(), 3.0)\n")
+    result = run_program(program, FAST)
+    assert result.passed, result.stderr[-500:]
+
+
+def _protections() -> dict:
+    return run_program("pass\n", FAST).protections
+
+
+def _skip_unless(layer: str, why: str):
+    if not _protections().get(layer):
+        pytest.skip(f"no {layer} here ({why}); see the sandbox docstring for what is confined without it")
+
+
+def test_writes_outside_the_work_folder_change_nothing(tmp_path, clean):
+    """A file the test made (world-writable, in a world-writable folder, so that only the read-only
+    mounts stop a write) is byte for byte the same after a program tried to overwrite, truncate and
+    append to it, and no file appears beside it, in /tmp or in /dev/shm."""
+    _skip_unless("readonly", "a private mount namespace needs root on Linux")
+    victim = tmp_path / "victim.bin"
+    content = bytes(range(256)) * 4
+    victim.write_bytes(content)
+    os.chmod(tmp_path, 0o777)
+    os.chmod(victim, 0o666)
+    before = {p: sorted(os.listdir(p)) for p in (tmp_path, "/dev/shm") if os.path.isdir(p)}
+    attempts = [f"open({str(victim)!r}, 'w').write('owned')", f"open({str(victim)!r}, 'r+b').truncate(0)",
+                f"open({str(victim)!r}, 'ab').write(b'x')", f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+                "open('/dev/shm/srsmc-escape', 'w').write('x')",
+                f"open({os.path.join(tempfile.gettempdir(), 'srsmc-escape-test')!r}, 'w').write('x')",
+                "open('scratch.txt', 'w').write('inside is fine')"]
+    program = "import os\nrefused = []\n" + "".join(
+        f"try:\n    {a}\nexcept OSError as e:\n    refused.append(e.errno)\n" for a in attempts) + \
+        f"assert len(refused) == {len(attempts) - 1}, refused\nassert open('scratch.txt').read() == 'inside is fine'\n"
+    result = run_program(program, FAST)
+    assert result.passed, result.stderr[-500:]  # every attempt ran, and only the inside write worked
+    assert victim.read_bytes() == content
+    assert {p: sorted(os.listdir(p)) for p in before} == before
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), "srsmc-escape-test"))
+
+
+def test_the_work_folder_has_a_total_disk_quota(clean):
+    _skip_unless("disk_quota", "a private tmpfs needs root on Linux")
+    program = "chunk = b'x' * (1 << 20)\nfor i in range(64):\n    with open(f'f{i}', 'wb') as f:\n" \
+              "        f.write(chunk)\n"
+    result = run_program(program, Limits(timeout_s=10, disk_bytes=8 << 20))
+    assert result.status == "failed" and "No space left on device" in result.stderr, result.stderr[-300:]
+
+
+def test_stdout_and_stderr_share_one_output_quota(clean):
+    program = "import sys\nfor i in range(20):\n    print('o' * 50000)\n    print('e' * 50000, file=sys.stderr)\n"
+    result = run_program(program, Limits(timeout_s=10, output_bytes=3 << 20))
+    assert result.passed, result.stderr[-300:]
+    result = run_program(program, Limits(timeout_s=10, output_bytes=3 << 19))  # 1 MB each, 2 MB in all
+    assert result.status == "output" and not result.passed and result.duration_s < 5
+    assert "output quota" in result.stderr and len(result.stdout) <= 2048
+
+
+_HARNESS = ("import json, sys\nsys.path.insert(0, {repo!r})\n"
+            "from srsmc_jax.app.eval.sandbox import Limits, run_program\n"
+            "r = run_program(sys.stdin.read(), Limits(timeout_s={timeout}))\n"
+            "print(json.dumps({{'status': r.status, 'stdout': r.stdout, 'stderr': r.stderr[-500:]}}))\n")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_harness_environment_cannot_be_read(clean):
+    """The scoring process has a secret in its environment: the program sees neither it in its own
+    environment nor the harness's ``/proc/<pid>/environ`` (nor its memory)."""
+    import subprocess
+    import sys
+
+    secret = "srsmc-secret-" + os.urandom(8).hex()
+    program = ("import os\nppid = os.getppid()\nprint('SEEN', dict(os.environ))\n"
+               "for name in ('environ', 'cmdline', 'mem'):\n    try:\n"
+               "        with open(f'/proc/{ppid}/{name}', 'rb') as f:\n"
+               "            print('READ', name, f.read(1 << 16))\n"
+               "    except OSError as e:\n        print('REFUSED', name, e.errno)\n")
+    out = subprocess.run([sys.executable, "-c", _HARNESS.format(repo=REPO_ROOT, timeout=20)], input=program,
+                         capture_output=True, text=True, env={**os.environ, "SRSMC_TEST_SECRET": secret}, timeout=60)
+    assert out.returncode == 0, out.stderr[-500:]
+    result = json.loads(out.stdout)
+    assert result["status"] == "passed" and "SEEN" in result["stdout"], result
+    assert "REFUSED environ" in result["stdout"], result["stdout"][-500:]
+    assert secret not in result["stdout"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat_line = f.read()
+            except OSError:
+                continue
+            if int(stat_line[stat_line.rfind(b")") + 2:].split()[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    return stat_line[stat_line.rfind(b")") + 2:].split()[0].decode()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_program_dies_with_a_killed_harness(clean):
+    """``kill -9`` of the scoring process: its sandboxed program (still sleeping, far from its own
+    limits) is gone within a few seconds, killed by the kernel's parent-death signal."""
+    import shutil
+    import signal
+    import subprocess
+
+    sandbox._become_subreaper()  # the orphan is re-parented here, and reaped below
+    scorer = subprocess.Popen([sys.executable, "-c", _HARNESS.format(repo=REPO_ROOT, timeout=60)],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    scorer.stdin.write("import time\ntime.sleep(60)\n")
+    scorer.stdin.close()
+    child, run_dir, deadline = None, None, time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:  # until the guard has set itself up (its filter is installed)
+            kids = [p for p in _children(scorer.pid) if p in _sandbox_processes()]
+            if kids:
+                child = kids[0]
+                try:
+                    with open(f"/proc/{child}/status") as f:
+                        ready = "Seccomp:\t2" in f.read() or not sandbox.seccomp_filter()
+                    run_dir = os.path.dirname(os.readlink(f"/proc/{child}/cwd"))
+                except OSError:
+                    ready = False
+                if ready:
+                    break
+            time.sleep(0.05)
+        assert child is not None, "the scorer never started its program"
+        time.sleep(0.2)
+        os.kill(scorer.pid, signal.SIGKILL)
+        scorer.wait()
+        gone_by = time.monotonic() + 3
+        while _state(child) not in (None, "Z") and time.monotonic() < gone_by:
+            time.sleep(0.02)
+        assert _state(child) in (None, "Z"), f"program {child} outlived its harness: {_state(child)}"
+    finally:
+        if child is not None and _state(child) == "Z":
+            try:
+                os.waitpid(child, 0)
+            except ChildProcessError:
+                pass
+        if scorer.poll() is None:
+            scorer.kill()
+            scorer.wait()
+        if run_dir and os.path.basename(run_dir).startswith(TEMP_PREFIX):
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -137,3 +137,130 @@ def test_pass_at_k_estimator():
     assert math.isclose(mean_pass_at_k([[True, False], [False, False]], 1), 0.25)
     with pytest.raises(ValueError, match="k <= n"):
         pass_at_k(3, 1, 4)
+
+
+# --- linear-time extraction (issue 19) ------------------------------------------------------------
+# lm-eval 0.4.8's regexes, verbatim: the linear rewrites must give their results on every text.
+import random  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+from srsmc_jax.app.eval.gsm8k import IGNORED_PATTERNS, _normalise_for_match, exact_match  # noqa: E402
+from srsmc_jax.app.eval.math_answers import FINAL_ANSWER_END, last_boxed_only_string  # noqa: E402
+
+LM_EVAL_FINAL = re.compile(r"Final Answer: The final answer is(.*?). I hope it is correct.")
+
+
+def _lm_eval_normalise_gsm8k(text):
+    for pattern in IGNORED_PATTERNS:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def _lm_eval_normalize_math(answer):
+    """lm-eval 0.4.8's normalize_final_answer with its regexes (the substitution lists are ours)."""
+    from srsmc_jax.app.eval.math_answers import REMOVED_EXPRESSIONS, SUBSTITUTIONS
+
+    answer = answer.split("=")[-1]
+    for before, after in SUBSTITUTIONS:
+        answer = answer.replace(before, after)
+    for expression in REMOVED_EXPRESSIONS:
+        answer = answer.replace(expression, "")
+    answer = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", answer)
+    answer = re.sub(r"(\\text\{)(.*?)(\})", "\\2", answer)
+    answer = re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", answer)
+    answer = re.sub(r"(\\overline\{)(.*?)(\})", "\\2", answer)
+    answer = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", answer)
+    answer = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", answer)
+    answer = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", answer)
+    answer = answer.replace("$", "")
+    if answer.replace(",", "").isdigit():
+        answer = answer.replace(",", "")
+    return answer
+
+
+_PIECES = ["$", "}", "{", "\n", "x", "1", ",", ".", " ", "#### ", "\\text{", "\\textbf{", "\\overline{",
+           "\\boxed{", "frac", "sqrt", "Final Answer: The final answer is", " I hope it is correct", ". ", "=",
+           "-", "5.", "#"]
+
+
+def _random_texts(count, seed=19):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_PIECES) for _ in range(rng.randrange(0, 14))) for _ in range(count)]
+
+
+def test_linear_extraction_equals_lm_evals_regexes_on_random_texts():
+    for text in _random_texts(20000):
+        assert _normalise_for_match(text) == _lm_eval_normalise_gsm8k(text), repr(text)
+        want = LM_EVAL_FINAL.search(text + FINAL_ANSWER_END)
+        want = want.group(1).strip() if want else "[invalidanswer]"
+        assert extract_final_answer(text) == want, repr(text)
+        assert normalize_final_answer(text) == _lm_eval_normalize_math(text), repr(text)
+        for pattern, select in ((STRICT_PATTERN, 0), (FLEXIBLE_PATTERN, -1)):
+            matches = pattern.findall(text)
+            want = "[invalid]"
+            if matches:
+                match = matches[select]
+                if isinstance(match, tuple):
+                    match = next((g for g in match if g), "[invalid]")
+                want = match.strip()
+            assert extract(text, pattern, select) == want, repr(text)
+
+
+MB = 1 << 20
+PATHOLOGICAL = {  # about 1 MB each, the shapes that made the regexes quadratic
+    "1,": "1," * (MB // 2),
+    "1 ": "1 " * (MB // 2),
+    "x": "x" * MB,
+    "frac": "frac" * (MB // 4),
+    "\\text{": "\\text{" * (MB // 6),
+    "\\boxed{": "\\boxed{" * (MB // 7),
+    "opening": "Final Answer: The final answer is" * (MB // 33),
+    "opening x": ("Final Answer: The final answer is" + "x" * 67) * (MB // 100),
+}
+
+
+def _timed(f, *args):
+    start = time.monotonic()
+    value = f(*args)
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.0, (f.__name__, elapsed)
+    return value
+
+
+@pytest.mark.parametrize("name", PATHOLOGICAL)
+def test_extraction_is_fast_on_pathological_1mb_outputs(name):
+    text = PATHOLOGICAL[name]
+    flexible = _timed(extract, text, FLEXIBLE_PATTERN, -1)
+    strict = _timed(extract, text, STRICT_PATTERN, 0)
+    assert strict == "[invalid]"
+    _timed(exact_match, flexible, "1")
+    final = _timed(extract_final_answer, text)
+    normalised = _timed(normalize_final_answer, final)
+    boxed = _timed(last_boxed_only_string, text)
+    whole = _timed(normalize_final_answer, text)
+    unspaced = text.replace(" ", "")  # Minerva's substitutions drop spaces
+    expected = {
+        "1,": ("1," * (MB // 2), "1" * (MB // 2)),
+        "1 ": ("1", unspaced),
+        "x": ("[invalid]", text),
+        "frac": ("[invalid]", re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", text)),  # this regex is linear
+        "\\text{": ("[invalid]", text),
+        "\\boxed{": ("[invalid]", text),
+        "opening": ("[invalid]", unspaced),
+        "opening x": ("[invalid]", unspaced),
+    }[name]
+    expected = (expected[0], "[invalidanswer]", None, expected[1])
+    assert (flexible, final, boxed) == expected[:3]
+    assert normalised == "[invalidanswer]"
+    assert whole == expected[3]
+
+
+def test_an_answer_after_a_pathological_prefix_is_still_found():
+    text = ("Final Answer: The final answer is" * 20000 +
+            "\nFinal Answer: The final answer is $7$. I hope it is correct.")
+    assert _timed(extract_final_answer, text) == "$7$"
+    assert _timed(normalize_final_answer, "\\text{" * 100000 + "\n\\boxed{42}") == "\\text{" * 100000 + "\n42"
+    noisy = "1 " * 400000 + "#### 1,234"
+    assert _timed(extract, noisy, STRICT_PATTERN, 0) == "1,234"
+    assert _timed(exact_match, noisy, "1234") is True

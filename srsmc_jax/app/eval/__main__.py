@@ -152,7 +152,9 @@ def _evaluate_mode(args) -> int:
         load_chat_template(args.chat)  # fail early
     method_config(args)  # flags checked before the model is loaded (lengths and mask id: the model's, later)
     task = get_task(args.task, args.data)
-    task.documents()  # and the data
+    docs = task.documents()  # and the data
+    if doc_ids is not None and docs:  # against the task's size, before the model is loaded
+        parse_doc_ids(args.doc_ids, max_doc_id=max(d.doc_id for d in docs))
     say = None if args.quiet else (lambda text: print(f"eval: {text}", file=sys.stderr, flush=True))
     if say:
         say(f"loading {args.model}…")

@@ -3,7 +3,8 @@
 Prompt: the problem's ``prompt`` field verbatim (signature and docstring; not stripped, most start
 with ``\\n``). Stop strings ``\\nclass``, ``\\ndef``, ``\\n#``, ``\\nif``, ``\\nprint``. Program: prompt +
 completion (lm-eval's ``build_predictions`` filter) + ``\\n`` + the target ``{test}\\ncheck({entry_point})``
-(HF ``code_eval`` joins prediction and reference with a newline), 3 s per program.
+(HF ``code_eval`` joins prediction and reference with a newline), 3 s per program. The sandbox runs
+the two parts apart (:mod:`srsmc_jax.app.eval.code_task`): the target is the harness's tests.
 """
 
 from __future__ import annotations
@@ -29,5 +30,8 @@ class HumanEval(CodeTask):
     def documents(self) -> list[Document]:
         return list(self._docs)
 
-    def program(self, doc: Document, completion: str) -> str:
-        return doc.fields["prompt"] + completion + "\n" + doc.target
+    def candidate(self, doc: Document, completion: str) -> str:
+        return doc.fields["prompt"] + completion
+
+    def tests(self, doc: Document) -> str:
+        return doc.target

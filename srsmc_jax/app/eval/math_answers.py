@@ -26,6 +26,7 @@ reproduced exactly because a single character changes which answers match. All t
 
 from __future__ import annotations
 
+import bisect
 import re
 import signal
 from contextlib import contextmanager
@@ -105,12 +106,91 @@ def gold_answer(solution: str) -> str:
     return normalize_final_answer(boxed_answer(solution))
 
 
+def _final_answer_search(text: str) -> str | None:
+    """``FINAL_ANSWER_PATTERN.search(text).group(1)`` (None: no match), in linear time.
+
+    The regex retries its lazy ``(.*?)`` from every occurrence of the opening phrase to the end of its
+    line, which is quadratic on a long line with many openings and no ending. The same match: the
+    leftmost opening whose line holds, after it, an ending (any character but a newline, then
+    `` I hope it is correct``, then any character but a newline); the group runs to the first such
+    ending."""
+    opening, middle = "Final Answer: The final answer is", " I hope it is correct"
+    n = len(text)
+    endings, at = [], text.find(middle, 1)  # q: where an ending's leading wildcard is
+    while at >= 0:
+        q, last = at - 1, at + len(middle)
+        if last < n and text[q] != "\n" and text[last] != "\n":
+            endings.append(q)
+        at = text.find(middle, at + 1)
+    i = text.find(opening)
+    while i >= 0:
+        start = i + len(opening)
+        line_end = text.find("\n", start)
+        line_end = n if line_end < 0 else line_end
+        k = bisect.bisect_left(endings, start)
+        if k < len(endings) and endings[k] < line_end:
+            return text[start:endings[k]]
+        if line_end == n:  # no later opening on this line can do better
+            return None
+        i = text.find(opening, line_end + 1)
+    return None
+
+
 def extract_final_answer(completion: str) -> str:
     """The text between ``Final Answer: The final answer is`` and ``. I hope it is correct.``
     (stripped; the end phrase is appended first, so a completion cut before it still yields the
-    rest), or ``[invalidanswer]``."""
-    match = FINAL_ANSWER_PATTERN.search(completion + FINAL_ANSWER_END)
-    return match.group(1).strip() if match else INVALID_ANSWER
+    rest), or ``[invalidanswer]``. Linear time; the same result as lm-eval's
+    ``FINAL_ANSWER_PATTERN.search``."""
+    group = _final_answer_search(completion + FINAL_ANSWER_END)
+    return group.strip() if group is not None else INVALID_ANSWER
+
+
+def _lines(text: str):
+    """``(start, end)`` of each line (end: its newline, or the end of the text)."""
+    start, n = 0, len(text)
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            yield start, n
+            return
+        yield start, end
+        start = end + 1
+
+
+def _keep_between_dollars(text: str) -> str:
+    """``re.sub(r"(.*?)(\\$)(.*?)(\\$)(.*)", "$\\3$", text)`` in linear time: each line with two
+    ``$`` or more becomes ``$`` + what is between its first two + ``$``."""
+    out = []
+    for start, end in _lines(text):
+        first = text.find("$", start, end)
+        second = text.find("$", first + 1, end) if first >= 0 else -1
+        out.append(text[start:end] if second < 0 else "$" + text[first + 1:second] + "$")
+    return "\n".join(out)
+
+
+def _unwrap(text: str, opening: str, greedy: bool) -> str:
+    """``re.sub(re.escape(opening) + "(.*?)}" or "(.*)}", r"\\1", text)`` without DOTALL, in linear
+    time: ``opening`` ... ``}`` on one line (the first ``}`` if lazy, the last if greedy) becomes what
+    is between them."""
+    out, pos, n = [], 0, len(text)
+    line_end = -1
+    i = text.find(opening)
+    while i >= 0:
+        start = i + len(opening)
+        if line_end < start:  # the end of the line the opening ends on (each line looked up once)
+            line_end = text.find("\n", start)
+            line_end = n if line_end < 0 else line_end
+        close = (text.rfind if greedy else text.find)("}", start, line_end)
+        if close < 0:  # no opening later on this line closes either
+            if line_end == n:
+                break
+            i = text.find(opening, line_end + 1)
+            continue
+        out += [text[pos:i], text[start:close]]
+        pos = close + 1
+        i = text.find(opening, pos)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def normalize_final_answer(answer: str) -> str:
@@ -120,12 +200,17 @@ def normalize_final_answer(answer: str) -> str:
         answer = answer.replace(before, after)
     for expression in REMOVED_EXPRESSIONS:
         answer = answer.replace(expression, "")
-    # Keep what is inside $...$, \text{}, \textbf{}, \overline{}, \boxed{}.
-    answer = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", answer)
-    answer = re.sub(r"(\\text\{)(.*?)(\})", "\\2", answer)
-    answer = re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", answer)
-    answer = re.sub(r"(\\overline\{)(.*?)(\})", "\\2", answer)
-    answer = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", answer)
+    # Keep what is inside $...$, \text{}, \textbf{}, \overline{}, \boxed{}: lm-eval's
+    #   re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", answer)
+    #   re.sub(r"(\\text\{)(.*?)(\})", "\\2", answer)     (and textbf, overline)
+    #   re.sub(r"(\\boxed\{)(.*)(\})", "\\2", answer)
+    # written out in linear time (the regexes are quadratic on a long answer without a closing "$" or
+    # "}"), with the same results (tests/test_eval_scoring.py compares them on random texts).
+    answer = _keep_between_dollars(answer)
+    answer = _unwrap(answer, "\\text{", greedy=False)
+    answer = _unwrap(answer, "\\textbf{", greedy=False)
+    answer = _unwrap(answer, "\\overline{", greedy=False)
+    answer = _unwrap(answer, "\\boxed{", greedy=True)
     # Shorthand TeX: \fracab -> \frac{a}{b}, \sqrta -> \sqrt{a}.
     answer = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", answer)
     answer = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", answer)

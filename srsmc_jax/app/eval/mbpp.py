@@ -10,7 +10,8 @@ ending ``[BEGIN]\\n``. Stop at ``[DONE]``.
 Program: the completion + ``\\n`` + the three ``test_list`` asserts (lm-eval's target, joined by HF
 ``code_eval``); ``test_setup_code`` is NOT run, as in lm-eval (this fails task 367's reference
 solution, whose tests need it; ``include_setup_code=True`` runs it between completion and tests, as
-the original MBPP harness does).
+the original MBPP harness does). The sandbox runs the completion and the tests (setup code and
+asserts) apart (:mod:`srsmc_jax.app.eval.code_task`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class MBPP(CodeTask):
     def documents(self) -> list[Document]:
         return list(self._docs)
 
-    def program(self, doc: Document, completion: str) -> str:
+    def candidate(self, doc: Document, completion: str) -> str:
+        return completion
+
+    def tests(self, doc: Document) -> str:
         setup = doc.fields["test_setup_code"] + "\n" if self.include_setup_code else ""
-        return completion + "\n" + setup + doc.target
+        return setup + doc.target

@@ -41,18 +41,19 @@ RUN_META = "run.json"
 SUMMARY = "summary.json"
 RUN_FORMAT = "srsmc-jax-eval-run/1"
 SUMMARY_FORMAT = "srsmc-jax-eval-summary/1"
-# what a document-id range may hold (a bigger selection is refused before a list is built)
-MAX_DOC_IDS = 10_000_000
-
-
 class RunError(ValueError):
     """A bad run folder or document selection (one line)."""
 
 
-def parse_doc_ids(spec: str) -> list[int]:
-    """``"0,5,10-19"`` -> [0, 5, 10, ..., 19]."""
-    ids: list[int] = []
-    too_many = False
+# what a document-id range may hold (a bigger selection is refused before a list is built)
+MAX_DOC_IDS = 1_000_000  # more ids than any task has documents (MATH: 5,000)
+
+
+def parse_doc_ids(spec: str, *, max_doc_id: Optional[int] = None) -> list[int]:
+    """``"0,5,10-19"`` -> [0, 5, 10, ..., 19]. The ranges are checked before any is expanded: an id
+    above ``max_doc_id`` (the task's last document, when known), or more than :data:`MAX_DOC_IDS`
+    ids in all, is a one-line :class:`RunError` naming ``--doc-ids``."""
+    ranges: list[tuple[int, int]] = []
     for part in spec.split(","):
         part = part.strip()
         if not part:
@@ -62,19 +63,24 @@ def parse_doc_ids(spec: str) -> list[int]:
                 lo, hi = (int(x) for x in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
-                if hi - lo + 1 + len(ids) > MAX_DOC_IDS:
-                    too_many = True
-                    break
-                ids.extend(range(lo, hi + 1))
             else:
-                ids.append(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise RunError(f"--doc-ids {spec!r}: expected ids and ranges like 0,5,10-19") from None
-    if too_many:
-        raise RunError(f"--doc-ids {spec!r}: more than {MAX_DOC_IDS:,} ids (no task has that many documents)")
-    if not ids or min(ids) < 0:
+        ranges.append((lo, hi))
+    if not ranges or min(lo for lo, _ in ranges) < 0:
         raise RunError(f"--doc-ids {spec!r}: expected non-negative ids")
-    return sorted(set(ids))
+    top = max(hi for _, hi in ranges)
+    if max_doc_id is not None and top > max_doc_id:
+        first_missing = min(max(lo, max_doc_id + 1) for lo, hi in ranges if hi > max_doc_id)
+        raise RunError(f"--doc-ids {spec!r}: no document {first_missing} (the task has doc ids 0..{max_doc_id})")
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count > MAX_DOC_IDS:
+        raise RunError(f"--doc-ids {spec!r}: {count:,} ids, more than the {MAX_DOC_IDS:,} any task has")
+    ids: set[int] = set()
+    for lo, hi in ranges:
+        ids.update(range(lo, hi + 1))
+    return sorted(ids)
 
 
 def select_documents(docs: Sequence[Document], *, limit: Optional[int] = None,
