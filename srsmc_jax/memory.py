@@ -163,7 +163,7 @@ def estimate(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: in
         logits = jax.eval_shape(lambda p, t: den.refresh(p, t, seq, den.init(p, t, seq), prompt_length, rows)[0],
                                 abstract, one)
         vocab = int(logits.shape[-1])
-    history = 0 if config.strategies.move is None else 4 * length + 4 * config.block
+    history = 0 if config.strategies.move is None else 4 * length + 4 * config.steps_per_block
     per_particle = 8 * length + _nbytes(cache) + history
 
     shape = {} if mesh is None else dict(mesh.shape)

@@ -351,8 +351,7 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
     tokens0 = jnp.concatenate([prompt, jnp.full((g,), config.mask_id, jnp.int32)])
     tokens = jnp.broadcast_to(tokens0, (n, length))
     cache = jax.vmap(lambda t: den.init(params, t, seq))(tokens)
-    history = () if strat.move is None else MoveHistory(
-        reveal_step=jnp.full((n, length), -1, jnp.int32), step_increments=jnp.zeros((n, lb), jnp.float32))
+    history = () if strat.move is None else MoveHistory.empty(n, length, config.steps_per_block)
     t_max = config.max_steps
     state = SMCState(
         particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache, history),
@@ -503,11 +502,7 @@ def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, 
                         revealed_fraction=fraction.astype(jnp.float32))
         increment = jnp.asarray(strat.weight(ctx.weight_params, info), jnp.float32)
         if history != ():
-            old_step = jax.lax.dynamic_slice_in_dim(history.reveal_step, block_start, lb)
-            history = MoveHistory(
-                reveal_step=jax.lax.dynamic_update_slice_in_dim(
-                    history.reveal_step, jnp.where(revealed, step_in_block, old_step), block_start, 0),
-                step_increments=history.step_increments.at[step_in_block].set(increment))
+            history = history.record(revealed, step_in_block, block_start, increment)
         return tokens, token_logp, history, increment
 
     tokens, token_logp, history, increments = _map_particles(
