@@ -34,6 +34,9 @@ but a resampling gathers all N. On CPU every virtual device lives in the host's 
 host total (the per-device sum) is compared with ``MemAvailable``; on GPU / TPU the per-device
 figure is compared with the device's free memory (``device.memory_stats()``).
 
+Entry points call :func:`require` (estimate + comparison + a one-line refusal naming the flag to
+change and a value that fits) before compiling anything.
+
 Measured against the peak resident memory of real runs (``tests/test_memory.py``,
 ``benchmarks/scale.py memory``): see the README ("Running on many devices") for the factor.
 """
