@@ -21,6 +21,14 @@ prompts), in a FRESH process each (so that the peak is this configuration's alon
   attention's q/k/v) are listed separately from copies of loop-carried buffers.
 
 The findings are summarised in ``benchmarks/results/memory.md`` (written by hand from the JSON).
+
+    python -m benchmarks.memory --large-n [--json benchmarks/results/memory_large_n.json]
+
+checks ``srsmc_jax.memory.estimate`` (every term that grows with N: particle state, logits, the
+genealogy and results, one resampling's temporaries) against the peak RSS growth of real runs on
+the embedded model at N up to 10^5 (``benchmarks.scale run`` in a fresh process each; every
+scheme resampling at every block end; one denoising step, which memory does not depend on), with
+the ratio measured / estimated per run.
 """
 
 from __future__ import annotations
@@ -190,13 +198,40 @@ def measure_one(spec: dict) -> dict:
     }
 
 
+# (particles, particle chunk, resampling scheme): N up to 10^5, every scheme at the largest N
+LARGE_N = [(10_000, 256, "multinomial"), (30_000, 1024, "stratified"), (100_000, 1024, "residual"),
+           (100_000, 1024, "systematic")]
+
+
+def large_n(configs=LARGE_N) -> list[dict]:
+    """The estimate against the measured peak RSS growth at large N (see the module docstring)."""
+    from benchmarks.scale import _child
+
+    rows = []
+    for n, chunk, scheme in configs:
+        row = _child(["run", "-n", str(n), "--chunk", str(chunk), "--resampling", scheme, "--ess-threshold", "1",
+                      "--steps", "1"])
+        row["ratio_measured_over_estimate"] = round(row["peak_rss_growth"] / row["estimate_without_params"], 3)
+        print(f"N={n:>7} chunk={chunk:>4} {scheme:>11}: estimate {row['estimate_without_params'] / 2**20:8.1f} MiB, "
+              f"measured {row['peak_rss_growth'] / 2**20:8.1f} MiB, ratio {row['ratio_measured_over_estimate']}, "
+              f"{row['seconds']} s", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--large-n", action="store_true", help="the estimate against measured peaks at N up to 1e5")
     ap.add_argument("--workdir", default=None, help="keep the random checkpoint here (reused when present)")
     ap.add_argument("--cases", default=";".join(CASES),
                     help="case names separated by semicolons (the names contain commas)")
     args = ap.parse_args(argv)
+    if args.large_n:
+        rows = large_n()
+        if args.json:
+            write_json(args.json, rows)
+        return rows
     import numpy as np
 
     from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint

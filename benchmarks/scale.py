@@ -69,7 +69,8 @@ def _init_devices() -> None:
 
 # ---- one measured run ----------------------------------------------------------------------------------
 def run_once(particles: int, chunk: int | None, batch: int, mesh_shape: tuple[int, int] | None = None,
-             layout: str = "prompts", steps: int = 2, seed: int = 0) -> dict:
+             layout: str = "prompts", steps: int = 2, seed: int = 0, resampling: str = "multinomial",
+             ess_threshold: float = 0.5) -> dict:
     """Sample ``batch`` copies of the quick-start puzzle on the embedded model: the memory estimate,
     the peak RSS growth of the run itself (after compiling), and the wall time. ``steps`` denoising
     steps reveal the 36 cells (memory does not depend on it; time does)."""
@@ -85,8 +86,8 @@ def run_once(particles: int, chunk: int | None, batch: int, mesh_shape: tuple[in
     prompt = task.encode(PUZZLE)
     prompts = np.repeat(prompt[None], batch, axis=0)
     config = sr.SMCConfig(num_particles=particles, gen_length=task.gen_length, block_length=task.gen_length,
-                          steps=steps, mask_id=model.mask_id, particle_chunk=chunk,
-                          particle_axis="data" if layout == "particles" else None)
+                          steps=steps, mask_id=model.mask_id, particle_chunk=chunk, resampling=resampling,
+                          ess_threshold=ess_threshold, particle_axis="data" if layout == "particles" else None)
     den = model.as_denoiser()
     sample = sr.make_sampler(den, config)
     mesh = None if mesh_shape is None else sr.sharding.make_mesh(*mesh_shape)
@@ -107,7 +108,9 @@ def run_once(particles: int, chunk: int | None, batch: int, mesh_shape: tuple[in
     grown = peak_rss() - base
     return {"particles": particles, "chunk": chunk, "batch": batch, "mesh": mesh_shape, "layout": layout,
             "steps": steps,
+            "resampling": resampling, "ess_threshold": ess_threshold,
             "estimate": {"params": est.params, "state": est.state, "logits": est.logits, "forward": est.forward,
+                         "diagnostics": est.diagnostics, "resampling": est.resampling,
                          "host_devices": est.host_devices, "compared": est.compared},
             "estimate_without_params": est.compared - est.params * est.host_devices,
             "peak_rss_growth": int(grown), "seconds": round(seconds, 3),
@@ -299,6 +302,8 @@ def main(argv=None) -> int:
     r.add_argument("--mesh", default=None, help="data,model (needs that many devices: SRSMC_SCALE_DEVICES)")
     r.add_argument("--layout", choices=("prompts", "particles"), default="prompts")
     r.add_argument("--steps", type=int, default=2, help="denoising steps for the 36 cells (default 2)")
+    r.add_argument("--resampling", default="multinomial", help="resampling scheme")
+    r.add_argument("--ess-threshold", type=float, default=0.5, help="1 resamples at every block end")
     for name in ("memory", "scaling", "load"):
         sub.add_parser(name)
     lay = sub.add_parser("layout", help="one layout of the small random LLaDA: time and collectives")
@@ -332,7 +337,8 @@ def main(argv=None) -> int:
         result = layout_once(mesh, args.layout)
     elif args.command == "run":
         mesh = None if args.mesh is None else tuple(int(v) for v in args.mesh.split(","))
-        result = run_once(args.particles, args.chunk, args.batch, mesh, args.layout, args.steps)
+        result = run_once(args.particles, args.chunk, args.batch, mesh, args.layout, args.steps,
+                          resampling=args.resampling, ess_threshold=args.ess_threshold)
     elif args.command == "memory":
         result = memory_table()
         _record("memory", result)

@@ -204,6 +204,7 @@ class LoadedModel:
         """The same model with its params placed on ``mesh`` by the partition rules (default: the
         family's; ``jax.device_put``). For a checkpoint, ``models.load(path, mesh=mesh)`` restores
         straight into the shardings instead."""
+        mesh = _as_mesh(mesh)
         params = jax.device_put(self.params, param_shardings(self.family, self.params, mesh, rules))
         out = LoadedModel(self.family, self.config, self.graphdef, params, path=self.path, dtype=self.dtype)
         out._tokenizer, out._tokenizer_loaded = self._tokenizer, self._tokenizer_loaded
@@ -255,7 +256,8 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     ``False`` checks only the metadata, file sizes and array shapes. Any damage is a one-line
     ValueError naming the file. ``path=None`` loads the embedded default model (``models/embedded``).
 
-    mesh: a ``jax.sharding.Mesh`` (e.g. ``srsmc_jax.sharding.make_mesh(data, model)``): every
+    mesh: a ``jax.sharding.Mesh`` (e.g. ``srsmc_jax.sharding.make_mesh(data, model)``), or the
+    shorthand tuple ``(data, model)`` for that mesh: every
     array is restored by orbax straight into its ``NamedSharding`` on the mesh (its Auto twin), so
     each process reads only the pieces its devices hold and no full host copy of the weights is
     made. rules: the partition rules (default: the family's ``FamilySpec.partition_rules``);
@@ -285,7 +287,7 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     if mesh is not None:
         from srsmc_jax.sharding import auto_axes
 
-        mesh = auto_axes(mesh)
+        mesh = auto_axes(_as_mesh(mesh))
         specs = partition_rules(meta.family, rules).specs(stored, mesh)
         shardings = {k: jax.sharding.NamedSharding(mesh, s) for k, s in specs.items()}
     elif rules is not None:
@@ -294,6 +296,19 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     flat = {k: (v if v.dtype == jnp.dtype(pdtype) else v.astype(pdtype)) for k, v in flat.items()}
     graphdef, state = flat_to_state(abstract, flat, what=str(path))
     return LoadedModel(meta.family, cfg, graphdef, state, path=path, dtype=cdtype)
+
+
+def _as_mesh(mesh: Any) -> Any:
+    """``mesh`` itself, or for the shorthand ``(data, model)`` (two ints) the mesh
+    ``srsmc_jax.sharding.make_mesh(data, model)``; anything else is a one-line ValueError."""
+    if isinstance(mesh, jax.sharding.Mesh):
+        return mesh
+    if isinstance(mesh, (tuple, list)) and len(mesh) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in mesh):
+        from srsmc_jax.sharding import make_mesh
+
+        return make_mesh(mesh[0], mesh[1])  # its own one-line errors for sizes that do not fit
+    raise ValueError(f"mesh: expected a jax.sharding.Mesh or a (data, model) tuple of two ints, got {mesh!r}")
 
 
 def random_model(cfg: Any, *, seed: int = 0, dtype: Any = "float32", param_dtype: Any = None) -> LoadedModel:

@@ -36,6 +36,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["SequenceInfo", "Denoiser", "CachedDenoiser", "as_denoiser", "as_cached"]
 
@@ -121,6 +122,33 @@ class CachedDenoiser:
     any_rows: bool = False
 
 
+def _describe(x: Any) -> str:
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        items = ", ".join(_describe(v) for v in x[:4]) + (", …" if len(x) > 4 else "")
+        return f"a {type(x).__name__} of {len(x)} ({items})"
+    return type(x).__name__
+
+
+def check_logits_output(out: Any, who: str, expected: str) -> jax.Array:
+    """``out`` when it is an array of logits; else a one-line ValueError naming what ``who``
+    returned (e.g. a tuple ``(logits, aux)`` from a model that returns auxiliary outputs)."""
+    if hasattr(out, "shape") and hasattr(out, "dtype") and hasattr(out, "ndim"):
+        return out
+    hint = (" (return only the logits, e.g. wrap it as lambda params, tokens: fn(params, tokens)[0])"
+            if isinstance(out, (tuple, list)) else "")
+    raise ValueError(f"denoiser: {who} returned {_describe(out)}; expected {expected} logits{hint}")
+
+
+def check_cached_output(out: Any, who: str, rows: int) -> tuple:
+    """``(logits, cache)`` of a cached denoiser's ``refresh`` / ``step``, checked: a one-line
+    ValueError naming what ``who`` returned otherwise."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError(f"denoiser: {who} returned {_describe(out)}; expected a pair (float[{rows}, V] logits, cache)")
+    return check_logits_output(out[0], who, f"a pair whose first item is float[{rows}, V]"), out[1]
+
+
 def as_denoiser(model: Any) -> Denoiser | CachedDenoiser:
     """Normalise any accepted denoiser form (see the module docstring) to a Denoiser/CachedDenoiser."""
     if isinstance(model, (Denoiser, CachedDenoiser)):
@@ -142,7 +170,7 @@ def as_cached(model: Any) -> CachedDenoiser:
         return den
 
     def block_logits(params, tokens, seq, cache, block_start, block_length):
-        logits = den(params, tokens, seq)
+        logits = check_logits_output(den(params, tokens, seq), "the denoiser", f"float[{tokens.shape[0]}, V]")
         if logits.ndim != 2 or logits.shape[0] != tokens.shape[0]:
             raise ValueError(f"denoiser: expected float[L, V] logits with {tokens.shape[0]} rows per sequence, "
                              f"got shape {tuple(logits.shape)}")

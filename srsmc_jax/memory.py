@@ -11,6 +11,14 @@ particle_chunk)``, sequences of ``L = prompt + gen_length`` tokens, ``R`` logits
   + B · (2·N + 4·c) · R · V · 4          logits: the forward's float32[N, R, V] and its gathered
                                          copy, and ~4 proposal temporaries (log-softmax, Gumbel
                                          noise, filtered logits, ...) per particle in flight
+  + B · N · (3 · 4 · T + 8 · G + 64)     diagnostics and results: the genealogy int32[T, N] (carried,
+                                         updated in place under a cond, returned; T = max_steps),
+                                         the returned particles and their log-probs [N, G], and
+                                         ~16 float32/int32 per particle of per-step vectors (weights,
+                                         ψ, pending, increments, the particles' step keys)
+  + B · resample(N)                      XLA's temporary bytes of one resampling over N particles
+                                         (the scheme and the gradient estimator, compiled alone on
+                                         shapes): O(N) at every N (``srsmc_jax.resampling``)
   + 2 · k · forward(B · c)               XLA's temporary bytes of the denoiser's refresh pass over
                                          B · c sequences (compiled alone, abstractly: nothing is
                                          allocated and the sampler is not compiled), twice: the
@@ -25,6 +33,9 @@ mesh axis the state is replicated on every model device and the forward's tempor
 but a resampling gathers all N. On CPU every virtual device lives in the host's memory, so the
 host total (the per-device sum) is compared with ``MemAvailable``; on GPU / TPU the per-device
 figure is compared with the device's free memory (``device.memory_stats()``).
+
+Entry points call :func:`require` (estimate + comparison + a one-line refusal naming the flag to
+change and a value that fits) before compiling anything.
 
 Measured against the peak resident memory of real runs (``tests/test_memory.py``,
 ``benchmarks/scale.py memory``): see the README ("Running on many devices") for the factor.
@@ -44,7 +55,8 @@ import numpy as np
 from .config import SMCConfig
 from .denoiser import SequenceInfo, as_cached
 
-__all__ = ["MemoryEstimate", "InsufficientMemory", "estimate", "available_bytes", "check", "format_bytes"]
+__all__ = ["MemoryEstimate", "InsufficientMemory", "estimate", "available_bytes", "check", "require",
+           "format_bytes"]
 
 STATE_COPIES = 3
 FORWARD_INSTANCES = 2
@@ -54,6 +66,8 @@ FORWARD_INSTANCES = 2
 RUNTIME_OVERHEAD = {"cpu": 1.6}
 LOGITS_COPIES_PER_PARTICLE = 2
 PROPOSAL_TEMPORARIES = 4
+GENEALOGY_COPIES = 3
+STEP_VECTOR_BYTES_PER_PARTICLE = 64
 
 
 class InsufficientMemory(ValueError):
@@ -74,10 +88,12 @@ class MemoryEstimate:
     particles_per_device: int
     chunk: int
     platform: str
+    diagnostics: int = 0
+    resampling: int = 0
 
     @property
     def per_device(self) -> int:
-        return self.params + self.state + self.logits + self.forward
+        return self.params + self.state + self.logits + self.forward + self.diagnostics + self.resampling
 
     @property
     def host_total(self) -> int:
@@ -94,7 +110,8 @@ class MemoryEstimate:
                  " per device")
         return (f"{format_bytes(self.compared)} (params {format_bytes(self.params)} + particle state "
                 f"{format_bytes(self.state)} + logits {format_bytes(self.logits)} + forward "
-                f"{format_bytes(self.forward)}{where}; {self.prompts_per_device} prompt(s) x "
+                f"{format_bytes(self.forward)} + diagnostics {format_bytes(self.diagnostics)} + resampling "
+                f"{format_bytes(self.resampling)}{where}; {self.prompts_per_device} prompt(s) x "
                 f"{self.particles_per_device} particles, chunk {self.chunk})")
 
 
@@ -145,6 +162,22 @@ def forward_temp_bytes(den: Any, params: Any, *, length: int, prompt_length: int
     return int(getattr(stats, "temp_size_in_bytes", 0) or 0) if stats is not None else 0
 
 
+def resampling_temp_bytes(config: SMCConfig, particles: int) -> int:
+    """XLA's temporary bytes of one resampling event over ``particles`` log-weights (the config's
+    scheme through its gradient estimator; compiled on shapes only)."""
+    strat = config.strategies
+
+    def resample(key, lw):
+        return strat.gradient_estimator(key, lw, strat.resampler)
+
+    try:
+        stats = jax.jit(resample).lower(jax.random.key(0), jax.ShapeDtypeStruct((particles,), jnp.float32)) \
+            .compile().memory_analysis()
+    except Exception:  # a backend without memory analysis: a generous O(N) figure
+        return 64 * particles
+    return int(getattr(stats, "temp_size_in_bytes", 0) or 0) if stats is not None else 64 * particles
+
+
 def estimate(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: int, batch: int = 1,
              mesh: Optional[jax.sharding.Mesh] = None, data_axis: str = "data") -> MemoryEstimate:
     """The :class:`MemoryEstimate` of sampling ``batch`` prompts of ``prompt_length`` tokens with
@@ -163,7 +196,7 @@ def estimate(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: in
         logits = jax.eval_shape(lambda p, t: den.refresh(p, t, seq, den.init(p, t, seq), prompt_length, rows)[0],
                                 abstract, one)
         vocab = int(logits.shape[-1])
-    history = 0 if config.strategies.move is None else 4 * length + 4 * config.block
+    history = 0 if config.strategies.move is None else 4 * length + 4 * config.steps_per_block
     per_particle = 8 * length + _nbytes(cache) + history
 
     shape = {} if mesh is None else dict(mesh.shape)
@@ -184,9 +217,13 @@ def estimate(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: in
     forward = FORWARD_INSTANCES * RUNTIME_OVERHEAD.get(platform, 1.0) * forward_temp_bytes(
         den, params, length=length, prompt_length=prompt_length, rows=rows, batch=prompts * chunk) / model
     host_devices = 1 if mesh is None else sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+    # a resampling (and the genealogy it writes) covers every particle of a prompt, spread or not
+    diagnostics = prompts * n * (GENEALOGY_COPIES * 4 * config.max_steps + 8 * g + STEP_VECTOR_BYTES_PER_PARTICLE)
+    resample_temps = prompts * resampling_temp_bytes(config, n)
     return MemoryEstimate(params=_param_bytes_per_device(params), state=int(state), logits=int(logits),
                           forward=int(forward), host_devices=host_devices, prompts_per_device=prompts,
-                          particles_per_device=particles, chunk=chunk, platform=platform)
+                          particles_per_device=particles, chunk=chunk, platform=platform,
+                          diagnostics=int(diagnostics), resampling=int(resample_temps))
 
 
 def _cgroup_free() -> Optional[int]:
@@ -237,3 +274,59 @@ def check(est: MemoryEstimate, available: Optional[int] = None, source: str = ""
             f"this configuration needs about {est.describe()}, more than the {format_bytes(available)} available "
             f"({source}); use fewer particles or prompts, or a smaller particle chunk (--particle-chunk, "
             "SMCConfig.particle_chunk)")
+
+
+DEFAULT_FLAGS = {"num_particles": "SMCConfig.num_particles", "particle_chunk": "SMCConfig.particle_chunk",
+                 "batch": "the number of prompts per call"}
+
+
+def require(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: int, batch: int = 1,
+            mesh: Optional[jax.sharding.Mesh] = None, data_axis: str = "data", available: Optional[int] = None,
+            source: str = "", flags: Optional[dict] = None) -> MemoryEstimate:
+    """The :class:`MemoryEstimate` of sampling ``batch`` prompts of ``prompt_length`` tokens with
+    ``config`` (``config.num_particles`` particles each; on ``mesh`` when given), or
+    :class:`InsufficientMemory` when it exceeds the memory available: ONE line with both numbers,
+    naming the flag to change and a value that fits. Nothing is allocated and the sampler is not
+    compiled (the denoiser's forward and one resampling are compiled on shapes).
+
+    available / source: the bytes free and where that number comes from (default
+    :func:`available_bytes`; nothing is refused when it is unknown). flags: how the caller spells
+    each knob in the message, e.g. ``{"num_particles": "-n", "particle_chunk": "--particle-chunk",
+    "batch": "--batch-size"}`` (default: the ``SMCConfig`` field names).
+
+    The suggestion: when the configuration fits with a smaller particle chunk (the terms that grow
+    with the chunk: the forward's temporaries and the proposal's), the largest chunk that fits
+    (assuming they grow linearly with it); otherwise the terms that grow with N (particle state,
+    logits, genealogy, resampling) are too big for any chunk, and the message gives the number of
+    particles (or asks for fewer prompts per call) that fits.
+    """
+    names = {**DEFAULT_FLAGS, **(flags or {})}
+    kw = dict(params=params, prompt_length=prompt_length, batch=batch, mesh=mesh, data_axis=data_axis)
+    est = estimate(denoiser, config, **kw)
+    if available is None:
+        available, source = available_bytes()
+        if available is None:
+            return est
+    if est.compared <= available:
+        return est
+    head = (f"this configuration needs about {est.describe()}, more than the {format_bytes(available)} available "
+            f"({source})")
+    smallest = est if est.chunk == 1 else estimate(denoiser, config.replace(particle_chunk=1), **kw)
+    if smallest.compared <= available:
+        per_chunk = (est.compared - smallest.compared) / max(est.chunk - 1, 1)
+        fit = max(1, min(est.chunk - 1, 1 + int((available - smallest.compared) // max(per_chunk, 1.0))))
+        raise InsufficientMemory(f"{head}; set {names['particle_chunk']} to {fit} or less (particles evaluated "
+                                 "at once)")
+    copies = est.host_devices if est.platform == "cpu" else 1
+    fixed = est.params * copies
+    if fixed >= available:
+        raise InsufficientMemory(f"{head}; the parameters alone need {format_bytes(fixed)}: use more devices "
+                                 "or a smaller dtype")
+    n = config.num_particles
+    fixed += smallest.forward * copies  # one particle's forward at a time: independent of N
+    fit_n = int(n * (available - fixed) / max(smallest.compared - fixed, 1))
+    if fit_n >= 1:
+        hint = f"set {names['num_particles']} to at most about {fit_n}"
+        hint += f" with {names['particle_chunk']} 1," if est.chunk > 1 else ","
+        raise InsufficientMemory(f"{head}; {hint} or pass fewer prompts at once ({names['batch']})")
+    raise InsufficientMemory(f"{head}; pass fewer prompts at once ({names['batch']})")

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from .registry import Registry
 
-ACCEPT_STREAM = 0x4000_0000  # the accept draw's key; re-simulated steps use fold_in(key, i), i < block_length
+ACCEPT_STREAM = 0x4000_0000  # the accept draw's key; re-simulated steps use fold_in(key, i), i < steps per block
 
 
 class MoveHistory(NamedTuple):
@@ -50,11 +50,31 @@ class MoveHistory(NamedTuple):
 
     reveal_step: int32[N, L]  the step (within the current block) at which each position of the
         block was revealed; -1 elsewhere.
-    step_increments: float32[N, Lb]  the weight increment of each step of the current block.
+    step_increments: float32[N, S]  the weight increment of each step of the current block: one
+        slot per STEP (S = ``SMCConfig.steps_per_block``, which exceeds the block length for e.g.
+        ``select="ancestral"`` with more steps than positions), never per position.
     """
 
     reveal_step: jax.Array
     step_increments: jax.Array
+
+    @staticmethod
+    def empty(num_particles: int, length: int, steps_per_block: int) -> "MoveHistory":
+        """The history of N particles of ``length`` tokens before any step."""
+        return MoveHistory(reveal_step=jnp.full((num_particles, length), -1, jnp.int32),
+                           step_increments=jnp.zeros((num_particles, steps_per_block), jnp.float32))
+
+    def record(self, revealed: jax.Array, step_in_block, block_start, increment) -> "MoveHistory":
+        """One particle's history (no leading N) after a step of its block revealed ``revealed``
+        (bool[Lb]) with weight ``increment``. JAX drops an out-of-bounds update silently, so the
+        history is sized by steps: ``step_in_block`` < S holds by construction (the engine's block
+        loops run at most S steps, a move re-simulates steps < S)."""
+        lb = revealed.shape[0]
+        old_step = jax.lax.dynamic_slice_in_dim(self.reveal_step, block_start, lb)
+        return MoveHistory(
+            reveal_step=jax.lax.dynamic_update_slice_in_dim(
+                self.reveal_step, jnp.where(revealed, step_in_block, old_step), block_start, 0),
+            step_increments=self.step_increments.at[step_in_block].set(increment))
 
 
 class MoveInput(NamedTuple):
@@ -125,8 +145,9 @@ class RewindMove:
         rows = jnp.arange(parts.tokens.shape[1])
         in_block = (rows >= inp.block_start) & (rows < inp.block_start + lb)
         forget = in_block[None] & (hist.reveal_step >= first)
-        old_w = jnp.sum(jnp.where(jnp.arange(lb)[None] >= first, hist.step_increments, 0.0)
-                        * (jnp.arange(lb)[None] <= inp.last_step), axis=1)
+        steps = hist.step_increments.shape[1]  # the block's (maximum) step count: one slot per step
+        slots = jnp.arange(steps)[None]
+        old_w = jnp.sum(jnp.where((slots >= first) & (slots <= inp.last_step), hist.step_increments, 0.0), axis=1)
         start = parts._replace(
             tokens=jnp.where(forget, ops.mask_id, parts.tokens),
             token_logp=jnp.where(forget, 0.0, parts.token_logp),
@@ -136,7 +157,7 @@ class RewindMove:
             block = jax.lax.dynamic_slice_in_dim(p.tokens, inp.block_start, lb, axis=1)
             return jnp.any(block == ops.mask_id)
 
-        budget = lb - first
+        budget = steps - first  # a data-dependent block's remaining step budget
         until_revealed = inp.at_block_end and ops.data_dependent
 
         def cond(carry):

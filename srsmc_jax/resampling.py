@@ -3,7 +3,9 @@ cross a resampling event.
 
 Every scheme has the signature ``scheme(key, log_weights: float32[N]) -> int32[N]`` (ancestor
 indices; blackjax's shape), is registered by name in ``RESAMPLERS``, and is unbiased:
-E[#offspring of i] = N · w_i. Log-weights may hold -inf (dead particles) and any finite magnitude.
+E[#offspring of i] = N · w_i. Every scheme runs in O(N log N) time and O(N) memory at any N (the
+small-N search and ``residual``'s small-N draw are N×N, chosen statically below a fixed N; see
+``COMPARE_ALL_MAX_N``). Log-weights may hold -inf (dead particles) and any finite magnitude.
 If every weight is -inf (or NaN) no distribution exists: the schemes then return the identity and
 :func:`weights_are_degenerate` lets the caller raise its error flag.
 """
@@ -44,12 +46,51 @@ def ess(log_weights: jax.Array) -> jax.Array:
     return jnp.where(weights_are_degenerate(log_weights), jnp.float32(n), jnp.exp(log_ess(log_weights)))
 
 
+# Largest N for which the search is the N×N comparison of searchsorted(method='compare_all'): the
+# fastest at small N (and what every run used before larger N was supported); above it a bisection,
+# O(N log N) time and O(N) memory. Both return the same indices (for a non-decreasing cdf, which the
+# bisection enforces with a running max: it only differs where float rounding made cumsum decrease).
+COMPARE_ALL_MAX_N = 512
+# Largest N for which ``residual`` draws its remainder with jax.random.categorical (N×N Gumbel noise;
+# kept there so a key draws the same particles as before); above it, inverse-CDF draws (O(N log N)).
+RESIDUAL_CATEGORICAL_MAX_N = 512
+
+
+def _bisect_right(a: jax.Array, v: jax.Array) -> jax.Array:
+    """int32[M]: for each v, the number of entries of the non-decreasing a[N] that are <= v (the
+    ``side='right'`` insertion point). ceil(log2(N + 1)) rounds of one gather per query: O(M log N)
+    time, O(M) memory, no sort (and none of the jax 0.10.2 searchsorted(method='scan') trouble under
+    explicit sharding); ``v`` need not be sorted."""
+    n = a.shape[0]
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = (lo + hi) // 2
+        right = jnp.take(a, jnp.minimum(mid, n - 1)) <= v
+        active = lo < hi
+        return jnp.where(active & right, mid + 1, lo), jnp.where(active & ~right, mid, hi)
+
+    lo = jnp.zeros(v.shape, jnp.int32)
+    hi = jnp.full(v.shape, n, jnp.int32)
+    lo, _ = jax.lax.fori_loop(0, int(n).bit_length(), body, (lo, hi))
+    return lo
+
+
+def search_right(cdf: jax.Array, u: jax.Array) -> jax.Array:
+    """``searchsorted(cdf, u, side='right')`` chosen statically by size: the N×M comparison where it
+    is small (N · M <= COMPARE_ALL_MAX_N², the fastest), a bisection above (O(M log N) time, O(M + N)
+    memory)."""
+    if cdf.shape[0] * u.shape[0] <= COMPARE_ALL_MAX_N ** 2:
+        # 'compare_all' also sidesteps the jax 0.10.2 searchsorted(method='scan') bug under explicit sharding
+        return jnp.searchsorted(cdf, u, side="right", method="compare_all")
+    return _bisect_right(jax.lax.cummax(cdf), u)
+
+
 def _inverse_cdf(u: jax.Array, w: jax.Array) -> jax.Array:
-    """Ancestors for sorted points u in [0, 1): the first i with cumsum(w)[i] > u."""
+    """Ancestors for points u in [0, 1) (sorted for the schemes below, any order works): the first i
+    with cumsum(w)[i] > u."""
     cdf = jnp.cumsum(w)
-    # 'compare_all' sidesteps the jax 0.10.2 searchsorted(method='scan') bug under explicit sharding
-    # and is the fastest method for the small N of SMC.
-    idx = jnp.searchsorted(cdf, u, side="right", method="compare_all")
+    idx = search_right(cdf, u)
     # rounding can leave cdf[-1] slightly below 1; never index past the last live particle
     last_live = jnp.max(jnp.where(w > 0, jnp.arange(w.shape[0]), 0))
     return jnp.minimum(idx, last_live).astype(jnp.int32)
@@ -77,18 +118,31 @@ def systematic(key: jax.Array, log_weights: jax.Array) -> jax.Array:
 
 
 def residual(key: jax.Array, log_weights: jax.Array) -> jax.Array:
-    """floor(N w_i) deterministic copies, the remaining R slots by multinomial on the residuals."""
+    """floor(N w_i) deterministic copies, the remaining R slots by multinomial on the residuals.
+
+    The R residual slots are i.i.d. draws from the normalised residuals N w_i − floor(N w_i): by
+    ``jax.random.categorical`` for N <= ``RESIDUAL_CATEGORICAL_MAX_N`` (N×N Gumbel noise), by
+    inverse-CDF of N unsorted uniforms above (O(N log N) time, O(N) memory; the same distribution,
+    other particles for a given key)."""
     n = log_weights.shape[0]
     w = normalize(log_weights)
     counts = jnp.floor(n * w).astype(jnp.int32)
     deterministic = jnp.repeat(jnp.arange(n, dtype=jnp.int32), counts, total_repeat_length=n)
     num_det = jnp.sum(counts)
     resid = n * w - counts
-    resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
-    # if there is no residual mass (num_det == n) the draws below are never used
-    resid_log = jnp.where(num_det >= n, jnp.zeros_like(resid_log), resid_log)
-    # i.i.d. (unsorted) draws: the sorted output of `multinomial` would bias the slots kept below
-    random = jax.random.categorical(key, resid_log, shape=(n,)).astype(jnp.int32)
+    if n <= RESIDUAL_CATEGORICAL_MAX_N:
+        resid_log = jnp.where(resid > 0, jnp.log(jnp.maximum(resid, 1e-38)), -jnp.inf)
+        # if there is no residual mass (num_det == n) the draws below are never used
+        resid_log = jnp.where(num_det >= n, jnp.zeros_like(resid_log), resid_log)
+        # i.i.d. (unsorted) draws: the sorted output of `multinomial` would bias the slots kept below
+        random = jax.random.categorical(key, resid_log, shape=(n,)).astype(jnp.int32)
+    else:
+        resid = jnp.maximum(resid, 0.0)
+        total = jnp.sum(resid)
+        # no residual mass (num_det == n): the draws are never used, any distribution will do
+        r = jnp.where(total > 0, resid / jnp.where(total > 0, total, 1.0), jnp.full((n,), 1.0 / n))
+        # i.i.d. (unsorted) uniforms: sorted ones would bias the slots kept below
+        random = _inverse_cdf(jax.random.uniform(key, (n,)), r)
     return jnp.where(jnp.arange(n) < num_det, deterministic, random).astype(jnp.int32)
 
 

@@ -43,7 +43,7 @@ from jax.scipy.special import logsumexp
 from . import resampling
 from .answer import AnswerInput
 from .config import SMCConfig
-from .denoiser import CachedDenoiser, SequenceInfo, as_cached
+from .denoiser import CachedDenoiser, SequenceInfo, as_cached, check_cached_output
 from .move import MoveHistory, MoveInput, MoveOps
 from .select import SelectInput
 from .sharding import check_auto_axes
@@ -455,6 +455,7 @@ def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, m
                              f"{den.vocab_size} ids")
     prompts = jnp.asarray(prompt, jnp.int32) if batched else jnp.asarray(prompt, jnp.int32)[None]
     if prompt_mask is None:
+        _check_no_mask_in_prompt(prompt, None, config, batched)
         return prompts, jnp.ones(prompts.shape, bool), batched
     if not hasattr(prompt_mask, "shape"):
         prompt_mask = np.asarray(prompt_mask)
@@ -470,8 +471,24 @@ def _check_prompt(prompt, prompt_mask, config: SMCConfig, den: CachedDenoiser, m
             row = int(np.flatnonzero(~m[:, -1] | np.any(m[:, 1:] < m[:, :-1], axis=1))[0])
             raise ValueError(f"prompt_mask: row {row} is not left padding (expected False…False True…True, "
                              f"ending with a real token), got {m[row].astype(int).tolist()}")
+    _check_no_mask_in_prompt(prompt, prompt_mask, config, batched)
     masks = jnp.asarray(prompt_mask).astype(bool)
     return prompts, (masks if batched else masks[None]), batched
+
+
+def _check_no_mask_in_prompt(prompt, prompt_mask, config: SMCConfig, batched: bool) -> None:
+    """A real prompt token equal to the mask id would be taken for a position to generate: refused,
+    naming the position (left padding may hold any id)."""
+    if not _is_concrete(prompt) or (prompt_mask is not None and not _is_concrete(prompt_mask)):
+        return
+    ids = np.asarray(prompt).reshape(-1, prompt.shape[-1])
+    real = np.ones(ids.shape, bool) if prompt_mask is None else np.asarray(prompt_mask).astype(bool).reshape(ids.shape)
+    hits = np.argwhere((ids == config.mask_id) & real)
+    if hits.size:
+        row, pos = (int(v) for v in hits[0])
+        where = f"row {row}, position {pos}" if batched else f"position {pos}"
+        raise ValueError(f"prompt: {where} holds the mask id {config.mask_id} (SMCConfig.mask_id); a prompt token "
+                         "cannot be [MASK]")
 
 
 # ---- one prompt ---------------------------------------------------------------------------------------
@@ -525,13 +542,12 @@ def _context(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, 
 def _initial_state(ctx: _Context, prompt) -> SMCState:
     """N copies of the prompt followed by masks, their caches, zero weights."""
     config, den = ctx.config, ctx.den
-    n, g, lb = config.num_particles, config.gen_length, config.block
+    n, g = config.num_particles, config.gen_length
     length = ctx.plen + g
     tokens0 = jnp.concatenate([prompt, jnp.full((g,), config.mask_id, jnp.int32)])
     tokens = jnp.broadcast_to(tokens0, (n, length))
     cache = jax.vmap(lambda t: den.init(ctx.params, t, ctx.seq))(tokens)
-    history = () if config.strategies.move is None else MoveHistory(
-        reveal_step=jnp.full((n, length), -1, jnp.int32), step_increments=jnp.zeros((n, lb), jnp.float32))
+    history = () if config.strategies.move is None else MoveHistory.empty(n, length, config.steps_per_block)
     t_max = config.max_steps
     state = SMCState(
         particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache, history),
@@ -628,7 +644,8 @@ def _forward(ctx: _Context, particles: ParticleState, block_start, first: bool):
     row_start, num_rows = _rows(ctx, block_start)
 
     def one(tokens, cache):
-        return fn(ctx.params, tokens, ctx.seq, cache, row_start, num_rows)
+        return check_cached_output(fn(ctx.params, tokens, ctx.seq, cache, row_start, num_rows),
+                                   "refresh" if first else "step", num_rows)
 
     logits, cache = _map_particles(one, ctx.config.particle_chunk, particles.tokens, particles.cache)
     _check_logits(logits, ctx.config, num_rows)
@@ -706,11 +723,7 @@ def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, 
                         revealed_fraction=fraction.astype(jnp.float32))
         increment = jnp.asarray(strat.weight(ctx.weight_params, info), jnp.float32)
         if history != ():
-            old_step = jax.lax.dynamic_slice_in_dim(history.reveal_step, block_start, lb)
-            history = MoveHistory(
-                reveal_step=jax.lax.dynamic_update_slice_in_dim(
-                    history.reveal_step, jnp.where(revealed, step_in_block, old_step), block_start, 0),
-                step_increments=history.step_increments.at[step_in_block].set(increment))
+            history = history.record(revealed, step_in_block, block_start, increment)
         return tokens, token_logp, history, increment
 
     tokens, token_logp, history, increments = _map_particles(

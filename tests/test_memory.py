@@ -52,6 +52,16 @@ def test_estimate_is_within_a_factor_of_the_measured_peak_and_chunks_bound_memor
     assert chunked["tokens_checksum"] == whole["tokens_checksum"]
 
 
+@needs_rss
+def test_estimate_holds_at_larger_n_with_every_n_growing_term():
+    """N = 8192 (the large-N resampling paths: bisection, inverse-CDF residual), resampling at the
+    block end: the estimate with its genealogy and resampling terms within the factor of the peak."""
+    run = _measure("-n", "8192", "--chunk", "1024", "--steps", "1", "--resampling", "residual", "--ess-threshold", "1")
+    ratio = run["peak_rss_growth"] / run["estimate_without_params"]
+    assert FACTOR[0] <= ratio <= FACTOR[1], (run, ratio)
+    assert run["estimate"]["diagnostics"] > 0 and 0 < run["estimate"]["resampling"] < 64 * 8192
+
+
 def test_cli_refuses_a_configuration_that_cannot_fit_in_one_line():
     r = subprocess.run([sys.executable, "-m", "srsmc_jax", "sample", PUZZLE, "-n", "1000000"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
@@ -99,3 +109,53 @@ def test_check_names_both_numbers():
     assert free is None or free > 0
     assert source
     np.testing.assert_equal(memory.format_bytes(3 * 2**30), "3.0 GiB")
+
+
+def test_the_estimate_counts_the_terms_that_grow_with_n_and_resampling_is_linear():
+    model = models.load()
+    den = model.as_denoiser()
+    cfg = sr.SMCConfig(num_particles=50_000, gen_length=36, block_length=36, steps=2, mask_id=model.mask_id,
+                       particle_chunk=64, resampling="residual")
+    e = memory.estimate(den, cfg, params=model.params, prompt_length=36)
+    # genealogy int32[T, N] x 3, returned particles + log-probs [N, G], per-step vectors
+    assert e.diagnostics == 50_000 * (3 * 4 * cfg.max_steps + 8 * 36 + 64)
+    # one resampling's temporaries are O(N) (an N x N comparison or N x N Gumbel noise would be 10^10 bytes)
+    assert 0 < e.resampling < 64 * 50_000, e.resampling
+    double = memory.estimate(den, cfg.replace(num_particles=100_000), params=model.params, prompt_length=36)
+    for term in ("state", "logits", "diagnostics"):
+        assert getattr(double, term) > 1.9 * getattr(e, term), term
+    assert double.forward == e.forward  # the chunk, not N, sets the forward's temporaries
+    with_move = memory.estimate(den, sr.SMCConfig(num_particles=8, gen_length=36, block_length=12, steps=20,
+                                                  select="ancestral", move="rewind", mask_id=model.mask_id),
+                                params=model.params, prompt_length=36)
+    # the move's history: reveal steps int32[L] and one increment per STEP (20 > the block's 12 positions)
+    assert with_move.state == 3 * 8 * (8 * 72 + 4 * 72 + 4 * 20)
+
+
+def test_require_returns_the_estimate_or_refuses_in_one_line_with_a_value_that_fits():
+    model = models.load()
+    den = model.as_denoiser()
+    cfg = sr.SMCConfig(num_particles=4096, gen_length=36, block_length=36, steps=2, mask_id=model.mask_id)
+    kw = dict(params=model.params, prompt_length=36)
+    e = memory.require(den, cfg, **kw, available=10 * 2**40, source="test")
+    assert e == memory.estimate(den, cfg, **kw)
+    flags = {"num_particles": "-n", "particle_chunk": "--particle-chunk", "batch": "--batch-size"}
+    # too little for the whole forward at once, enough with a smaller chunk: the chunk that fits
+    smallest = memory.estimate(den, cfg.replace(particle_chunk=1), **kw).compared
+    room = (smallest + e.compared) // 2
+    with pytest.raises(memory.InsufficientMemory) as info:
+        memory.require(den, cfg, **kw, available=room, source="test", flags=flags)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("this configuration needs about ") and "(test)" in msg, msg
+    chunk = int(msg.split("set --particle-chunk to ")[1].split()[0])
+    assert 1 <= chunk < 4096
+    assert memory.estimate(den, cfg.replace(particle_chunk=chunk), **kw).compared <= room * 1.02, msg
+    # too little for any chunk: the number of particles that fits
+    tight = e.params + (smallest - e.params) // 4
+    with pytest.raises(memory.InsufficientMemory) as info:
+        memory.require(den, cfg, **kw, available=tight, source="test", flags=flags)
+    msg = str(info.value)
+    assert "\n" not in msg and "set -n to at most about " in msg and "--batch-size" in msg, msg
+    n = int(msg.split("at most about ")[1].split()[0])
+    assert 0.2 * 1024 < n < 1.05 * 1024, n
+    assert memory.estimate(den, cfg.replace(num_particles=n, particle_chunk=1), **kw).compared <= tight * 1.05

@@ -368,3 +368,41 @@ def test_hlo_collectives_reads_every_replica_group_form():
     if mesh is not None:
         assert [sharding.crosses_axis(c, mesh, "data") for c in got] == [False, True, True, True, True]
         assert [sharding.crosses_axis(c, mesh, "model") for c in got] == [True, False, False, False, True]
+
+
+@needs8
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_large_n_resampling_is_local_and_exact_under_sharding(axis_type, monkeypatch):
+    """Every scheme's large-N path (bisection search, inverse-CDF residual; N above the N×N cut-offs)
+    on prompts split over a data axis, Auto or Explicit: no collective (none of the jax 0.10.2
+    searchsorted(method='scan') trouble under explicit sharding), the same ancestors as the N×N
+    comparison under the same layout, and residual's floor(N w) copies kept. (XLA's cumsum rounds
+    differently for a batch of 1 per device than for 8 on one device, for either search.)"""
+    n = 600
+    assert n > sr.resampling.COMPARE_ALL_MAX_N and n > sr.resampling.RESIDUAL_CATEGORICAL_MAX_N
+    lw = jax.random.normal(jax.random.key(0), (8, n)) * 3
+    keys = jax.random.split(jax.random.key(1), 8)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+
+    def on_mesh(scheme):
+        def resample(keys, lw):
+            return jax.vmap(lambda k, w: sr.resampling.resample(k, w, scheme))(keys, lw)
+
+        with jax.set_mesh(mesh):
+            data = NamedSharding(mesh, P("data"))
+            args = (jax.device_put(keys, data), jax.device_put(lw, data))
+            compiled = jax.jit(resample).lower(*args).compile()
+            return np.asarray(compiled(*args)), compiled.as_text()
+
+    for scheme in sr.resampling.RESAMPLERS.names():
+        out, hlo = on_mesh(scheme)
+        assert sharding.hlo_collectives(hlo, 8) == [], scheme
+        if scheme == "residual":
+            w = np.asarray(jax.nn.softmax(lw, axis=1))
+            counts = np.stack([np.bincount(row, minlength=n) for row in out])
+            assert np.all(counts >= np.floor(n * w - 1e-3)), scheme
+            continue
+        with monkeypatch.context() as m:
+            m.setattr(sr.resampling, "COMPARE_ALL_MAX_N", 10**6)
+            ref, _ = on_mesh(scheme)
+        np.testing.assert_array_equal(out, ref, err_msg=scheme)

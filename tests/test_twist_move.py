@@ -124,6 +124,58 @@ def test_resample_move_leaves_the_target_invariant(select, steps, move_steps, tw
     z_check(TOY, cfg, gamma.sum())
 
 
+def hotelling(toy, res, gamma, min_mass=0.01):
+    """(T², critical value at level 1e-3) of the per-run unbiased estimates Ẑ_b · Σ_i w̄_bi δ(x_bi) of
+    the unnormalised target ``gamma`` (exactly unbiased at any N, so no O(1/N) bias can mask or fake
+    a failure); states of mass < ``min_mass`` are pooled into one bin."""
+    from scipy import stats
+
+    idx = toy.state_index(res.particles)
+    assert np.all(idx >= 0), "a particle ended with masked tokens"
+    w = np.exp(res.log_weights - res.log_weights.max(axis=1, keepdims=True)).astype(np.float64)
+    w /= w.sum(axis=1, keepdims=True)
+    h = np.zeros((idx.shape[0], len(toy.states)))
+    np.add.at(h, (np.arange(idx.shape[0])[:, None], idx), w)
+    est = np.exp(res.log_z.astype(np.float64))[:, None] * h
+    big = gamma / gamma.sum() >= min_mass
+    est = np.concatenate([est[:, big], est[:, ~big].sum(axis=1, keepdims=True)], axis=1)
+    ref = np.concatenate([gamma[big], [gamma[~big].sum()]])
+    b, p = est.shape
+    d = est.mean(axis=0) - ref
+    t2 = b * d @ np.linalg.solve(np.cov(est, rowvar=False), d)
+    return t2, p * (b - 1) / (b - p) * stats.f.ppf(1 - 1e-3, p, b - p)
+
+
+# every SELECT policy's move, including ancestral with more steps per block than the block has
+# positions (a history slot per step, not per position: with one per position the later steps'
+# increments were dropped and this failed with T² ≈ 64 > 35, log Ẑ 5 standard errors low), threshold
+# (data-dependent block ends) and first-hitting; T² of the unbiased joint estimate of γ and the log Ẑ
+# check on the same runs (N = 32: a lower-variance Ẑ than N = 4 for the same cost, more power)
+@pytest.mark.parametrize("select,steps,move_steps,twist", [
+    ("ancestral", 8, 4, "none"), ("threshold", None, 2, "none"), ("first_hitting", None, 2, "lookahead"),
+])
+def test_resample_move_is_exact_by_enumeration(select, steps, move_steps, twist):
+    _, gamma = TOY.enumerate(select, steps or TOY.gen, SELF_REWARD, threshold=0.5)
+    cfg = config(TOY, select=select, steps=steps, threshold=0.5, move="rewind", move_steps=move_steps,
+                 twist=twist, ess_threshold=1.0, num_particles=32)
+    res = run(TOY, cfg, key=3, batch=2000)
+    zhat = np.exp(res.log_z.astype(np.float64))
+    se = zhat.std() / math.sqrt(len(zhat))
+    assert abs(zhat.mean() - gamma.sum()) < 4 * se, (zhat.mean(), gamma.sum(), se)
+    acc = res.move_acceptance[~np.isnan(res.move_acceptance)]
+    assert acc.size and 0.05 < acc.mean() < 0.999, acc.mean()
+    t2, critical = hotelling(TOY, res, gamma)
+    assert t2 < critical, (t2, critical)
+
+
+def test_the_move_history_has_one_slot_per_step():
+    cfg = config(TOY, select="ancestral", steps=8, move="rewind")
+    hist = sr.move.MoveHistory.empty(4, 1 + TOY.gen, cfg.steps_per_block)
+    assert hist.step_increments.shape == (4, 8) and cfg.steps_per_block > cfg.block
+    rec = jax.tree.map(lambda x: x[0], hist).record(jnp.array([True, False, False]), 7, 1, jnp.float32(-0.5))
+    assert float(rec.step_increments[7]) == -0.5 and rec.reveal_step.tolist() == [-1, 7, -1, -1]
+
+
 @dataclasses.dataclass(frozen=True)
 class AcceptEverything(sr.move.RewindMove):
     def accept(self, key, log_alpha):

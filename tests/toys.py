@@ -7,9 +7,9 @@ every trajectory of the sampler can be enumerated in float64.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
@@ -65,21 +65,25 @@ class ExactToy:
         Returns (q, gamma): q[s] = proposal probability of ending in state s, gamma[s] = Σ over
         paths ending in s of q(path)·exp(Σ log increments). Z = gamma.sum().
         """
-        q, gamma = defaultdict(float), defaultdict(float)
         block = self.gen if block is None else block
         counts = schedules.transfer_counts(block, steps)
+        index = {tuple(int(v) for v in s): i for i, s in enumerate(self.states)}
+        num = len(self.states)
 
-        def rec(x, b, step, prob, logw):
+        # the process is Markov in (partial state, block, step): memoised, each returns the measures
+        # (q, gamma) over final states from there, so long paths (e.g. ancestral with many steps)
+        # cost what the few distinct partial states cost
+        @functools.lru_cache(maxsize=None)
+        def rec(x, b, step):
             lo, hi = b * block, (b + 1) * block
             masked = [j for j in range(lo, hi) if x[j] is None]
             if not masked or step == steps:
                 if hi < self.gen:
-                    rec(x, b + 1, 0, prob, logw)
-                    return
-                key = tuple(x)
-                q[key] += prob
-                gamma[key] += prob * math.exp(logw)
-                return
+                    return rec(x, b + 1, 0)
+                q, gamma = np.zeros(num), np.zeros(num)
+                q[index[x]] = gamma[index[x]] = 1.0
+                return q, gamma
+            q, gamma = np.zeros(num), np.zeros(num)
             marg = self.marginals(x)
             for draw in itertools.product(range(self.vocab), repeat=len(masked)):
                 p_draw = np.prod([marg[j, v] for j, v in zip(masked, draw)])
@@ -95,11 +99,12 @@ class ExactToy:
                             nx[j] = v
                     lp = sum(math.log(conf[j]) for j in subset)
                     frac = sum(v is not None for v in nx) / self.gen
-                    rec(tuple(nx), b, step + 1, prob * p_draw * p_sub, logw + weight(lp, frac))
+                    sub_q, sub_gamma = rec(tuple(nx), b, step + 1)
+                    q += p_draw * p_sub * sub_q
+                    gamma += p_draw * p_sub * math.exp(weight(lp, frac)) * sub_gamma
+            return q, gamma
 
-        rec(tuple([None] * self.gen), 0, 0, 1.0, 0.0)
-        keys = [tuple(int(v) for v in s) for s in self.states]
-        return np.array([q[k] for k in keys]), np.array([gamma[k] for k in keys])
+        return rec(tuple([None] * self.gen), 0, 0)
 
     def state_index(self, gen_tokens: np.ndarray) -> np.ndarray:
         """Index into ``self.states`` of each row of int[..., G] (−1 if any position is still masked)."""
