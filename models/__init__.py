@@ -8,7 +8,7 @@ Hugging Face key table, cache kinds, chat template, ...); ``family_spec(name)`` 
 from models.family import FAMILIES, FamilySpec, detect_family, family_spec, register_family
 
 # The built-in families register themselves on import (one spec per folder).
-from models import llada, dream, dit  # noqa: E402,F401  isort: skip
+from models import llada, dream, dit, llada2  # noqa: E402,F401  isort: skip
 
 from models.checkpoint import META_FILE as CHECKPOINT_META  # noqa: E402
 from models.load import (  # noqa: E402
