@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
