@@ -14,10 +14,13 @@ parameters (the official ``moe_infer`` loops over experts the same way). Two imp
 grouped matmul, equal up to float32 round-off:
 
 * ``"ragged"``: ``jax.lax.ragged_dot`` (native grouped kernels on GPU / TPU). On CPU, XLA lowers it
-  to a dense masked product over ALL groups, i.e. the cost of every expert.
+  to a dense masked product over ALL groups, i.e. the cost of every expert. ``ragged_dot`` has no
+  batching rule, so this path sorts the assignments of the whole batch together (on a mesh whose
+  ``data`` axis splits the batch, the partitioner then gathers it for the sort).
 * ``"tiled"``: every expert's rows padded to a multiple of ``TILE`` rows, each tile multiplied by
   its expert's weights (one gather per tile): ``(T*k + min(E, T*k) * (TILE-1))`` rows in all, the
-  active cost plus a bounded padding. The default on CPU.
+  active cost plus a bounded padding. The default on CPU. Runs per sequence (vmapped), so a batch
+  split over ``data`` stays local.
 
 Expert parallelism: under a mesh (``jax.set_mesh``) whose ``"model"`` axis divides the number of
 experts and the expert weights are split over it (``spec.py`` partition rules), the block runs in a
@@ -46,19 +49,38 @@ def default_impl() -> str:
     return "tiled" if jax.default_backend() == "cpu" else "ragged"
 
 
+def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``jax.lax.top_k`` over the last axis (descending, ties to the lower index) as k max / argmin
+    reductions: elementwise over the leading axes, so the partitioner keeps a token axis split over
+    devices (XLA's sort-based top-k gathers it on CPU)."""
+    n = x.shape[-1]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    vals, idxs = [], []
+    for _ in range(k):
+        m = jnp.max(x, axis=-1, keepdims=True)
+        i = jnp.min(jnp.where(x == m, iota, n), axis=-1)
+        vals.append(m[..., 0])
+        idxs.append(i)
+        x = jnp.where(iota == i[..., None], -jnp.inf, x)
+    return jnp.stack(vals, -1), jnp.stack(idxs, -1)
+
+
 def route(h: jax.Array, weight: jax.Array, expert_bias: jax.Array, *, n_group: int, topk_group: int, top_k: int,
           scaling: float) -> tuple[jax.Array, jax.Array]:
-    """h [T, D] -> (expert ids int32[T, k], weights float32[T, k]) as the official gate."""
-    t = h.shape[0]
+    """h [..., D] -> (expert ids int32[..., k], weights float32[..., k]) as the official gate (elementwise
+    over the leading axes: no scatter or reshape across tokens, so a token axis split over devices stays
+    split)."""
     e = weight.shape[0]
-    logits = jnp.dot(h.astype(jnp.float32), weight.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+    logits = jnp.einsum("...d,ed->...e", h.astype(jnp.float32), weight.astype(jnp.float32),
+                        precision=jax.lax.Precision.HIGHEST)
     scores = jax.nn.sigmoid(logits)
     biased = scores + expert_bias.astype(jnp.float32)
-    group_scores = jnp.sum(jax.lax.top_k(biased.reshape(t, n_group, e // n_group), 2)[0], axis=-1)
-    _, top_groups = jax.lax.top_k(group_scores, topk_group)
-    keep = jnp.zeros((t, n_group), bool).at[jnp.arange(t)[:, None], top_groups].set(True)
-    keep = jnp.repeat(keep, e // n_group, axis=1)
-    _, idx = jax.lax.top_k(jnp.where(keep, biased, -jnp.inf), top_k)
+    grouped = biased.reshape(*biased.shape[:-1], n_group, e // n_group)
+    group_scores = jnp.sum(_top_k(grouped, 2)[0], axis=-1)
+    _, top_groups = _top_k(group_scores, topk_group)
+    keep = jnp.any(top_groups[..., :, None] == jnp.arange(n_group), axis=-2)  # bool[..., G]
+    keep = jnp.repeat(keep, e // n_group, axis=-1)
+    _, idx = _top_k(jnp.where(keep, biased, -jnp.inf), top_k)
     w = jnp.take_along_axis(scores, idx, axis=-1)
     if top_k > 1:
         w = w / (jnp.sum(w, axis=-1, keepdims=True) + 1e-20)
@@ -182,24 +204,33 @@ class SparseMoE(nnx.Module):
                      topk_group=self.topk_group, top_k=self.top_k, scaling=self.scaling)
 
     def __call__(self, h: jax.Array, *, return_routing: bool = False):
+        # tokens are grouped per sequence (the leading axis): the sort by expert never mixes sequences, so
+        # a batch split over the 'data' mesh axis stays local
         shape = h.shape
-        h2 = h.reshape(-1, shape[-1])
-        idx, w = self.route(h2)
+        h3 = h.reshape(-1, shape[-2], shape[-1])
+        idx, w = self.route(h3)
         wg, wu, wd = self.experts.gate_proj[...], self.experts.up_proj[...], self.experts.down_proj[...]
-        ffn = functools.partial(grouped_ffn, impl=self.impl, precision=self.precision)
         mesh = _expert_mesh(self.num_experts)
+        el = self.num_experts if mesh is None else self.num_experts // mesh.shape[MODEL_AXIS]
+
+        def local(x, idx, w, wg, wu, wd):
+            off = 0 if mesh is None else jax.lax.axis_index(MODEL_AXIS) * el
+            impl = self.impl or default_impl()
+            ffn = functools.partial(grouped_ffn, expert_offset=off, impl=impl, precision=self.precision)
+            if impl == "ragged":  # ragged_dot has no batching rule: one grouped matmul over the whole batch
+                b, n, d = x.shape
+                y = ffn(x.reshape(b * n, d), idx.reshape(b * n, -1), w.reshape(b * n, -1), wg, wu, wd)
+                y = y.reshape(b, n, d)
+            else:
+                y = jax.vmap(ffn, in_axes=(0, 0, 0, None, None, None))(x, idx, w, wg, wu, wd)
+            return y if mesh is None else jax.lax.psum(y, MODEL_AXIS)
+
         if mesh is None:
-            y = ffn(h2.astype(self.dtype), idx, w, wg, wu, wd)
+            y = local(h3.astype(self.dtype), idx, w, wg, wu, wd)
         else:
-            el = self.num_experts // mesh.shape[MODEL_AXIS]
-
-            def local(x, idx, w, wg, wu, wd):
-                off = jax.lax.axis_index(MODEL_AXIS) * el
-                return jax.lax.psum(ffn(x, idx, w, wg, wu, wd, expert_offset=off), MODEL_AXIS)
-
             ep = P(MODEL_AXIS, None, None)
             y = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), ep, ep, ep), out_specs=P(),
-                              axis_names={MODEL_AXIS}, check_vma=False)(h2.astype(self.dtype), idx, w, wg, wu, wd)
+                              axis_names={MODEL_AXIS}, check_vma=False)(h3.astype(self.dtype), idx, w, wg, wu, wd)
         y = y.reshape(shape).astype(self.dtype)
         if self.shared_experts is not None:
             y = y + self.shared_experts(h)
