@@ -346,3 +346,12 @@ def test_sr_smc_exact_target_on_tiny_llada2():
             err.append(0.5 * np.abs(h - target).sum())
         errors.append(float(np.mean(err)))
     assert errors[1] < errors[0] and errors[1] < 0.05 and errors[1] < gap / 4, (errors, gap)
+
+
+def test_real_size_param_counts():
+    """LLaDA2.0-mini's published sizes: 16B total, ~1.4B active (nnx.eval_shape: nothing allocated)."""
+    from models.llada2.config import LLADA2_MINI, active_param_count
+
+    total = models.param_count("llada2", LLADA2_MINI)
+    assert total == 16_255_643_392
+    assert active_param_count(LLADA2_MINI, total) == 1_432_973_056

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-__all__ = ["LLaDA2Config", "LLADA2_MINI"]
+__all__ = ["LLaDA2Config", "LLADA2_MINI", "active_param_count"]
 
 # generate()'s defaults in the official modeling file (the mask id is not in config.json)
 DEFAULT_MASK_ID = 156895
@@ -172,3 +172,14 @@ LLADA2_MINI = LLaDA2Config(
     num_shared_experts=1, num_experts_per_tok=8, n_group=8, topk_group=4, routed_scaling_factor=2.5,
     moe_intermediate_size=512, first_k_dense_replace=1, pad_token_id=156892,
 )
+
+
+def active_param_count(cfg: LLaDA2Config, total: int) -> int:
+    """Parameters one token uses (``total`` from ``models.param_count``): every routed expert it is not
+    sent to left out (``num_experts - num_experts_per_tok`` SwiGLUs of ``3 * D * I`` per MoE layer). The
+    memory estimate needs the total (every expert is held); the compute per token follows this."""
+    if cfg.num_experts is None:
+        return total
+    n_moe = cfg.num_hidden_layers - cfg.num_dense_layers
+    per_expert = 3 * cfg.hidden_size * int(cfg.moe_intermediate_size)
+    return total - n_moe * (int(cfg.num_experts) - cfg.num_experts_per_tok) * per_expert

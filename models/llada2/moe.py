@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["route", "grouped_ffn", "SparseMoE", "TILE", "default_impl"]
+__all__ = ["route", "grouped_ffn", "dense_ffn", "SparseMoE", "TILE", "default_impl"]
 
 TILE = 8  # rows per tile of the "tiled" grouped matmul
 MODEL_AXIS = "model"
@@ -125,6 +125,20 @@ def _ragged_rows(rows, key, sizes, w_gate, w_up, w_down, precision):
     return jnp.where((key < w_gate.shape[0])[:, None], y, jnp.zeros((), y.dtype))
 
 
+def dense_ffn(x, idx, weights, w_gate, w_up, w_down, *, expert_offset=0, precision=None):
+    """The same output as :func:`grouped_ffn`, computing EVERY expert on every token (the cost of all
+    experts; a baseline for the benchmark, ``impl="dense"``)."""
+    dt = x.dtype
+    g = jnp.einsum("td,edi->tei", x, w_gate.astype(dt), precision=precision)
+    u = jnp.einsum("td,edi->tei", x, w_up.astype(dt), precision=precision)
+    y = jnp.einsum("tei,eid->ted", _swiglu(g, u), w_down.astype(dt), precision=precision)
+    local = idx - expert_offset
+    ok = (local >= 0) & (local < w_gate.shape[0])
+    picked = jnp.take_along_axis(y, jnp.clip(local, 0, w_gate.shape[0] - 1)[..., None], axis=1)  # [T, k, D]
+    picked = jnp.where(ok[..., None], picked, jnp.zeros((), picked.dtype))
+    return jnp.sum(picked.astype(jnp.float32) * weights[..., None], axis=1).astype(dt)
+
+
 def grouped_ffn(x: jax.Array, idx: jax.Array, weights: jax.Array, w_gate: jax.Array, w_up: jax.Array,
                 w_down: jax.Array, *, expert_offset: Any = 0, impl: Optional[str] = None,
                 precision: Any = None) -> jax.Array:
@@ -143,6 +157,8 @@ def grouped_ffn(x: jax.Array, idx: jax.Array, weights: jax.Array, w_gate: jax.Ar
     sizes = jnp.bincount(key, length=el + 1)[:el].astype(jnp.int32)
     rows = jnp.take(x, order // k, axis=0)
     impl = impl or default_impl()
+    if impl == "dense":
+        return dense_ffn(x, idx, weights, w_gate, w_up, w_down, expert_offset=expert_offset, precision=precision)
     fn = _tiled_rows if impl == "tiled" else _ragged_rows
     out_sorted = fn(rows, skey, sizes, w_gate, w_up, w_down, precision)
     out = jnp.zeros_like(out_sorted).at[order].set(out_sorted)

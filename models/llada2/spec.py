@@ -14,8 +14,11 @@ from models.llada2.model import LLaDA2Model
 
 __all__ = ["LLADA2", "PARTITION_RULES", "CHAT_TEMPLATE"]
 
-# LLaDA2.0-mini's tokenizer_config chat template (Ling / Bailing format), one user turn, no system prompt.
-CHAT_TEMPLATE = "<role>HUMAN</role>{prompt}<|role_end|><role>ASSISTANT</role>"
+# One user turn in LLaDA2's chat format, as dFactory's SGLang guide (docs/source/infer/sglang.rst at the
+# pinned commit) and SGLang's LLaDA2.0-mini example prompt it (the hub tokenizer_config.json was not
+# available offline to check its template against).
+CHAT_TEMPLATE = ("<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>{prompt}<|role_end|>"
+                 "<role>ASSISTANT</role>")
 
 # (data, model) mesh: experts split over "model" (expert parallelism: each device holds E / M experts and
 # computes the tokens routed to them, one all-reduce per MoE layer, models/llada2/moe.py); attention as
