@@ -17,9 +17,10 @@ grouped matmul, equal up to float32 round-off:
   to a dense masked product over ALL groups, i.e. the cost of every expert. ``ragged_dot`` has no
   batching rule, so this path sorts the assignments of the whole batch together (on a mesh whose
   ``data`` axis splits the batch, the partitioner then gathers it for the sort).
-* ``"tiled"``: every expert's rows padded to a multiple of ``TILE`` rows, each tile multiplied by
-  its expert's weights (one gather per tile): ``(T*k + min(E, T*k) * (TILE-1))`` rows in all, the
-  active cost plus a bounded padding. The default on CPU. Runs per sequence (vmapped), so a batch
+* ``"tiled"``: every expert's rows padded to a multiple of a tile (about the mean rows per expert,
+  :func:`tile_rows`), each tile multiplied by its expert's weights (one weight gather per tile):
+  ``T*k + min(E, T*k) * (tile - 1)`` rows in all, at most about twice the active rows. The default
+  on CPU. Runs per sequence (vmapped), so a batch
   split over ``data`` stays local.
 
 Expert parallelism: under a mesh (``jax.set_mesh``) whose ``"model"`` axis divides the number of
@@ -91,24 +92,35 @@ def _swiglu(g, u):
     return jax.nn.silu(g) * u
 
 
+def tile_rows(rows: int, experts: int) -> int:
+    """Rows per tile: about the mean rows per expert (a power of two in [TILE, 128]), so that the
+    padding (< one tile per expert) stays about the active rows and there are ~2 tiles per expert."""
+    mean = -(-rows // experts)
+    t = TILE
+    while t < mean and t < 128:
+        t *= 2
+    return t
+
+
 def _tiled_rows(rows, key, sizes, w_gate, w_up, w_down, precision):
     """rows [R0, D] sorted by ``key`` (int32[R0], local expert id, ``E_l`` = not local, sorted last),
     ``sizes`` int32[E_l]: SwiGLU of each row with its expert's weights; rows of key ``E_l`` -> 0."""
     r0, d = rows.shape
     el = w_gate.shape[0]
-    padded = (sizes + TILE - 1) // TILE * TILE
+    tile = tile_rows(r0, el)
+    padded = (sizes + tile - 1) // tile * tile
     pend = jnp.cumsum(padded)
     pstart = pend - padded
     start = jnp.cumsum(sizes) - sizes
-    cap = r0 + min(el, r0) * (TILE - 1)
-    cap = -(-cap // TILE) * TILE
+    cap = r0 + min(el, r0) * (tile - 1)
+    cap = -(-cap // tile) * tile
     ek = jnp.clip(key, 0, el - 1)
     dest = jnp.where(key < el, pstart[ek] + jnp.arange(r0, dtype=jnp.int32) - start[ek], cap)
     buf = jnp.zeros((cap, d), rows.dtype).at[dest].set(rows, mode="drop")
-    n_tiles = cap // TILE
-    tile_expert = jnp.clip(jnp.searchsorted(pend, jnp.arange(n_tiles, dtype=jnp.int32) * TILE, side="right"),
+    n_tiles = cap // tile
+    tile_expert = jnp.clip(jnp.searchsorted(pend, jnp.arange(n_tiles, dtype=jnp.int32) * tile, side="right"),
                            0, el - 1)
-    xb = buf.reshape(n_tiles, TILE, d)
+    xb = buf.reshape(n_tiles, tile, d)
     g = jnp.einsum("ntd,ndi->nti", xb, w_gate[tile_expert].astype(rows.dtype), precision=precision)
     u = jnp.einsum("ntd,ndi->nti", xb, w_up[tile_expert].astype(rows.dtype), precision=precision)
     y = jnp.einsum("nti,nid->ntd", _swiglu(g, u), w_down[tile_expert].astype(rows.dtype), precision=precision)
