@@ -355,3 +355,18 @@ def test_real_size_param_counts():
     total = models.param_count("llada2", LLADA2_MINI)
     assert total == 16_255_643_392
     assert active_param_count(LLADA2_MINI, total) == 1_432_973_056
+
+
+@pytest.mark.slow  # one pair of sampler compilations per SELECT policy
+@pytest.mark.parametrize("select", ["topk", "threshold", "ancestral", "first_hitting"])
+def test_every_select_policy_runs_with_and_without_the_cache(loaded, select):
+    m = loaded["moe_noshared"]
+    steps = None if select in ("threshold", "first_hitting") else 2
+    smc = sr.SMCConfig(num_particles=3, gen_length=8, block_length=4, steps=steps, select=select, threshold=0.3,
+                       mask_id=m.mask_id, resample_every="step", ess_threshold=1.0)
+    prompt = jnp.asarray(arrays("moe_noshared")["trace_prompt"][0])
+    a, b = (sr.make_sampler(as_denoiser(m, cache=c, block_length=4), smc)(jax.random.key(5), m.params, prompt)
+            for c in (None, "block"))
+    assert int(a.error) == 0 and int(b.error) == 0
+    np.testing.assert_array_equal(np.asarray(a.particles), np.asarray(b.particles))
+    assert not np.any(np.asarray(b.particles) == m.mask_id)
