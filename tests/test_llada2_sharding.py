@@ -68,3 +68,26 @@ def test_sharded_sr_smc_with_block_cache_equals_single_device(model):
         np.testing.assert_array_equal(getattr(out, f), getattr(ref, f), err_msg=f)
     np.testing.assert_allclose(out.log_weights, ref.log_weights, rtol=1e-5, atol=1e-4)
     assert ref.resampled.any()
+
+
+@needs8
+def test_load_restores_experts_straight_into_their_shards(tmp_path):
+    """models.load(path, mesh=...) restores each device's experts into its shard (orbax, by the rules);
+    the logits are the official ones."""
+    import warnings
+    from pathlib import Path
+
+    from convert import convert_checkpoint
+
+    fixtures = Path(__file__).parent / "fixtures" / "llada2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ckpt = convert_checkpoint(fixtures / "moe_shared", tmp_path / "ckpt")
+    mesh = sharding.make_mesh(2, 4)
+    m = models.load(ckpt, mesh=mesh)
+    experts = m.params["layers"][1]["mlp"]["experts"]["down_proj"][...]
+    assert experts.sharding.spec[0] == "model" and experts.sharding.shard_shape(experts.shape)[0] == 2
+    c = np.load(fixtures / "moe_shared.npz")
+    with jax.set_mesh(mesh):
+        got = np.asarray(m.logits(c["tokens"], block_length=4))
+    np.testing.assert_allclose(got, c["logits_block4"], rtol=1e-5, atol=1e-5)
