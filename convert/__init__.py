@@ -95,6 +95,15 @@ def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = No
         if np.dtype(out.dtype) != target:
             out = out.astype(target)
         want = expected[path]
+        stack = getattr(transform, "stack_index", None)  # one slice of a stacked parameter (MoE experts)
+        if stack is not None:
+            if tuple(out.shape) != tuple(want.shape[1:]) or transform.stack_count != want.shape[0]:
+                raise ValueError(f"{src}: key {name!r} has shape {tuple(arr.shape)}; {path}[{stack}] needs "
+                                 f"{tuple(want.shape[1:])} after {transform.__name__} (config.json sizes)")
+            if path not in flat:
+                flat[path] = np.empty(want.shape, target)
+            flat[path][stack] = out
+            continue
         if tuple(out.shape) != tuple(want.shape):
             raise ValueError(f"{src}: key {name!r} has shape {tuple(arr.shape)}; {path} needs "
                              f"{tuple(want.shape)} after {transform.__name__} (config.json sizes)")

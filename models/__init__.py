@@ -12,7 +12,7 @@ if __name__ != "srsmc_jax.models":  # the models/ folder is srsmc_jax.models onl
 from srsmc_jax.models.family import FAMILIES, FamilySpec, detect_family, family_spec, register_family
 
 # The built-in families register themselves on import (one spec per folder).
-from srsmc_jax.models import llada, dream, dit  # noqa: E402,F401  isort: skip
+from srsmc_jax.models import llada, dream, dit, llada2  # noqa: E402,F401  isort: skip
 
 from srsmc_jax.models.checkpoint import META_FILE as CHECKPOINT_META  # noqa: E402
 from srsmc_jax.models.load import (  # noqa: E402

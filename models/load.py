@@ -156,7 +156,8 @@ class LoadedModel:
 
         return f
 
-    def logits(self, tokens, attention_mask=None, position_ids=None, *, sigma=None, mode=None) -> jax.Array:
+    def logits(self, tokens, attention_mask=None, position_ids=None, *, sigma=None, mode=None,
+               block_length=None) -> jax.Array:
         """Raw forward, exactly as the official forward returns it (Dream: before the shift;
         MDLM / BD3-LM: the backbone output before SUBS). tokens: int[B, L]; returns float32[B, L, V].
 
@@ -166,10 +167,13 @@ class LoadedModel:
         with ``time_conditioning=false``; used as given, like the repo's ``DIT``); BD3-LM ``sigma``
         (zeroed unless ``time_conditioning``, like the hub ``DITBackbone``) and ``mode``: None =
         block-causal sampling attention over the window; ``"train"`` = the ``[x_t, x_0]`` input
-        of length 2n with the block-diffusion mask, returning the x_t half [B, n, V].
+        of length 2n with the block-diffusion mask, returning the x_t half [B, n, V]. LLaDA2
+        ``block_length`` (generate()'s block-causal mask) or ``attention_mask`` bool[B, L, L] (True =
+        attend); neither: bidirectional.
         """
         given = {k: v for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids),
-                                   ("sigma", sigma), ("mode", mode)) if v is not None}
+                                   ("sigma", sigma), ("mode", mode), ("block_length", block_length))
+                 if v is not None}
         extra = [k for k in given if k not in self.spec.forward_inputs]
         if extra:
             takes = ", ".join(self.spec.forward_inputs) or "only tokens"

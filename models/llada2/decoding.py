@@ -1,0 +1,138 @@
+"""LLaDA2's official decoding (``LLaDA2MoeModelLM.generate``) as an engine configuration, its
+stopping rule, and a step-by-step reference of ``generate()`` on our model.
+
+``generate(temperature, block_length, steps, gen_length, top_p, top_k, threshold, eos_id, mask_id)``
+per block (blocks aligned at position 0; the first generated block may hold the prompt's tail):
+``steps`` rounds, each drawing x0 with its probability p (after temperature / top-k / top-p), then
+revealing every masked row with ``p > threshold`` if there are at least ``k_step`` of them, else
+the ``min(k_step, #masked)`` most confident; ``k_step`` splits ``block_length`` evenly over the steps
+(the first ``block_length % steps`` steps one more). A block ends early when it has no mask left.
+After each block, generation stops if the generated region holds ``eos_id``; the answer is the
+generated tokens up to and including the first ``eos_id``.
+
+Two quirks of the official code, reproduced where it matters:
+
+* ``temperature=0`` does NOT mean greedy there: the temperature is applied only when it is > 0, and
+  the token is still drawn by ``torch.multinomial`` from ``softmax(logits)``. Deterministic official
+  runs use ``top_k=1`` (then p = 1 for every row, so every masked row of a block is revealed at its
+  first step). :func:`official_config` at ``temperature=0`` is the greedy version (argmax, p = the
+  softmax probability of the argmax), which equals the official code with ``multinomial`` replaced
+  by ``argmax`` (the fixtures record both).
+* The mask id is never suppressed: the model may "predict" ``mask_id``, which leaves the row masked.
+  :func:`official_config` sets ``allow_mask_prediction=True`` accordingly.
+
+With one particle, the engine's blocks aligned with the official ones (prompt of whole blocks) and
+temperature 0, ``make_sampler(den, official_config(...))`` followed by :func:`official_answer`
+gives the official greedy answer token for token: the engine generates every block (finished blocks
+never change, and later blocks cannot change earlier ones under the block-causal mask), the stop
+rule is then a truncation at the first EOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from srsmc_jax.select import NEG_INF, SelectPolicy, rank_descending
+
+__all__ = ["OfficialThreshold", "official_config", "official_answer", "reference_generate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialThreshold(SelectPolicy):
+    """generate()'s SELECT: every masked row with confidence > ``threshold`` when there are at least
+    ``k_step`` of them, else the ``k_step`` most confident masked rows (``k_step`` from the block
+    length split over ``steps``). Runs until the block has no mask left (at most ``steps`` steps)."""
+
+    threshold: float = 0.95
+    data_dependent = True
+
+    def steps_per_block(self, block_length, steps):
+        return block_length if steps is None else int(steps)
+
+    def __call__(self, key, inp):
+        lb = inp.masked.shape[0]
+        base, rem = lb // inp.num_steps, lb % inp.num_steps
+        k = base + (inp.step_in_block < rem).astype(jnp.int32)
+        conf = jnp.where(inp.masked, inp.confidence, NEG_INF)
+        high = inp.masked & (conf > self.threshold)
+        k_top = jnp.minimum(k, jnp.sum(inp.masked))
+        top = inp.masked & (rank_descending(conf) < k_top)
+        return jnp.where(jnp.sum(high) >= k, high, top)
+
+
+def official_config(*, mask_id: int, gen_length: int, block_length: int = 32, steps: int = 32,
+                    threshold: float = 0.95, temperature: float = 0.0, num_particles: int = 1,
+                    minimal_topk: int = 1, **smc):
+    """An ``SMCConfig`` running generate()'s decoding (see the module docstring); ``smc``: any other
+    ``SMCConfig`` knob (with ``num_particles > 1`` it is SR-SMC with the official SELECT)."""
+    from srsmc_jax import SMCConfig
+
+    steps = min(int(steps), gen_length // int(minimal_topk))
+    base = dict(num_particles=num_particles, gen_length=gen_length, block_length=block_length, steps=steps,
+                mask_id=mask_id, temperature=temperature, select=OfficialThreshold(float(threshold)),
+                confidence="prob", allow_mask_prediction=True)
+    if num_particles == 1:
+        base.update(ess_threshold=0.0)
+    base.update(smc)
+    return SMCConfig(**base)
+
+
+def official_answer(tokens, prompt_length: int, gen_length: int, eos_id: int) -> np.ndarray:
+    """generate()'s return value from a finished sequence [prompt | generation]: the generated tokens
+    up to and including the first ``eos_id`` (all ``gen_length`` when there is none)."""
+    gen = np.asarray(tokens)[prompt_length: prompt_length + gen_length]
+    hits = np.flatnonzero(gen == eos_id)
+    return gen[: hits[0] + 1] if hits.size else gen
+
+
+def _softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+def reference_generate(logits_fn: Callable[[np.ndarray, int], np.ndarray], prompt: np.ndarray, *,
+                       gen_length: int, block_length: int = 32, steps: int = 32, threshold: float = 0.95,
+                       top_k: Optional[int] = None, eos_id: int, mask_id: int, minimal_topk: int = 1):
+    """generate() on batch 1, step by step, deterministic: ``top_k=1`` (the official deterministic
+    setting) or ``top_k=None`` with argmax in place of multinomial (greedy). ``logits_fn(x int32[1, W],
+    block_length) -> float32[1, W, V]`` (e.g. ``lambda x, b: np.asarray(model.logits(x, block_length=b))``).
+    Returns (answer int32[1, n], the input of every forward call)."""
+    if top_k not in (None, 1):
+        raise ValueError("reference_generate is deterministic only for top_k None (argmax) or 1")
+    steps = min(steps, gen_length // minimal_topk)
+    p = prompt.shape[1]
+    nb = (p + gen_length + block_length - 1) // block_length
+    x = np.full((1, nb * block_length), mask_id, np.int32)
+    x[:, :p] = prompt
+    sched = np.full(steps, block_length // steps, np.int64)
+    sched[: block_length % steps] += 1
+    calls = []
+    for b in range(p // block_length, nb):
+        end = (b + 1) * block_length
+        for s in range(steps):
+            active = x[0, end - block_length: end] == mask_id
+            if not active.any():
+                break
+            calls.append(x[:, :end].copy())
+            logits = np.asarray(logits_fn(x[:, :end], block_length), np.float32)[0, -block_length:]
+            x0 = logits.argmax(-1)
+            probs = _softmax(logits) if top_k is None else None
+            x0_p = np.take_along_axis(probs, x0[:, None], -1)[:, 0] if top_k is None else np.ones(block_length)
+            conf = np.where(active, x0_p, -np.inf)
+            k = int(sched[s])
+            high = conf > threshold
+            if high.sum() >= k:
+                sel = high
+            else:
+                sel = np.zeros(block_length, bool)
+                sel[np.argsort(-conf, kind="stable")[: min(k, int(active.sum()))]] = True
+            blk = x[0, end - block_length: end]
+            blk[sel] = x0[sel]
+        if (x[0, p:end] == eos_id).any():
+            break
+    return official_answer(x[0], p, gen_length, eos_id)[None], calls
