@@ -28,10 +28,10 @@ def run(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-
-    from srsmc_jax import models
     from srsmc_jax.models.llada2 import LLaDA2Config
     from srsmc_jax.models.llada2.moe import default_impl
+
+    from srsmc_jax import models
 
     common = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                   num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 2),

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(not (reference_dir("llada") / "cases.npz").is_fi
 
 
 def test_llada_folder_with_mask_id_5_converts_as_illada(tmp_path):
-    from srsmc_jax import models
     from srsmc_jax.convert import convert_checkpoint
+
+    from srsmc_jax import models
 
     src = tmp_path / "iLLaDA-tiny"
     src.mkdir()

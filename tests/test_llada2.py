@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from srsmc_jax.models.llada2 import LLaDA2Config, as_denoiser, official_answer, official_config, reference_generate
 from toys import seq_info as _seq
 
-from srsmc_jax import models
 import srsmc_jax as sr
-from srsmc_jax.models.llada2 import LLaDA2Config, as_denoiser, official_answer, official_config, reference_generate
+from srsmc_jax import models
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llada2"
 CASES = ("moe_shared", "moe_noshared")
@@ -225,7 +225,6 @@ def test_block_length_checks(loaded):
 def test_converter_round_trip(converted, loaded):
     from flax import nnx
     from safetensors.numpy import load_file
-
     from srsmc_jax.models.common import flat_name
 
     for name in CASES:

@@ -6,11 +6,10 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-
-from srsmc_jax import models
-import srsmc_jax as sr
 from srsmc_jax.models.llada2 import LLaDA2Config, as_denoiser
-from srsmc_jax import sharding
+
+import srsmc_jax as sr
+from srsmc_jax import models, sharding
 
 needs8 = pytest.mark.skipif(len(jax.devices()) < 8,
                             reason="needs 8 devices (tests/conftest.py sets jax_num_cpu_devices=8)")

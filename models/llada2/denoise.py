@@ -27,9 +27,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from srsmc_jax.models.llada2.config import LLaDA2Config
 from srsmc_jax.models.llada2.model import LayerKV, block_causal_mask
+
 from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo
 
 __all__ = ["build_llada2_denoiser", "DEFAULT_BLOCK_LENGTH"]

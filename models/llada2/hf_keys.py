@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from srsmc_jax.models.family import KeyTable, identity, transpose
 from srsmc_jax.models.llada2.config import LLaDA2Config
 

@@ -33,7 +33,6 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from srsmc_jax.models.attention import attention
 from srsmc_jax.models.common import RMSNorm, Rope, apply_rope, linear, rope_cos_sin
 from srsmc_jax.models.llada2.config import LLaDA2Config

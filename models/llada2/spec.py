@@ -6,7 +6,6 @@ from typing import Optional
 
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-
 from srsmc_jax.models.family import FamilySpec, register_family
 from srsmc_jax.models.llada2.config import LLaDA2Config
 from srsmc_jax.models.llada2.hf_keys import llada2_ignored_keys, llada2_table
