@@ -20,6 +20,8 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
+from srsmc_jax.models.embedded import task_for
+
 import srsmc_jax as sr
 from srsmc_jax import models
 from srsmc_jax.app.generate import (
@@ -35,6 +37,7 @@ from srsmc_jax.app.generate import (
 from srsmc_jax.app.jsonl import ResultsFileError, ResultsLog, record_line
 
 MODEL = models.load()
+TASK = task_for(MODEL.path)
 CONFIG = sr.SMCConfig(num_particles=2, gen_length=4, block_length=4, mask_id=MODEL.mask_id, temperature=1.0,
                       ess_threshold=0.9, resample_every="step")
 
@@ -164,11 +167,10 @@ def _write(path, lines):
 
 
 def test_killed_run_resumes_without_repeating_finished_prompts(tmp_path):
-    records = _records([8] * 40, seed=2)
+    records = _records([36] * 40, seed=2)  # whole 6x6 puzzles: the command line encodes with the embedded task
     inp = _write(tmp_path / "in.jsonl", records)
     out = tmp_path / "out.jsonl"
-    args = ["--input", inp, "--output", out, "--gen-length", "16", "--block-length", "16", "-n", "4",
-            "--batch-size", "1", "--seed", "3", "--quiet"]
+    args = ["--input", inp, "--output", out, "-n", "4", "--batch-size", "1", "--seed", "3", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "srsmc_jax", "generate", *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -195,15 +197,15 @@ def test_killed_run_resumes_without_repeating_finished_prompts(tmp_path):
     assert sorted(x["id"] for x in results) == sorted(x["id"] for x in records)  # each id exactly once
 
     # the resumed file holds what one uninterrupted run makes
-    config = CONFIG.replace(num_particles=4, gen_length=16, block_length=16, ess_threshold=0.5, resample_every="block")
-    clean = generate(MODEL, records, config, seed=3, batch_size=1, num_devices=1)
+    config = CONFIG.replace(num_particles=4, gen_length=36, block_length=36, ess_threshold=0.5, resample_every="block")
+    clean = generate(MODEL, records, config, seed=3, batch_size=1, num_devices=1, task=TASK)
     by_id = {x["id"]: x for x in results}
     _same_results([{k: v for k, v in by_id[c["id"]].items() if k != "fingerprint"} for c in clean], clean)
 
 
 def _without_tokenizer(dst):
-    """The embedded model written as a checkpoint with no tokenizer files (as a conversion of a
-    source folder without them would be)."""
+    """The embedded model's weights written as an ordinary LLaDA checkpoint with no tokenizer files
+    (as a conversion of a source folder without them would be)."""
     import jax
     from flax import nnx
     from srsmc_jax.models.checkpoint import write_checkpoint
@@ -211,8 +213,11 @@ def _without_tokenizer(dst):
 
     m = models.load()
     flat = {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(m.params))[0]}
-    return write_checkpoint(dst, flat, family="llada", param_dtype="float32",
-                            config=models.embedded.CHECKPOINT / "config.json", source="test")
+    config = json.loads((models.embedded.CHECKPOINT / "config.json").read_text())
+    config.pop("srsmc_task", None)  # an ordinary text model: prompts go through its (missing) tokenizer
+    config_path = dst.parent / "config_without_task.json"
+    config_path.write_text(json.dumps(config))
+    return write_checkpoint(dst, flat, family="llada", param_dtype="float32", config=config_path, source="test")
 
 
 def test_bad_input_is_a_one_line_error_before_any_model_work(tmp_path):
@@ -224,8 +229,9 @@ def test_bad_input_is_a_one_line_error_before_any_model_work(tmp_path):
          'in.jsonl:3: duplicate id 1 (first at'),
         (['{"id": 1, "text": "12"}'], "--input", 'in.jsonl:1: unknown field'),
         (['{"id": 1, "prompt": "12", "prompt_ids": [1]}'], "--input", "exactly one of"),
-        (['{"id": 1, "prompt": "' + "1" * 40 + '"}'], "--input", "in.jsonl:1: prompt of 40 tokens + gen_length 36 "
-                                                                "exceeds the model's context length 72"),
+        (['{"id": 1, "prompt": "' + "1" * 40 + '"}'], "--input", "in.jsonl:1: puzzle: expected 36 cells"),
+        (['{"id": 1, "prompt_ids": ' + str([1] * 40) + '}'], "--input",
+         "in.jsonl:1: prompt of 40 tokens + gen_length 36 exceeds the model's context length 72"),
         (['{"id": 1, "prompt_ids": [1, 2, 99]}'], "--input", "token id 99 is outside"),
         (['{"id": "a", "prompt": "123"}'], "--model", "has no tokenizer"),
     ]

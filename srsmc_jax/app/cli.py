@@ -32,7 +32,7 @@ from srsmc_jax.app.common import PROG, SEED_MAX, CLIError, Parser, Progress, add
 from srsmc_jax.app.common import prompt_ids as _prompt_ids
 from srsmc_jax.app.common import seed as _seed
 
-CLI_DEFAULTS = {"num_particles": 8}
+CLI_DEFAULTS: dict = {}  # SMCConfig's own defaults (4 particles), as in generate, eval's paper preset and multihost
 CLI_DEFAULT_HELP = {"gen_length": "the task's answer length, else up to 128 in whole blocks (what fits the context)",
                     "block_length": "the whole answer for an embedded task, else the family's (32), lowered to fit"}
 

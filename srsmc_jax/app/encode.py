@@ -74,7 +74,11 @@ class PromptEncoder:
         if not isinstance(text, str) or not text.strip():
             raise EncodeError(f"{where}: empty")
         if self.task is not None:
-            return [int(i) for i in self.task.encode(text)]
+            try:
+                ids = [int(i) for i in self.task.encode(text)]
+            except ValueError as e:
+                raise EncodeError(f"{where}: {str(e).splitlines()[0]}") from None
+            return self.check(ids, where=where)
         if self.tokenizer is None:
             raise EncodeError(f"{where}: the checkpoint has no tokenizer to encode text (give token ids, or a "
                               "tokenizer with --tokenizer FILE)")

@@ -2,7 +2,7 @@
 default, and the registered names of strategy knobs as choices.
 
     parser = argparse.ArgumentParser()
-    flags.add_config_flags(parser, defaults={"num_particles": 8})
+    flags.add_config_flags(parser, defaults={"num_particles": 8})  # e.g.
     args = parser.parse_args()
     config = flags.config_from_args(args, mask_id=model.mask_id, gen_length=36)
 

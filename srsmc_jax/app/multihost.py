@@ -332,7 +332,7 @@ def _sample_job(args) -> Path:
     gen, block = flags.default_lengths(given, room=model.max_length - tokens.shape[1],
                                        block=model.spec.default_block_length,
                                        task_gen_length=None if task is None else task.gen_length)
-    config = flags.config_from_args(args, {"num_particles": 8}, gen_length=gen, block_length=block,
+    config = flags.config_from_args(args, {}, gen_length=gen, block_length=block,
                                     mask_id=model.mask_id)
     run_id = _run_id(model, prompts, config, args, count)
     rows = []
@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"seconds after which a silent peer counts as dead (default: {DEFAULT_HEARTBEAT_TIMEOUT})")
     ap.add_argument("--init-timeout", type=int, default=300,
                     help="seconds to wait for every process to connect (default: 300)")
-    flags.add_config_flags(ap, defaults={"num_particles": 8}, short={"num_particles": "-n"})
+    flags.add_config_flags(ap, defaults={}, short={"num_particles": "-n"})
     return ap
 
 
