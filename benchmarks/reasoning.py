@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import srsmc_jax as sr
-from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app.results_file import write_json
 
 METHODS = ("greedy", "sampling", "best_of_n", "sr_smc")

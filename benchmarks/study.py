@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.plotting import ancestry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "study"

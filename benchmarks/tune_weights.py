@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import srsmc_jax as sr
-from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app.results_file import write_json
 
 

@@ -24,7 +24,15 @@ after_engine = sorted(m for m in sys.modules
 import srsmc_jax.models, srsmc_jax.models.embedded, srsmc_jax.models.embedded.train
 import srsmc_jax.models.llada, srsmc_jax.models.dream, srsmc_jax.models.dit
 after_models = sorted(m for m in sys.modules if m.startswith(("srsmc_jax.convert", "srsmc_jax.app", "benchmarks")))
-import srsmc_jax.app.cli, srsmc_jax.app.eval.registry, srsmc_jax.app.multihost
+import srsmc_jax.app
+for m in pkgutil.walk_packages(srsmc_jax.app.__path__, "srsmc_jax.app."):  # every module of the application
+    if m.name.endswith("__main__"):
+        continue
+    try:
+        importlib.import_module(m.name)
+    except ModuleNotFoundError as e:  # an optional extra (lm_eval, torch) is not installed: not ours
+        if e.name.split(".")[0] in ("srsmc_jax", "models", "convert", "benchmarks"):
+            raise
 app = sorted(m for m in sys.modules if m.startswith("benchmarks") or m.split(".")[0] in ("models", "convert"))
 print(json.dumps({"engine": engine, "after_engine": after_engine, "after_models": after_models, "app": app}))
 """

@@ -13,7 +13,7 @@ import pytest
 from srsmc_jax.models.embedded import CHECKPOINT, SudokuTask, sudoku, task_for, vocab
 
 import srsmc_jax as sr
-from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app import cli
 
 PUZZLE = None

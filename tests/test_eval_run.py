@@ -15,7 +15,7 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from benchmarks.stats import wilson_interval
+from srsmc_jax.app.eval.stats import wilson_interval
 from srsmc_jax.app.eval import get_task
 from srsmc_jax.app.eval.run import RunError, parse_doc_ids, prompt_sha256, select_documents
 from srsmc_jax.app.eval.summary import compare, format_tables, load_run

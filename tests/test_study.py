@@ -12,7 +12,7 @@ from srsmc_jax.models.embedded import multiplication as mult
 
 from benchmarks import study
 from benchmarks.selection import max_confidence, select_batch, weighted_majority_vote
-from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 
 # greedy accuracy (one token per step, N = 1, τ = 0) of the shipped multiplication model on
 # make_problems(seed=2024, n=100) is 29% (benchmarks/STUDY.md); the range leaves room for

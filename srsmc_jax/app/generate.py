@@ -427,12 +427,11 @@ class Generator:
     def _check_memory(self, bucket: int, rows: int) -> None:
         from srsmc_jax import memory
 
-        need = self.memory_estimate(bucket, rows)
-        free, source = memory.available_bytes()
-        try:
-            memory.check(need, free, source)
+        try:  # one line naming the flag to change and a value that fits
+            memory.require(self.denoiser, self.config, params=self.model.params, prompt_length=bucket,
+                           batch=-(-rows // self.num_devices), flags=MEMORY_FLAGS)
         except memory.InsufficientMemory as e:
-            raise GenerateError(f"{str(e).splitlines()[0]} (lower --batch-size or -n)") from None
+            raise GenerateError(str(e).splitlines()[0]) from None
 
     def _executable(self, keys, tokens, masks):
         """The compiled program of this batch shape (compiled, after the memory check, when new)."""
@@ -662,6 +661,7 @@ def generate(model, records: Iterable[Any], config, *, output: Optional[Path] = 
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
+MEMORY_FLAGS = {"num_particles": "-n", "particle_chunk": "--particle-chunk", "batch": "--batch-size"}
 GENERATE_DEFAULT_HELP = {"gen_length": "the embedded task's answer length, else up to 128 (what fits the context)",
                          "block_length": "the whole answer for an embedded task, else the family's (32)"}
 

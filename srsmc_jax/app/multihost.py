@@ -137,13 +137,13 @@ def run_prompts(model: Any, config: Any, tokens, mask, *, mesh: Any, seed: int =
         ids = [np.asarray(t)[np.asarray(m, bool)].tolist() for t, m in zip(tokens, mask)]
     den = model.as_denoiser(cache=cache, gen_length=config.gen_length)
     sampler = sr.make_sampler(den, config)
-    est = memory.estimate(sampler.denoiser, config, params=model.params, prompt_length=int(tokens.shape[1]),
-                          batch=int(tokens.shape[0]), mesh=mesh)
-    free, source = memory.available_bytes()
-    try:
-        memory.check(est, free, source)
+    try:  # one line naming the flag to change and a value that fits
+        memory.require(sampler.denoiser, config, params=model.params, prompt_length=int(tokens.shape[1]),
+                       batch=int(tokens.shape[0]), mesh=mesh,
+                       flags={"num_particles": "-n", "particle_chunk": "--particle-chunk",
+                              "batch": "the number of prompts (or use more devices)"})
     except memory.InsufficientMemory as e:
-        raise ValueError(f"{str(e).splitlines()[0]} (lower -n, or use more devices)") from None
+        raise ValueError(str(e).splitlines()[0]) from None
     run = sr.sharding.distribute(sampler, mesh)
     padded = None if mask.all() else mask
     result = run(prompt_keys(seed, ids), model.params, tokens, padded)

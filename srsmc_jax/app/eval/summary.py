@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app.eval.run import RUN_META, SAMPLES, RunError
 
 
