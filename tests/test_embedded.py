@@ -13,8 +13,8 @@ import pytest
 from srsmc_jax.models.embedded import CHECKPOINT, SudokuTask, sudoku, task_for, vocab
 
 import srsmc_jax as sr
-from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app import cli
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 
 PUZZLE = None
 

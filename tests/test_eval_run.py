@@ -15,9 +15,9 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
-from srsmc_jax.app.eval.stats import wilson_interval
 from srsmc_jax.app.eval import get_task
 from srsmc_jax.app.eval.run import RunError, parse_doc_ids, prompt_sha256, select_documents
+from srsmc_jax.app.eval.stats import wilson_interval
 from srsmc_jax.app.eval.summary import compare, format_tables, load_run
 from srsmc_jax.app.methods import METHODS, MethodError, add_method_flags, method_config
 

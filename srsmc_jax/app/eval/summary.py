@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app.eval.run import RUN_META, SAMPLES, RunError
+from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 
 
 @dataclasses.dataclass
