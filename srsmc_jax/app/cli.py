@@ -6,6 +6,7 @@
     srsmc eval --model ckpt/llada-8b-instruct --task gsm8k --limit 2
     srsmc convert hf/LLaDA-8B-Instruct ckpt/llada-8b-instruct
     srsmc multihost --prompts prompts.txt --out results/ ...
+    srsmc tiny-checkpoint ckpt/tiny-llada        # random weights, byte tokenizer: a CPU smoke test of every command
 
 Every ``SMCConfig`` knob has a flag, generated from the dataclass and the strategy registries
 (``srsmc sample --help``). Defaults come from the model (the embedded model's task knows its answer
@@ -42,6 +43,8 @@ DELEGATED = {
                                            "(lm-eval 0.4.8 prompts and scoring), resumably"),
     "convert": ("srsmc_jax.convert.__main__", "convert an official Hugging Face / Lightning checkpoint"),
     "multihost": ("srsmc_jax.app.multihost", "sample a prompt file across the processes of a jax.distributed job"),
+    "tiny-checkpoint": ("srsmc_jax.app.tiny", "write a small random checkpoint with a byte-level tokenizer "
+                                              "(smoke tests on CPU)"),
 }
 
 
