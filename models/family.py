@@ -124,7 +124,8 @@ class FamilySpec:
     encode_special_tokens: prompts are encoded with the tokenizer's post-processor (``tokenizer(text)``
         in the official evaluation code); prepend_bos: the official evaluation prepends BOS (Dream).
     default_block_length: the block length the official decoding uses by default (``srsmc sample``'s
-        default, lowered to fit a short context).
+        default, lowered to fit a short context): an int, or ``cfg -> int`` when the checkpoint
+        decides (BD3-LM: its block size).
     """
 
     name: str
@@ -151,7 +152,7 @@ class FamilySpec:
     vocab_size: Callable[[Any], int] = _vocab_size
     encode_special_tokens: bool = True
     prepend_bos: bool = False
-    default_block_length: int = 32
+    default_block_length: int | Callable[[Any], int] = 32
 
     def __post_init__(self):
         if not self.cache_kinds or self.cache_kinds[0] != "none":
@@ -174,6 +175,11 @@ class FamilySpec:
                              "(wrong --family?)") from None
         except (TypeError, ValueError) as e:
             raise ValueError(f"{what}: not a valid {self.name} config ({_first_line(e)})") from None
+
+    def block_length_for(self, cfg: Any) -> int:
+        """The default block length of a checkpoint of this family (``default_block_length``)."""
+        value = self.default_block_length
+        return int(value(cfg) if callable(value) else value)
 
     def check_cache(self, cache: Optional[str]) -> Optional[str]:
         """Normalise ``cache`` (None / "none" -> None) or raise a ValueError naming the choices."""

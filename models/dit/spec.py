@@ -101,5 +101,6 @@ BD3LM = register_family(FamilySpec(
     architectures=("BD3LM",),
     cache_kinds=("none", "block"),
     cache_note="block is the exact KV cache of finished blocks",
+    default_block_length=lambda cfg: int(cfg.block_size),  # engine blocks = the model's blocks
     **_COMMON,
 ))

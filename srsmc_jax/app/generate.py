@@ -719,7 +719,7 @@ def config_for_model(args, model, task, *, longest_prompt: int = 1) -> Any:
         raise ValueError(f"--gen-length: the embedded {task.name} model answers with exactly {task.gen_length} "
                          f"tokens, got {given['gen_length']}")
     gen, block = flags.default_lengths(given, room=model.max_length - longest_prompt,
-                                       block=model.spec.default_block_length,
+                                       block=model.spec.block_length_for(model.config),
                                        task_gen_length=None if task is None else task.gen_length)
     return flags.config_from_args(args, {}, gen_length=gen, block_length=block, mask_id=model.mask_id)
 

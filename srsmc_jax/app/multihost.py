@@ -330,7 +330,7 @@ def _sample_job(args) -> Path:
     tokens, mask, ids = encode_prompts(model, task, prompts)
     given = flags.given_knobs(args)
     gen, block = flags.default_lengths(given, room=model.max_length - tokens.shape[1],
-                                       block=model.spec.default_block_length,
+                                       block=model.spec.block_length_for(model.config),
                                        task_gen_length=None if task is None else task.gen_length)
     config = flags.config_from_args(args, {}, gen_length=gen, block_length=block,
                                     mask_id=model.mask_id)
