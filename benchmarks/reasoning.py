@@ -9,7 +9,7 @@ Methods (all reveal one cell per step over the 36-cell answer; NFE = N × 36):
   greedy      N = 1, τ = 0
   sampling    N = 1, τ
   best_of_n   N independent particles at τ, the one with the highest trajectory confidence kept
-  sr_smc      N particles at τ with self-reward weights, resampled (multinomial) whenever
+  srsmc       N particles at τ with self-reward weights, resampled (multinomial) whenever
               ESS < N/2 after a step, the highest trajectory confidence kept
 Every method uses the same key, so prompt b sees the same noise ``fold_in(key, b)`` in each (paired).
 Problems: ``--seed``/``--num-problems`` generate minimal puzzles from the TEST split of solution grids,
@@ -34,22 +34,21 @@ import numpy as np
 
 import srsmc_jax as sr
 from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.methods import METHODS as DECODING_METHODS
+from srsmc_jax.app.methods import apply_method
 from srsmc_jax.app.results_file import write_json
 
-METHODS = ("greedy", "sampling", "best_of_n", "sr_smc")
+METHODS = tuple(DECODING_METHODS)  # the one registry: greedy, sampling, best_of_n, srsmc
+# this benchmark's SR-SMC setting (each method then fixes its own knobs): self-reward weights,
+# multinomial resampling whenever ESS < N/2, checked every step
+SETTING = {"weight": "self_reward", "ess_threshold": 0.5, "resample_every": "step", "resampling": "multinomial"}
 
 
 def method_config(method: str, n: int, tau: float, base: sr.SMCConfig) -> sr.SMCConfig:
-    if method == "greedy":
-        return base.replace(num_particles=1, temperature=0.0, weight="uniform", ess_threshold=0.0)
-    if method == "sampling":
-        return base.replace(num_particles=1, temperature=tau, weight="uniform", ess_threshold=0.0)
-    if method == "best_of_n":
-        return base.replace(num_particles=n, temperature=tau, weight="uniform", ess_threshold=0.0)
-    if method == "sr_smc":
-        return base.replace(num_particles=n, temperature=tau, weight="self_reward", ess_threshold=0.5,
-                            resample_every="step", resampling="multinomial")
-    raise ValueError(f"--methods: unknown method {method!r}; expected one of {METHODS}")
+    """``base`` with this benchmark's setting, N and τ, then the method's fixed knobs."""
+    if method not in METHODS:
+        raise ValueError(f"--methods: unknown method {method!r}; expected one of {METHODS}")
+    return base.replace(**apply_method(method, {**SETTING, "num_particles": n, "temperature": tau}))
 
 
 def load_problems(args) -> list[dict]:
@@ -125,7 +124,7 @@ def evaluate(args) -> dict:
         elif method == "sampling":
             plan += [(method, 1, t) for t in args.temperatures]
         else:
-            plan += [(method, n, t) for t in args.temperatures for n in args.particles if n > 1 or method == "sr_smc"]
+            plan += [(method, n, t) for t in args.temperatures for n in args.particles if n > 1 or method == "srsmc"]
     for method, n, tau in plan:
         cfg = method_config(method, n, tau, base)
         sample = sr.make_sampler(den, cfg)
@@ -161,14 +160,14 @@ def mcnemar_tests(rows: list[dict]) -> list[dict]:
     tests = []
     greedy = solved_by.get(("greedy", 1, 0.0))
     for (method, n, tau), ok in solved_by.items():
-        if method != "sr_smc":
+        if method != "srsmc":
             continue
         for other_name, other in (("best_of_n", solved_by.get(("best_of_n", n, tau))), ("greedy", greedy)):
             if other is None:
                 continue
             a, b = int((ok & ~other).sum()), int((~ok & other).sum())
-            tests.append({"sr_smc": {"N": n, "temperature": tau}, "versus": other_name,
-                          "only_sr_smc": a, "only_other": b, "p_value": mcnemar_exact(a, b)})
+            tests.append({"srsmc": {"N": n, "temperature": tau}, "versus": other_name,
+                          "only_srsmc": a, "only_other": b, "p_value": mcnemar_exact(a, b)})
     return tests
 
 
@@ -185,7 +184,7 @@ def markdown(result: dict) -> str:
         lines += ["", "| SR-SMC (N, τ) | versus | solved only by SR-SMC | only by the other | exact McNemar p |",
                   "|---|---|---|---|---|"]
         for t in result["mcnemar"]:
-            lines.append(f"| {t['sr_smc']['N']}, {t['sr_smc']['temperature']} | {t['versus']} | {t['only_sr_smc']} | "
+            lines.append(f"| {t['srsmc']['N']}, {t['srsmc']['temperature']} | {t['versus']} | {t['only_srsmc']} | "
                          f"{t['only_other']} | {t['p_value']:.3g} |")
     return "\n".join(lines)
 
@@ -197,9 +196,9 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    temps = sorted({r["temperature"] for r in result["rows"] if r["method"] in ("best_of_n", "sr_smc")})
+    temps = sorted({r["temperature"] for r in result["rows"] if r["method"] in ("best_of_n", "srsmc")})
     for ci, tau in enumerate(temps):
-        for method, style in (("best_of_n", "--"), ("sr_smc", "-")):
+        for method, style in (("best_of_n", "--"), ("srsmc", "-")):
             rs = sorted((r for r in result["rows"] if r["method"] == method and r["temperature"] == tau),
                         key=lambda r: r["N"])
             if rs:

@@ -58,6 +58,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
+from srsmc_jax.app.methods import apply_method
 from srsmc_jax.plotting import ancestry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "study"
@@ -133,7 +134,7 @@ TWIST_BETAS = (0.5, 1.0, 2.0)
 MOVE_STEPS = (1, 2)
 SWEEP_ORDER = ("select", "weight", "ess", "cadence", "N", "tau", "twist", "move")
 DEFAULT_SWEEPS = ("select", "weight", "ess", "cadence", "N", "tau")  # what --sweep all runs
-ROLES = ("sr_smc", "best_of_n", "greedy")
+ROLES = ("srsmc", "best_of_n", "greedy")  # decoding methods of srsmc_jax.app.methods
 RULES = ("max_confidence", "vote", "weighted_vote", "conf_vote")
 
 
@@ -234,14 +235,11 @@ def role_kwargs(role: str, setting: dict, base: Optional[dict], task) -> dict:
     sweep's ``setting``, then the role: best_of_n drops every SMC-only knob (no weights, resampling,
     twist or move), greedy is additionally N = 1, τ = 0."""
     kw = {**task_facts(task), **BASE, **(base or {}), **setting}
-    if role in ("best_of_n", "greedy"):
-        kw = {k: v for k, v in kw.items() if k not in SMC_ONLY}
-        kw.update(weight="uniform", ess_threshold=0.0)
-    if role == "greedy":
-        kw.update(num_particles=1, temperature=0.0)
-    elif role not in ("sr_smc", "best_of_n"):
+    if role not in ROLES:
         raise ValueError(f"role: {role!r}; expected one of {ROLES}")
-    return kw
+    if role in ("best_of_n", "greedy"):
+        kw = apply_method("best_of_n", {k: v for k, v in kw.items() if k not in SMC_ONLY})
+    return apply_method(role, kw)
 
 
 def method_spec(role: str, setting: dict, base: Optional[dict] = None, *, task) -> dict:
@@ -428,7 +426,7 @@ def run_sweeps(task_name: str, sweeps: list[str], num_problems: int, seed: int, 
         sr_rec = None
         for role in ROLES:
             rec = ensure(sweep, label, role, method_spec(role, setting, base, task=task))
-            sr_rec = rec if role == "sr_smc" else sr_rec
+            sr_rec = rec if role == "srsmc" else sr_rec
         n_eq = equal_nfe_particles(sr_rec)
         if n_eq != smc_config(sr_rec["config"]).num_particles:
             ensure(sweep, label, "best_of_n'", method_spec("best_of_n", {**setting, "num_particles": n_eq}, base,
@@ -472,7 +470,7 @@ def summarise(runs: dict, task_name: str, seed: int, num_problems: int, exclude_
             by_spec[json.dumps(rec["config"], sort_keys=True)] = rec
     find = lambda role, setting: by_spec.get(json.dumps(method_spec(role, setting, base, task=task),  # noqa: E731
                                                         sort_keys=True))
-    base_sr = find("sr_smc", {})
+    base_sr = find("srsmc", {})
     table = {}
     for sweep in (s for s in sweeps if s in asked):
         rows, shown = [], set()
@@ -792,7 +790,7 @@ def parse_args(argv=None):
                      + (" (fixed by the task)" if name in TASK_FACTS else ""))
         args.base_overrides[name] = _parse_value(value)
     try:
-        method_spec("sr_smc", {}, args.base_overrides, task=task)
+        method_spec("srsmc", {}, args.base_overrides, task=task)
     except (TypeError, ValueError) as e:
         ap.error(f"--base: {e}")
     return args

@@ -1,6 +1,6 @@
 """The converted-checkpoint folder: written atomically, verified before use.
 
-A converted checkpoint (``srsmc convert``, ``python -m models.embedded.train``) is a folder::
+A converted checkpoint (``srsmc convert``, ``python -m srsmc_jax.models.embedded.train``) is a folder::
 
     params/               orbax StandardCheckpointer: a flat {"blocks.0.q_proj.kernel": array} dict
     config.json           the model's own config.json (every size is read from it)

@@ -123,7 +123,7 @@ def test_cli_sample_text_json_particles_and_plot(capsys, problems, tmp_path):
     (["sample", "x" * 36], "unexpected character"),
     (["sample", "." * 36, "--model", "/nonexistent/folder"], "not a converted checkpoint"),
     (["sample", "." * 36, "-n", "0"], "--num-particles"),
-    (["sample", "." * 36, "--gen-length", "40"], "context length"),
+    (["sample", "." * 36, "--gen-length", "40"], "answers with exactly 36 tokens"),
     (["sample", "." * 36, "--block-length", "5"], "multiple of block_length"),
 ])
 def test_cli_bad_input_is_one_line_and_nonzero(capsys, argv, match):
@@ -165,11 +165,11 @@ def test_reasoning_benchmark_tiny_run(tmp_path, problems):
 
     f = tmp_path / "p.jsonl"
     f.write_text("\n".join(json.dumps(p) for p in problems[:6]) + "\n")
-    out = reasoning.main(["--problems", str(f), "--particles", "2", "--methods", "greedy,best_of_n,sr_smc",
+    out = reasoning.main(["--problems", str(f), "--particles", "2", "--methods", "greedy,best_of_n,srsmc",
                           "--batch", "6", "--json", str(tmp_path / "r.json"), "--quiet"])
     assert out["training_overlap"] == 0 and out["num_problems"] == 6
     rows = {(r["method"], r["N"]): r for r in out["rows"]}
-    assert rows[("greedy", 1)]["nfe_per_problem"] == 36 and rows[("sr_smc", 2)]["nfe_per_problem"] == 72
+    assert rows[("greedy", 1)]["nfe_per_problem"] == 36 and rows[("srsmc", 2)]["nfe_per_problem"] == 72
     assert {t["versus"] for t in out["mcnemar"]} == {"best_of_n", "greedy"}
     assert json.loads((tmp_path / "r.json").read_text())["rows"]
     for r in out["rows"]:

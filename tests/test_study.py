@@ -147,19 +147,19 @@ def test_method_specs_are_canonical():
     g = spec("greedy", {"num_particles": 16, "temperature": 0.5})
     assert g["num_particles"] == 1 and g["temperature"] == 0.0
     # a knob without effect is not part of the spec: steps under threshold SELECT, twist_beta without a twist
-    s = spec("sr_smc", {"select": "threshold", "threshold": 0.7, "steps": 4, "twist_beta": 3.0})
+    s = spec("srsmc", {"select": "threshold", "threshold": 0.7, "steps": 4, "twist_beta": 3.0})
     assert "steps" not in s and "twist_beta" not in s and s["threshold"] == 0.7
     # two spellings of one config are one spec: steps=G is one token per step, 1 is 1.0
-    assert spec("sr_smc", {"steps": task.gen_length, "temperature": 1}) == spec("sr_smc", {})
+    assert spec("srsmc", {"steps": task.gen_length, "temperature": 1}) == spec("srsmc", {})
     # a spec is plain SMCConfig keyword arguments: it rebuilds the config it came from
     setting = {"weight": study.FeatureWeight("margin"), "twist": "lookahead", "twist_beta": 2.0}
-    s = spec("sr_smc", setting)
+    s = spec("srsmc", setting)
     assert s["weight"] == {"object": "benchmarks.study:FeatureWeight", "feature": "margin"}
     assert json.loads(json.dumps(s)) == s
     cfg = study.smc_config(s)
-    assert cfg == sr.SMCConfig(**study.role_kwargs("sr_smc", setting, None, task))
+    assert cfg == sr.SMCConfig(**study.role_kwargs("srsmc", setting, None, task))
     assert cfg.strategies.twist.beta == 2.0 and cfg.resample_every == "step"
-    cfg = study.smc_config(spec("sr_smc", {"steps": 4}))
+    cfg = study.smc_config(spec("srsmc", {"steps": 4}))
     assert cfg.steps == 4 and cfg.block_length == task.gen_length == cfg.gen_length
     with pytest.raises(ValueError, match="FeatureWeight.feature"):
         study.FeatureWeight("confidence")
@@ -214,16 +214,16 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     assert stats == {**stats, "executed": 2, "skipped": 1} and len(calls) == 2
     runs = study.current_runs(study.load_runs(out / "runs.jsonl"))
-    assert len(runs) == 3 and {r["role"] for r in runs.values()} == {"sr_smc", "best_of_n", "greedy"}
+    assert len(runs) == 3 and {r["role"] for r in runs.values()} == {"srsmc", "best_of_n", "greedy"}
     cfgs = {r["role"]: study.smc_config(r["config"]) for r in runs.values()}
-    assert cfgs["sr_smc"].num_particles == cfgs["best_of_n"].num_particles == 2
+    assert cfgs["srsmc"].num_particles == cfgs["best_of_n"].num_particles == 2
     assert cfgs["best_of_n"].weight == "uniform" and cfgs["best_of_n"].ess_threshold == 0.0
     assert (cfgs["greedy"].num_particles, cfgs["greedy"].temperature) == (1, 0.0)
     calls.clear()
     stats = study.run_sweeps("mult", ["N"], 4, 0, out, **kw)
     assert stats["executed"] == 0 and stats["skipped"] == 3 and not calls
     assert len((out / "runs.jsonl").read_text().splitlines()) == 5  # plan, 3 runs, no second plan
-    rec = next(r for r in runs.values() if r["role"] == "sr_smc")
+    rec = next(r for r in runs.values() if r["role"] == "srsmc")
     assert len(rec["correct"]["weighted_vote"]) == 4 and all(1 <= d <= 2 for d in rec["distinct_answers"])
     assert all(1 <= u <= 2 for u in rec["unique_ancestors"]) and rec["nfe"] == [26] * 4
     assert rec["num_steps"] == [13] * 4 and rec["moves"] == [0] * 4
@@ -234,7 +234,7 @@ def test_tiny_sweep_resumes_after_interruption(tmp_path, mult_model, monkeypatch
     assert text.count("| N=") == 1 and "**select**" not in text
     assert json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["key"] in runs
     # a record of the study's first format stays in the file and is not read
-    old = {"key": "v1", "task": "mult", "spec": {"role": "sr_smc", "tokens_per_step": 1}, "seed": 0,
+    old = {"key": "v1", "task": "mult", "spec": {"role": "srsmc", "tokens_per_step": 1}, "seed": 0,
            "num_problems": 4, "exclude_seeds": [], "base": {}, "correct": {}}
     study.append_run(out / "runs.jsonl", old)
     assert study.write_summary(out, study.groups_in(out)) == text and "v1" in study.load_runs(out / "runs.jsonl")

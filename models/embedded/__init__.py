@@ -1,7 +1,7 @@
 """The embedded default model: a 0.8M-parameter LLaDA-architecture masked diffusion LM trained by
-``python -m models.embedded.train`` on 6×6 Sudoku (see ``sudoku.py``), shipped in ``checkpoint/``;
+``python -m srsmc_jax.models.embedded.train`` on 6×6 Sudoku (see ``sudoku.py``), shipped in ``checkpoint/``;
 and a second small model for multi-digit multiplication with written-out carries
-(``multiplication.py``, ``python -m models.embedded.train --task mult``), shipped in
+(``multiplication.py``, ``python -m srsmc_jax.models.embedded.train --task mult``), shipped in
 ``multiplication_checkpoint/``.
 
 ``models.load()`` (no path) loads the Sudoku model, ``models.load(MULT_CHECKPOINT)`` the other;
@@ -31,7 +31,7 @@ __all__ = ["CHECKPOINT", "MULT_CHECKPOINT", "TASKS", "DEFAULT_TASK", "EmbeddedTa
 
 def missing_checkpoint_message() -> str:
     return (f"the embedded model checkpoint is missing ({CHECKPOINT}); reinstall the package or "
-            "retrain it with `python -m models.embedded.train`")
+            "retrain it with `python -m srsmc_jax.models.embedded.train`")
 
 
 def task_for(path: Optional[Path]) -> Optional[EmbeddedTask]:

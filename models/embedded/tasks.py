@@ -24,7 +24,7 @@ MULT_CHECKPOINT = Path(__file__).resolve().parent / "multiplication_checkpoint"
 
 
 class TrainDefaults(NamedTuple):
-    """``python -m models.embedded.train`` defaults of a task (those of the shipped model)."""
+    """``python -m srsmc_jax.models.embedded.train`` defaults of a task (those of the shipped model)."""
 
     steps: int
     batch: int

@@ -1,9 +1,9 @@
 """Train an embedded model: a small LLaDA-architecture masked diffusion LM for one of the tasks of
 ``tasks.py`` (6×6 Sudoku by default, 4-digit × 1-digit multiplication with ``--task mult``).
 
-    python -m models.embedded.train                      # writes models/embedded/checkpoint
-    python -m models.embedded.train --steps 3000 --out /tmp/ckpt --eval-every 250
-    python -m models.embedded.train --task mult          # writes models/embedded/multiplication_checkpoint
+    python -m srsmc_jax.models.embedded.train                      # writes models/embedded/checkpoint
+    python -m srsmc_jax.models.embedded.train --steps 3000 --out /tmp/ckpt --eval-every 250
+    python -m srsmc_jax.models.embedded.train --task mult          # writes models/embedded/multiplication_checkpoint
 
 The task owns everything task-specific: the model config (``config.json``), training batches,
 tokenizer, held-out problems and the greedy evaluation. Sequence layout: ``[prompt tokens |
@@ -61,7 +61,7 @@ def save(out: Path, params, task: EmbeddedTask) -> Path:
 
     flat = {flat_name(p): np.asarray(v) for p, v in
             jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]}
-    source = "python -m models.embedded.train" + ("" if task.name == DEFAULT_TASK else f" --task {task.name}")
+    source = "python -m srsmc_jax.models.embedded.train" + ("" if task.name == DEFAULT_TASK else f" --task {task.name}")
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = Path(tmp) / "tokenizer.json"
         task.write_tokenizer(tokenizer)

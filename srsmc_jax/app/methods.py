@@ -40,6 +40,15 @@ class MethodError(ValueError):
     """A flag that contradicts the method, or an unknown method / preset (one line)."""
 
 
+def apply_method(name: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """``knobs`` (``SMCConfig`` keyword arguments) with method ``name``'s fixed knobs set: the one
+    definition of greedy, sampling, best-of-N and SR-SMC for the command line, the evaluation, the
+    study and the benchmarks."""
+    if name not in METHODS:
+        raise MethodError(f"unknown decoding method {name!r}; expected one of {', '.join(METHODS)}")
+    return {**knobs, **METHODS[name]}
+
+
 def add_method_flags(parser: argparse.ArgumentParser) -> None:
     """``--method``, ``--preset``, ``--cache`` and every SMCConfig flag (given flags only are kept)."""
     parser.add_argument("--method", choices=tuple(METHODS), default="srsmc",

@@ -35,7 +35,8 @@ def default_data_dir() -> Path:
         return Path(os.environ["SRSMC_DATA"])
     if "SRSMC_SHARED" in os.environ:
         return Path(os.environ["SRSMC_SHARED"]) / "data"
-    return Path(__file__).resolve().parents[4] / "shared" / "data"  # srsmc_jax/app/eval/data.py -> the checkout's parent
+    # srsmc_jax/app/eval/data.py -> beside the checkout
+    return Path(__file__).resolve().parents[4] / "shared" / "data"
 
 
 _verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
