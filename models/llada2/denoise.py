@@ -5,8 +5,14 @@ official ``generate()``, default 32) is fixed when the denoiser is built; the en
 ``block_length`` must be a multiple of it and the sequence (prompt + generation) too, so the prompt
 is whole model blocks and engine blocks start on model-block boundaries (``block_multiple``).
 Every function acts on ONE sequence (the engine vmaps them) and returns the model's raw float32
-logits for the current block's rows (row j predicts position j; no shift). Left padding is not
-seen (``sees_padding=False``), as the official batch-1 ``generate()``.
+logits for the current block's rows (row j predicts position j; no shift).
+
+Left padding is seen (``sees_padding=True``): padding keys are masked out and RoPE positions count
+from the first real token, so a prompt of any length runs once it is left-padded to whole model
+blocks (``srsmc generate`` / ``eval`` / ``sample`` pad to their length buckets, which are whole
+blocks). That is a layout of its own: the prompt ENDS on a block boundary, where the official
+batch-1 ``generate()`` puts an unaligned prompt's tail in the first generated block. Without padding
+(a prompt of whole blocks) every array is as before: the official layout, traces token for token.
 
 * ``cache=None``: every call is the full block-causal forward over the sequence (rows of the
   current block returned): the reference path.
@@ -57,36 +63,45 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
             raise ValueError(f"LLaDA2: the engine's block_length {engine_block} must be a multiple of the model "
                              f"block length {mb}")
 
+    def layout(seq: SequenceInfo, q_idx):
+        """(RoPE positions of the query indices, bool[Q, L] attention mask) of a left-padded
+        sequence: block-causal on the padded indices, padding keys hidden (a query still sees
+        itself, so a row of padding has a key and no NaN), positions from the first real token."""
+        valid = jnp.asarray(seq.valid, bool)
+        n = valid.shape[0]
+        k_idx = jnp.arange(n, dtype=jnp.int32)
+        n_pad = n - jnp.sum(valid.astype(jnp.int32))
+        mask = (block_causal_mask(q_idx, k_idx, mb) & valid[None, :]) | (q_idx[:, None] == k_idx[None, :])
+        return jnp.maximum(q_idx - n_pad, 0), mask
+
     def full_rows(params, tokens, seq, cache_, block_start, block_length_):
         n = tokens.shape[0]
         checks(n, block_length_)
         m = nnx.merge(graphdef, params)
-        pos = jnp.arange(n, dtype=jnp.int32)
-        logits, _ = m.run(tokens[None], q_pos=pos, mask=block_causal_mask(pos, pos, mb)[None, None],
+        pos, mask = layout(seq, jnp.arange(n, dtype=jnp.int32))
+        logits, _ = m.run(tokens[None], q_pos=pos, mask=mask[None, None],
                           out_rows=(jnp.asarray(block_start, jnp.int32), block_length_))
         return logits[0], cache_
 
     if cache is None:
         return CachedDenoiser(init=lambda params, tokens, seq: (), refresh=full_rows, step=full_rows, max_length=n_max,
-                              sees_padding=False, mask_id=int(cfg.mask_token_id), vocab_size=int(cfg.vocab_size),
+                              sees_padding=True, mask_id=int(cfg.mask_token_id), vocab_size=int(cfg.vocab_size),
                               block_multiple=mb)
 
     def init(params, tokens, seq: SequenceInfo):
         n = tokens.shape[0]
         checks(n)
         m = nnx.merge(graphdef, params)
-        pos = jnp.arange(n, dtype=jnp.int32)
-        _, kv = m.run(tokens[None], q_pos=pos, mask=block_causal_mask(pos, pos, mb)[None, None], collect_kv=True)
+        pos, mask = layout(seq, jnp.arange(n, dtype=jnp.int32))
+        _, kv = m.run(tokens[None], q_pos=pos, mask=mask[None, None], collect_kv=True)
         keep = seq.prompt[None, :, None, None]
         return {"k": jnp.where(keep, kv.k[0], 0).astype(m.dtype), "v": jnp.where(keep, kv.v[0], 0).astype(m.dtype)}
 
-    def query(params, tokens, cache_, ws, width, collect):
+    def query(params, tokens, seq, cache_, ws, width, collect):
         m = nnx.merge(graphdef, params)
-        n = tokens.shape[0]
         q_tokens = jax.lax.dynamic_slice_in_dim(tokens, ws, width)
-        q_pos = ws + jnp.arange(width, dtype=jnp.int32)
-        k_pos = jnp.arange(n, dtype=jnp.int32)
-        logits, kv = m.run(q_tokens[None], q_pos=q_pos, mask=block_causal_mask(q_pos, k_pos, mb)[None, None],
+        q_pos, mask = layout(seq, ws + jnp.arange(width, dtype=jnp.int32))
+        logits, kv = m.run(q_tokens[None], q_pos=q_pos, mask=mask[None, None],
                            cache=LayerKV(cache_["k"][None], cache_["v"][None]), write_at=ws, collect_kv=collect)
         if not collect:
             return logits[0], None
@@ -100,13 +115,13 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
         width = min(2 * block_length_, n)
         block_start = jnp.asarray(block_start, jnp.int32)
         ws = jnp.clip(block_start - block_length_, 0, n - width).astype(jnp.int32)
-        logits, new_cache = query(params, tokens, cache_, ws, width, True)
+        logits, new_cache = query(params, tokens, seq, cache_, ws, width, True)
         return jax.lax.dynamic_slice_in_dim(logits, block_start - ws, block_length_), new_cache
 
     def step(params, tokens, seq, cache_, block_start, block_length_):
         checks(tokens.shape[0], block_length_)
-        logits, _ = query(params, tokens, cache_, jnp.asarray(block_start, jnp.int32), block_length_, False)
+        logits, _ = query(params, tokens, seq, cache_, jnp.asarray(block_start, jnp.int32), block_length_, False)
         return logits, cache_
 
-    return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=n_max, sees_padding=False,
+    return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=n_max, sees_padding=True,
                           mask_id=int(cfg.mask_token_id), vocab_size=int(cfg.vocab_size), block_multiple=mb)

@@ -69,7 +69,7 @@ LLADA2 = register_family(FamilySpec(
     cache_note="block is the exact KV cache of finished blocks (model block length 32; "
                "models.llada2.as_denoiser(model, block_length=...) for another)",
     supports_cfg=False,
-    sees_padding=False,
+    sees_padding=True,  # left padding hidden, RoPE from the first real token (denoise.py)
     chat_template=CHAT_TEMPLATE,
     partition_rules=PARTITION_RULES,
 ))
