@@ -106,3 +106,23 @@ def test_eval_limit_2_runs_every_task_end_to_end(tiny, tmp_path, task):
     assert all(len(v) == 2 for v in per_task.values()) and per_task, per_task.keys()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary and "finished" in r.stdout
+
+
+@pytest.mark.slow  # a mixture-of-experts forward over 4k-token prompts (~1.5 min on 2 busy cores)
+def test_eval_runs_on_a_tiny_llada2(tmp_path):
+    """--config: a random LLaDA2 (the test fixture's shape, vocabulary raised for the byte tokenizer)
+    evaluates end to end, its chat prompts of any length left-padded to whole model blocks."""
+    data = shared_dir() / "data"
+    if not data.is_dir():
+        pytest.skip(f"{data} is absent (the evaluation data; set SRSMC_SHARED)")
+    config = json.loads((REPO / "tests" / "fixtures" / "llada2" / "moe_shared" / "config.json").read_text())
+    config.update(vocab_size=320, mask_token_id=300, eos_token_id=290, pad_token_id=290)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r = _srsmc("tiny-checkpoint", tmp_path / "tiny2", "--config", tmp_path / "config.json")
+    assert r.returncode == 0, r.stderr
+    assert models.load(tmp_path / "tiny2").family == "llada2"
+    r = _srsmc("eval", "--model", tmp_path / "tiny2", "--task", "gsm8k", "--limit", "2", "--gen-length", "32",
+               "-n", "2", "--cache", "block", "--chat", "--data", data, "--out", tmp_path / "run", "--quiet")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(rec["error"] is None and rec["nfe"] > 0 for rec in records)
