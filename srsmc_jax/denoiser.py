@@ -122,6 +122,14 @@ class CachedDenoiser:
     any_rows: bool = False
 
 
+def refresh_window(n: int, block_start: Any, block_length: int) -> tuple[jax.Array, int]:
+    """(int32 start, static width) of a block cache's refresh call over a sequence of ``n``: the
+    just-finished block and the current one, clipped to the sequence (BD3-LM, LLaDA2)."""
+    width = min(2 * block_length, n)
+    start = jnp.clip(jnp.asarray(block_start, jnp.int32) - block_length, 0, n - width).astype(jnp.int32)
+    return start, width
+
+
 def _describe(x: Any) -> str:
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"

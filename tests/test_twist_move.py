@@ -32,14 +32,19 @@ def run(toy, cfg, key, batch):
     return jax.tree.map(np.asarray, sample(jax.random.key(key), None, prompts))
 
 
-def weighted_tv(toy, res, target):
+def weighted_histograms(toy, res):
+    """float64[B, S]: each run's normalised particle weights summed per toy state."""
     idx = toy.state_index(res.particles)
     assert np.all(idx >= 0), "a particle ended with masked tokens"
     w = np.exp(res.log_weights - res.log_weights.max(axis=1, keepdims=True)).astype(np.float64)
     w /= w.sum(axis=1, keepdims=True)
     h = np.zeros((idx.shape[0], len(toy.states)))
     np.add.at(h, (np.arange(idx.shape[0])[:, None], idx), w)
-    return 0.5 * np.abs(h - target).sum(axis=1).mean()
+    return h
+
+
+def weighted_tv(toy, res, target):
+    return 0.5 * np.abs(weighted_histograms(toy, res) - target).sum(axis=1).mean()
 
 
 def z_check(toy, cfg, z, key=4, batch=6000):
@@ -130,12 +135,7 @@ def hotelling(toy, res, gamma, min_mass=0.01):
     a failure); states of mass < ``min_mass`` are pooled into one bin."""
     from scipy import stats
 
-    idx = toy.state_index(res.particles)
-    assert np.all(idx >= 0), "a particle ended with masked tokens"
-    w = np.exp(res.log_weights - res.log_weights.max(axis=1, keepdims=True)).astype(np.float64)
-    w /= w.sum(axis=1, keepdims=True)
-    h = np.zeros((idx.shape[0], len(toy.states)))
-    np.add.at(h, (np.arange(idx.shape[0])[:, None], idx), w)
+    h = weighted_histograms(toy, res)
     est = np.exp(res.log_z.astype(np.float64))[:, None] * h
     big = gamma / gamma.sum() >= min_mass
     est = np.concatenate([est[:, big], est[:, ~big].sum(axis=1, keepdims=True)], axis=1)

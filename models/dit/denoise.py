@@ -49,7 +49,7 @@ from srsmc_jax.models.attention import KV
 from srsmc_jax.models.denoise import RowsDenoiser
 from srsmc_jax.models.dit.config import BD3LMConfig, DiTConfig
 
-from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo
+from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo, refresh_window
 
 __all__ = ["build_dit_denoiser", "subs_log_probs", "NEG_INFINITY"]
 
@@ -146,9 +146,7 @@ def build_dit_denoiser(graphdef: Any, cfg: DiTConfig, *, cache: Optional[str] = 
     def refresh(params, tokens, seq, cache_, block_start, block_length):
         n = tokens.shape[0]
         checks(n, block_length)
-        width = min(2 * block_length, n)
-        block_start = jnp.asarray(block_start, jnp.int32)
-        ws = jnp.clip(block_start - block_length, 0, n - width).astype(jnp.int32)
+        ws, width = refresh_window(n, block_start, block_length)
         logp, new_cache = query(params, tokens, cache_, ws, width, True)
         return jax.lax.dynamic_slice_in_dim(logp, block_start - ws, block_length), new_cache
 

@@ -36,7 +36,7 @@ from flax import nnx
 from srsmc_jax.models.llada2.config import LLaDA2Config
 from srsmc_jax.models.llada2.model import LayerKV, block_causal_mask
 
-from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo
+from srsmc_jax.denoiser import CachedDenoiser, SequenceInfo, refresh_window
 
 __all__ = ["build_llada2_denoiser", "DEFAULT_BLOCK_LENGTH"]
 
@@ -112,9 +112,7 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
     def refresh(params, tokens, seq, cache_, block_start, block_length_):
         n = tokens.shape[0]
         checks(n, block_length_)
-        width = min(2 * block_length_, n)
-        block_start = jnp.asarray(block_start, jnp.int32)
-        ws = jnp.clip(block_start - block_length_, 0, n - width).astype(jnp.int32)
+        ws, width = refresh_window(n, block_start, block_length_)
         logits, new_cache = query(params, tokens, seq, cache_, ws, width, True)
         return jax.lax.dynamic_slice_in_dim(logits, block_start - ws, block_length_), new_cache
 
