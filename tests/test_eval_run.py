@@ -15,8 +15,13 @@ from shared_files import REPO, shared_dir
 
 SHARED = shared_dir()
 
+from srsmc_jax.models.embedded import task_for
+
 from srsmc_jax.app.eval import get_task
-from srsmc_jax.app.eval.run import RunError, parse_doc_ids, prompt_sha256, select_documents
+from srsmc_jax.app.eval.run import RunError, parse_doc_ids, select_documents
+from srsmc_jax.app.generate import ids_sha256
+
+TASK_CODEC = task_for(None)  # the embedded Sudoku model's own prompt codec
 from srsmc_jax.app.eval.stats import wilson_interval
 from srsmc_jax.app.eval.summary import compare, format_tables, load_run
 from srsmc_jax.app.methods import METHODS, MethodError, add_method_flags, method_config
@@ -123,7 +128,7 @@ def test_evaluate_resume_and_summary_end_to_end(tmp_path):
     docs = get_task("sudoku6").documents()
     assert [(x["task"], x["doc_id"]) for x in lines] == [("sudoku6", i) for i in range(3)]
     for x, d in zip(lines, docs):
-        assert x["prompt_sha256"] == prompt_sha256(d.prompt) and len(x["output"]) == 36
+        assert x["prompt_sha256"] == ids_sha256(TASK_CODEC.encode(d.prompt)) and len(x["output"]) == 36
         assert x["scores"]["solved"] == get_task("sudoku6").score(d, x["output"])["solved"]
         assert x["nfe"] == 36 and len(x["ess"]) == x["num_steps"] == 36 and len(x["particles"]) == 1
     meta = json.loads((greedy / "run.json").read_text())
@@ -146,12 +151,15 @@ def test_evaluate_resume_and_summary_end_to_end(tmp_path):
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent (set SRSMC_SHARED)")
 def test_prompts_too_long_for_the_model_fail_before_compiling(tmp_path):
-    r = _eval("--model", REPO / "models" / "embedded" / "checkpoint", "--task", "gsm8k", "--data", DATA,
+    from srsmc_jax.app.tiny import make_tiny_checkpoint
+
+    small = make_tiny_checkpoint(tmp_path / "tiny", max_length=128)  # a byte tokenizer, a 128-token context
+    r = _eval("--model", small, "--task", "gsm8k", "--data", DATA,
               "--preset", "none", "--gen-length", "8", "--block-length", "8", "--limit", "2", "--out", tmp_path / "g")
     assert r.returncode == 2 and "compiling" not in r.stderr, r.stderr
     err = [x for x in r.stderr.splitlines() if not x.startswith("eval: ")]
     assert len(err) == 1 and err[0].startswith("error: document gsm8k/0: prompt of ") and \
-        "exceeds the model's context length 72" in err[0]
+        "exceeds the model's context length 128" in err[0], err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 from shared_files import REPO
@@ -64,11 +63,13 @@ def test_two_processes_equal_one_process(tmp_path):
 
     import srsmc_jax as sr
     from srsmc_jax import models
+    from srsmc_jax.prompts import prompt_keys
 
     model, task = models.load(), task_for(None)
     tokens = np.stack([task.encode(p) for p in PUZZLES])
     config = sr.SMCConfig(num_particles=4, gen_length=36, block_length=36, steps=6, mask_id=model.mask_id)
-    ref = sr.make_sampler(model.as_denoiser(), config)(jax.random.key(3), model.params, tokens)
+    keys = prompt_keys(3, [t.tolist() for t in tokens])  # the one key rule of every front end
+    ref = sr.make_sampler(model.as_denoiser(), config)(keys, model.params, tokens)
     merged = _rows(two / "results.jsonl")
     np.testing.assert_array_equal(np.array([r["tokens"] for r in merged]), np.asarray(ref.tokens))
     np.testing.assert_array_equal(np.array([r["particles"] for r in merged]), np.asarray(ref.particles))
@@ -146,7 +147,8 @@ def test_bad_flags_are_one_line_errors_before_jax_distributed(tmp_path):
         assert "Traceback" not in r.stderr and time.time() - t0 < 60
     assert a_file.read_text() == "x" and not (tmp_path / "o").exists()
     r = _run("--prompts", prompts, "--out", tmp_path / "o", "--local-devices", "1", "-n", "1000000", timeout=300)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs about" in r.stderr and "-n" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs about" in r.stderr, r.stderr
+    assert "set --particle-chunk to " in r.stderr or "set -n to " in r.stderr, r.stderr
     assert list((tmp_path / "o").iterdir()) == []  # refused before compiling: no shard, no lock file left
 
 

@@ -5,10 +5,10 @@ scored as lm-eval 0.4.8 scores them, one resumable line per document.
 
 A run folder holds ``run.json`` (model, task, method, the full config, seed, fingerprint) and
 ``samples.jsonl``, one line per document (appended and fsync'ed as each batch finishes):
-``task``, ``doc_id``, ``prompt_sha256`` (of the exact text encoded), ``output`` (the answer after
-the stop strings), ``scores`` (each metric 0/1), ``extracted`` (what the scorer took from the output),
-``nfe``, ``num_steps``, ``ess`` (after each step), ``resampled_at``, ``selected``, ``particles``
-(text, log-weight, trajectory confidence), ``seconds``, ``error``; and ``summary.json`` (the means).
+``task``, ``doc_id``, ``prompt_sha256`` (of the prompt's token ids, as in ``srsmc generate``),
+``output`` (the answer after the stop strings), ``scores`` (each metric 0/1), ``extracted`` (what
+the scorer took from the output), ``nfe``, ``num_steps``, ``ess`` (after each step), ``resampled_at``,
+``selected``, ``particles`` (text, log-weight, trajectory confidence), ``seconds``, ``error``; and ``summary.json`` (the means).
 
 Resuming (see ``README.md`` beside this file): rerunning the same command skips the documents
 already there whose prompt is unchanged (a killed run loses at most the batch in flight) and
@@ -106,10 +106,6 @@ def record_id(doc: Document) -> str:
     return f"{doc.task}/{doc.doc_id}"
 
 
-def prompt_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 @dataclasses.dataclass
 class RunResult:
     """What :func:`evaluate` returns: the run folder, its records (selected documents, in order),
@@ -194,7 +190,7 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
     ``overwrite``: replace a run folder of ours made with other settings."""
     from srsmc_jax.app.common import model_identity
     from srsmc_jax.app.filelock import OutputLock
-    from srsmc_jax.app.generate import Generator, PromptRecord, chat_template_for, config_dict
+    from srsmc_jax.app.generate import Generator, PromptRecord, chat_template_for, config_dict, ids_sha256
     from srsmc_jax.app.jsonl import ResultsLog, key_text, strip_identity
 
     out_dir = Path(out_dir)
@@ -232,9 +228,10 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
                     (out_dir / SUMMARY).unlink()
                 write_json(out_dir / RUN_META, meta, ensure_ascii=False)
             finished = {key_text([r["task"], r["doc_id"]]): strip_identity(r) for r in done.values()}
-            stale = [k for k, r in finished.items()  # a document whose prompt changed is generated again
-                     if f"{r['task']}/{r['doc_id']}" in prompts
-                     and r.get("prompt_sha256") != prompt_sha256(prompts[f"{r['task']}/{r['doc_id']}"])]
+            # a document whose prompt (its token ids, as generate's) changed is generated again
+            ids_hash = {p.record.id: ids_sha256(p.ids) for p in prepared}
+            stale = [k for k, r in finished.items() if f"{r['task']}/{r['doc_id']}" in ids_hash
+                     and r.get("prompt_sha256") != ids_hash[f"{r['task']}/{r['doc_id']}"]]
             if stale:
                 for k in stale:
                     del finished[k]
@@ -245,7 +242,7 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
             for batch in gen.run(todo, seed=seed):
                 items = [(by_id[r["id"]], r["answer"] or "") for r in batch]
                 scores = task.score_batch(items, workers=workers)
-                lines = [_sample_line(doc, prompts[r["id"]], r, s, task.metrics)
+                lines = [_sample_line(doc, r, s, task.metrics)
                          for (doc, _), r, s in zip(items, batch, scores)]
                 log.append(lines)
                 finished.update((key_text([x["task"], x["doc_id"]]), x) for x in lines)
@@ -263,9 +260,9 @@ def evaluate(model, task: Task, config, *, method: str, out_dir: Path, cache: Op
     return RunResult(out_dir=out_dir, samples=samples, means=means, report=gen.report)
 
 
-def _sample_line(doc: Document, prompt: str, r: dict, score: dict, metrics: Sequence[str]) -> dict:
+def _sample_line(doc: Document, r: dict, score: dict, metrics: Sequence[str]) -> dict:
     return {
-        "task": doc.task, "doc_id": doc.doc_id, "prompt_sha256": prompt_sha256(prompt),
+        "task": doc.task, "doc_id": doc.doc_id, "prompt_sha256": r["prompt_sha256"],  # of its token ids
         "output": r["answer"],
         "scores": {m: score[m] for m in metrics},
         "extracted": {k: v for k, v in score.items() if k not in metrics},
