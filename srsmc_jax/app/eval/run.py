@@ -8,7 +8,8 @@ A run folder holds ``run.json`` (model, task, method, the full config, seed, fin
 ``task``, ``doc_id``, ``prompt_sha256`` (of the prompt's token ids, as in ``srsmc generate``),
 ``output`` (the answer after the stop strings), ``scores`` (each metric 0/1), ``extracted`` (what
 the scorer took from the output), ``nfe``, ``num_steps``, ``ess`` (after each step), ``resampled_at``,
-``selected``, ``particles`` (text, log-weight, trajectory confidence), ``seconds``, ``error``; and ``summary.json`` (the means).
+``selected``, ``particles`` (text, log-weight, trajectory confidence), ``seconds``, ``error``;
+and ``summary.json`` (the means).
 
 Resuming (see ``README.md`` beside this file): rerunning the same command skips the documents
 already there whose prompt is unchanged (a killed run loses at most the batch in flight) and
