@@ -384,6 +384,8 @@ def summarize(args, ref_res: dict, ours_res: dict) -> list[dict]:
                 for k, v in by_setting.items()},
             "reference_s": statistics.median(x["median_s"] for x in ref),
             "reference_best_s": min(x["median_s"] for x in ref),
+            # the single fastest round of ANY setting (a spinning setting can win one quiet round)
+            "reference_best_any_s": min(x["median_s"] for v in by_setting.values() for x in v),
             "reference_forward_calls": sorted({f for v in by_setting.values() for x in v for f in x["forward_calls"]}),
             "reference_rows_per_call": ref[0]["rows_per_call"],
             "ours": [],
@@ -400,6 +402,7 @@ def summarize(args, ref_res: dict, ours_res: dict) -> list[dict]:
                 # the fastest round of each side: the least disturbed by other jobs on a shared machine
                 "ours_best_s": min(x["median_s"] for x in ours),
                 "ratio_of_best": _best_ratio(ref, ours, same),
+                "ratio_of_best_any": _best_ratio([x for v in by_setting.values() for x in v], ours, same),
                 "forward_calls": sorted({f for x in ours for f in x["forward_calls"]}),
                 "nfe": sorted({f for x in ours for f in x["nfe"]}),
                 "compile_s": statistics.median(x["compile_s"] for x in ours),
@@ -420,8 +423,9 @@ def render_table(rows: list[dict], settings: list[str]) -> str:
     the fastest setting (median of paired rounds, and fastest rounds), work done, compile time."""
     out = ["| case | reference s, " + " / ".join(settings) + " (OMP_WAIT_POLICY:threads) | ours s "
            "| speed-up vs the reference's fastest | fastest rounds: ref / ours s (ratio) "
+           "| fastest round of any reference setting / ours s (ratio) "
            "| forward calls ref / ours (NFE ref / ours) | ours compile s |",
-           "|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ours = row["ours"]
         med = {k: f"{v['median_s']:.2f}" for k, v in row["reference_by_setting"].items()}
@@ -439,7 +443,9 @@ def render_table(rows: list[dict], settings: list[str]) -> str:
             label += f"; same tokens: {'yes' if all(o['same_tokens_as_reference'] for o in ours) else 'NO'}"
         best = (f"{row['reference_best_s']:.2f} / " + " / ".join(f"{o['ours_best_s']:.2f}" for o in ours)
                 + " (" + " / ".join(f"{o['ratio_of_best']:.2f}" for o in ours) + ")")
-        out.append(f"| {label} | {refs} | {s} | {ratio} | {best} | {calls} | {comp} |")
+        best_any = (f"{row['reference_best_any_s']:.2f} / " + " / ".join(f"{o['ours_best_s']:.2f}" for o in ours)
+                    + " (" + " / ".join(f"{o['ratio_of_best_any']:.2f}" for o in ours) + ")")
+        out.append(f"| {label} | {refs} | {s} | {ratio} | {best} | {best_any} | {calls} | {comp} |")
     return "\n".join(out)
 
 
@@ -511,7 +517,9 @@ def main(argv=None) -> dict:
               f"{args.gen_length}, block {args.block_length}, N = {args.particles}; float32. The reference under "
               f"each setting {', '.join(settings)} (OMP_WAIT_POLICY:torch threads; default = unset), ours "
               f"compared with its fastest; {args.rounds} interleaved rounds × {args.repeats} timed calls; "
-              f"speed-up = median over rounds of (reference at its fastest setting / ours, same round). "
+              f"speed-up = median over rounds of (reference at its fastest setting / ours, same round); the "
+              f"last ratio column, the most conservative, takes the reference's single fastest round of any "
+              f"setting. "
               f"Load average before {load_before}, after each round {loads}, after {load_after}.")
     table = render_table(rows, settings)
     print(header)
