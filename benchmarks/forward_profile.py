@@ -1,6 +1,6 @@
 """Where our LLaDA forward spends its time on CPU, and what XLA's CPU flags change.
 
-    python -m benchmarks.forward_profile [--flags "--xla_cpu_use_xnnpack=true" ...] [--json OUT]
+    python -m benchmarks.forward_profile [--sets "default,oneDNN"] [--cycles 2] [--json OUT]
 
 For each XLA flag set (each in a fresh process: ``XLA_FLAGS`` is read once, when jax starts), on the
 random LLaDA of ``benchmarks/vs_reference.py`` (d 256, 4 layers, 8 heads, MLP 704, vocab 2048,
@@ -117,8 +117,8 @@ def worker(conv: str, repeats: int) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.forward_profile", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--flags", nargs="*", default=None,
-                    help="XLA_FLAGS strings to compare (default: the built-in sets; '' is the default)")
+    ap.add_argument("--sets", default=",".join(FLAG_SETS),
+                    help="comma-separated names of the built-in flag sets to compare (default: all of %(default)s)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--cycles", type=int, default=2,
                     help="processes per flag set, in rotation (a shared machine: the fastest of them counts)")
@@ -130,7 +130,11 @@ def main(argv=None) -> dict:
         return {}
     from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
 
-    sets = FLAG_SETS if args.flags is None else {f or "default": f for f in args.flags}
+    names = [n.strip() for n in args.sets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FLAG_SETS]
+    if unknown or not names:
+        ap.error(f"--sets: unknown {unknown}; choose from {', '.join(FLAG_SETS)}")
+    sets = {n: FLAG_SETS[n] for n in names}
     res = {"load_average_before": list(os.getloadavg()), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="forward_profile_") as tmp:
         hf = write_llada_checkpoint(Path(tmp) / "hf", LLaDAShape(), seed=0, lm_head_gain=2.0)
