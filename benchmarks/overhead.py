@@ -5,6 +5,11 @@ LLaDA); the independent run has no weighting and never resamples (``weight='unif
 ``ess_threshold=0``), so the difference is the cost of the weights, ESS and resampling gathers.
 Timings are interleaved (A, B, A, B, …) after compilation and the median is reported.
 
+The engine's own share of a call: the SR-SMC run once more with the model replaced by a table lookup
+(``benchmarks.vs_reference_breakdown.table_denoiser``: logits are rows of a fixed random [V, V] table,
+so the proposal, SELECT, weights, ESS, resampling and loop control run on the same shapes with no
+forward pass); ``engine_share`` = its time / the SR-SMC call's time.
+
     python -m benchmarks.overhead                 # CPU-sized defaults
     python -m benchmarks.overhead --json out.json --d-model 512 --layers 8 --particles 16
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -21,6 +27,7 @@ import jax
 
 import srsmc_jax as sr
 
+ENGINE = "engine alone: SR-SMC, reference setting, table-lookup denoiser (no model)"
 
 def small_llada(d_model: int, layers: int, vocab: int, max_len: int, seed: int = 0):
     from srsmc_jax.models.llada import LLaDAConfig
@@ -75,6 +82,12 @@ def main(argv=None) -> dict:
         sample = sr.make_sampler(den, cfg)
         fns[name] = (lambda s: (lambda: s(jax.random.key(0), m.params, prompts).tokens))(sample)
         jax.block_until_ready(fns[name]())  # compile
+    from benchmarks.vs_reference_breakdown import table_denoiser
+
+    table_den, table = table_denoiser(args.vocab)
+    engine = sr.make_sampler(table_den, base, context_length=args.prompt_length + args.gen_length)
+    fns[ENGINE] = lambda: engine(jax.random.key(0), table, prompts).tokens
+    jax.block_until_ready(fns[ENGINE]())
     times = {name: [] for name in fns}
     for _ in range(args.repeats):
         for name, fn in fns.items():
@@ -82,7 +95,11 @@ def main(argv=None) -> dict:
     ref = statistics.median(times["independent (no weights, no resampling)"])
     tokens = args.prompts * args.particles * args.gen_length
     rows = []
+    setting = "SR-SMC, reference setting (ESS<N/2 at block ends)"
+    engine_share = statistics.median(times[ENGINE]) / statistics.median(times[setting])
     for name, ts in times.items():
+        if name == ENGINE:
+            continue
         med = statistics.median(ts)
         rows.append({"variant": name, "median_s": med, "overhead": med / ref - 1.0,
                      "tokens_per_s": tokens / med})
@@ -90,6 +107,8 @@ def main(argv=None) -> dict:
         "device": jax.devices()[0].device_kind, "platform": platform.processor() or platform.machine(),
         "jax": jax.__version__, "args": vars(args), "rows": rows,
         "nfe_per_prompt": args.particles * args.steps * args.gen_length // args.block_length,
+        "engine_alone_median_s": statistics.median(times[ENGINE]), "engine_share": engine_share,
+        "load_average_after": list(os.getloadavg()),
     }
     print(f"device: {result['device']}  jax {jax.__version__}  N={args.particles}  B={args.prompts}  "
           f"L={args.prompt_length}+{args.gen_length}  LLaDA d={args.d_model} x{args.layers}")
@@ -97,6 +116,7 @@ def main(argv=None) -> dict:
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['median_s']:.3f} | {100 * r['overhead']:+.1f}% | {r['tokens_per_s']:.0f} |")
+    print(f"engine's own share of the SR-SMC call (table-lookup denoiser / model): {100 * engine_share:.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

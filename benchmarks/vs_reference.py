@@ -19,15 +19,19 @@ What it does:
    ``mask_token_id`` (inside the vocabulary) explicitly, and LLaDA's ``generate`` keeps
    ``logits_eos_inf`` / ``confidence_eos_eot_inf`` off (they index ids 126081 / 126348). Nothing of
    the reference is patched.
-2. Runs paired rounds: per round and case, one process of the reference (torch,
-   ``torch.set_num_threads(--threads)``, ``OMP_WAIT_POLICY=PASSIVE`` unless ``--omp-wait-policy``
-   says otherwise: with other jobs on the machine, spinning OpenMP threads slowed the reference
-   2-4x, which would flatter our ratio) and one of ours (XLA uses the machine's cores), one after
-   the other (the order flips every round so that drift hits both sides). Each process loads the
-   model, warms up (ours: compiles), then times ``--repeats`` calls; the per-process median is its
-   round's time. The table gives the median over rounds of each side and of the paired ratios
-   (reference time / ours), and, since a shared machine slows some rounds many times over, the
-   fastest round of each side and their ratio.
+2. Runs interleaved rounds. The reference is timed under every setting a user could pick for it
+   (``--reference-settings``, default all four of ``OMP_WAIT_POLICY`` unset (torch's default) or
+   ``PASSIVE`` × ``torch.set_num_threads`` 2 or 1): per round and case, one process per setting and
+   one of ours (XLA, the machine's cores, ``XLA_FLAGS`` as given by ``--xla-flags``, recorded), in an
+   order that rotates every round so that drift hits every side. Each process loads the model, warms
+   up (ours: compiles), then times ``--repeats`` calls; the per-process median is its round's time.
+   Ours is compared against the reference's **fastest** setting (the one with the smallest median
+   over rounds, per case): the table gives that setting's median, ours, and the median of the
+   paired ratios (reference at that setting / ours, same round), and, since a shared machine slows
+   some rounds many times over, the fastest round of each side and their ratio. Every setting's
+   median is printed too. The CPU model, core count, library versions (jax, jaxlib, numpy; torch,
+   transformers, numpy of the torch venv), the load average before, after each round and after,
+   and our XLA flags go into the header and the JSON.
 3. Checks that both sides make the same number of forward passes: the reference's model calls are
    counted with a forward hook (one call = a batch of N particles), ours is ``result.num_steps``
    (``result.nfe`` = steps × N). With threshold decoding the count is data-dependent; the default
@@ -124,6 +128,46 @@ CASES = {
 }
 
 
+DEFAULT_REF_SETTINGS = ("default:2", "PASSIVE:2", "default:1", "PASSIVE:1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefSetting:
+    """One way to run the reference: ``OMP_WAIT_POLICY`` (``"default"``: unset) and torch threads."""
+
+    policy: str
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.policy}:{self.threads}"
+
+    def env(self, base: dict) -> dict:
+        env = dict(base, TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS=str(self.threads))
+        env.pop("OMP_WAIT_POLICY", None)
+        if self.policy != "default":
+            env["OMP_WAIT_POLICY"] = self.policy
+        return env
+
+
+def parse_ref_settings(text: str) -> list[RefSetting]:
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        policy, sep, threads = item.partition(":")
+        policy = policy if policy == "default" else policy.upper()
+        if not sep or policy not in ("default", "PASSIVE", "ACTIVE") or not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"{item!r} is not POLICY:THREADS with POLICY default, PASSIVE or ACTIVE and "
+                             f"THREADS >= 1 (e.g. PASSIVE:2)")
+        if any(r.label == f"{policy}:{int(threads)}" for r in out):
+            raise ValueError(f"{item!r} is given twice")
+        out.append(RefSetting(policy, int(threads)))
+    if not out:
+        raise ValueError("no setting given")
+    return out
+
+
 def ref_spec(job: RefJob, args) -> dict:
     return {
         "fn": job.fn, "threshold": job.threshold, "temperature": job.temperature,
@@ -150,11 +194,12 @@ def parse_args(argv=None):
     ap.add_argument("--cases", default="a,b,c,d,e,f", help="comma-separated subset of a,b,c,d,e,f")
     ap.add_argument("--rounds", type=int, default=3, help="paired rounds (median reported)")
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per process after the warm-up")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on the reference side")
-    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
-                    help="OMP_WAIT_POLICY of the reference side (default PASSIVE: on a machine shared with other "
-                         "jobs, torch's spinning OpenMP threads made the reference 2-4x slower than with PASSIVE; "
-                         "'default' leaves it unset)")
+    ap.add_argument("--reference-settings", default=",".join(DEFAULT_REF_SETTINGS),
+                    help="comma-separated POLICY:THREADS settings the reference is timed under; POLICY is "
+                         "OMP_WAIT_POLICY (default = unset, torch's own; PASSIVE; ACTIVE), THREADS "
+                         "torch.set_num_threads; ours is compared against the fastest (default: %(default)s)")
+    ap.add_argument("--xla-flags", default=None,
+                    help="XLA_FLAGS of our side (default: this process's XLA_FLAGS, if any); recorded")
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
@@ -186,7 +231,13 @@ def parse_args(argv=None):
     if bad or not cases:
         ap.error(f"--cases: unknown case(s) {bad or args.cases!r}; use a subset of {','.join(CASES)}")
     args.case_list = cases
-    for name in ("rounds", "repeats", "threads", "particles", "batch_prompts", "prompt_length", "gen_length",
+    try:
+        args.ref_settings = parse_ref_settings(args.reference_settings)
+    except ValueError as e:
+        ap.error(f"--reference-settings: {e}")
+    if args.xla_flags is None:
+        args.xla_flags = os.environ.get("XLA_FLAGS", "")
+    for name in ("rounds", "repeats", "particles", "batch_prompts", "prompt_length", "gen_length",
                  "block_length"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
@@ -242,30 +293,33 @@ def prepare(args, workdir: Path) -> dict:
     np.save(workdir / "prompts.npy", prompts)
     return {"prompts_file": str(workdir / "prompts.npy"), "gen_length": args.gen_length,
             "block_length": args.block_length, "mask_id": args.shape.mask_token_id, "repeats": args.repeats,
-            "threads": args.threads, "seed": args.seed, "hf": str(hf), "converted": str(conv)}
+            "seed": args.seed, "hf": str(hf), "converted": str(conv)}
 
 
 def run_rounds(args, workdir: Path, common: dict) -> tuple[dict, dict, list]:
+    """Interleaved rounds; returns (reference results {job: {setting: [round...]}}, ours {job: [round...]},
+    load averages after each round)."""
     ref_ids = sorted({CASES[c][1] for c in args.case_list})
     ours_ids = {r: [o for c in args.case_list if CASES[c][1] == r for o in CASES[c][2]] for r in ref_ids}
-    ref_env = dict(os.environ, TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS=str(args.threads))
-    if args.omp_wait_policy != "default":
-        ref_env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     ours_env = dict(os.environ)
+    ours_env.pop("XLA_FLAGS", None)
+    if args.xla_flags:
+        ours_env["XLA_FLAGS"] = args.xla_flags
     ref_cmd = [args.torch_python, str(TORCH_WORKER)]
     ours_cmd = [sys.executable, "-m", "benchmarks.vs_reference_ours"]
-    ref_res = {r: [] for r in ref_ids}
+    ref_res = {r: {st.label: [] for st in args.ref_settings} for r in ref_ids}
     ours_res = {o: [] for r in ref_ids for o in ours_ids[r]}
     loads = []
     for rnd in range(args.rounds):
         for r in ref_ids:
-            def run_ref():
-                spec = dict(common, job=ref_spec(REF_JOBS[r], args), checkpoint=common["hf"],
+            def run_ref(st: RefSetting):
+                spec = dict(common, job=ref_spec(REF_JOBS[r], args), checkpoint=common["hf"], threads=st.threads,
                             reference=str(Path(args.reference).absolute()),
                             llada_generate=str(Path(args.llada_generate).absolute()))
-                res = _run_worker(ref_cmd, spec, f"r{rnd}_ref_{r}", workdir, ref_env)
-                ref_res[r].append(res)
-                _log(f"round {rnd + 1}/{args.rounds} reference {r}: {res['median_s']:.3f} s, "
+                name = f"r{rnd}_ref_{r}_{st.policy}{st.threads}"
+                res = _run_worker(ref_cmd, spec, name, workdir, st.env(os.environ))
+                ref_res[r][st.label].append(res | {"omp_wait_policy": st.policy})
+                _log(f"round {rnd + 1}/{args.rounds} reference {r} [{st.label}]: {res['median_s']:.3f} s, "
                      f"{res['forward_calls'][-1]:g} forward calls, load {_loadavg()}")
 
             def run_ours():
@@ -276,7 +330,9 @@ def run_rounds(args, workdir: Path, common: dict) -> tuple[dict, dict, list]:
                     _log(f"round {rnd + 1}/{args.rounds} ours {o}: {res['median_s']:.3f} s, "
                          f"{res['forward_calls'][-1]:g} steps, compile {res['compile_s']:.1f} s, load {_loadavg()}")
 
-            for fn in ((run_ref, run_ours) if rnd % 2 == 0 else (run_ours, run_ref)):
+            order = [lambda st=st: run_ref(st) for st in args.ref_settings] + [run_ours]
+            k = rnd % len(order)  # rotate: every side takes every place in the order over the rounds
+            for fn in order[k:] + order[:k]:
                 fn()
         loads.append(_loadavg())
     return ref_res, ours_res, loads
@@ -305,20 +361,33 @@ def _best_ratio(ref_rounds: list[dict], ours_rounds: list[dict], same: bool) -> 
     return best(ref_rounds) / best(ours_rounds)
 
 
+def fastest_setting(by_setting: dict[str, list[dict]]) -> str:
+    """The reference setting with the smallest median over rounds (ties: the first given)."""
+    return min(by_setting, key=lambda k: statistics.median(x["median_s"] for x in by_setting[k]))
+
+
 def summarize(args, ref_res: dict, ours_res: dict) -> list[dict]:
     rows = []
     for c in args.case_list:
         label, r, os_ = CASES[c]
         label = label.format(B=args.batch_prompts, N=args.particles)
-        ref = ref_res[r]
+        by_setting = ref_res[r]
+        fastest = fastest_setting(by_setting)
+        ref = by_setting[fastest]
         row = {
             "case": c, "label": label, "reference_job": ref_spec(REF_JOBS[r], args),
+            "reference_fastest_setting": fastest,
+            "reference_by_setting": {
+                k: {"median_s": statistics.median(x["median_s"] for x in v), "best_s": min(x["median_s"] for x in v),
+                    "rounds_s": [x["median_s"] for x in v],
+                    "cpu_per_wall": statistics.median(statistics.median(x["cpu_s"]) / x["median_s"] for x in v)}
+                for k, v in by_setting.items()},
             "reference_s": statistics.median(x["median_s"] for x in ref),
             "reference_best_s": min(x["median_s"] for x in ref),
-            "reference_forward_calls": sorted({f for x in ref for f in x["forward_calls"]}),
+            # the single fastest round of ANY setting (a spinning setting can win one quiet round)
+            "reference_best_any_s": min(x["median_s"] for v in by_setting.values() for x in v),
+            "reference_forward_calls": sorted({f for v in by_setting.values() for x in v for f in x["forward_calls"]}),
             "reference_rows_per_call": ref[0]["rows_per_call"],
-            "reference_cpu_per_wall": statistics.median(
-                statistics.median(x["cpu_s"]) / x["median_s"] for x in ref),
             "ours": [],
         }
         for o in os_:
@@ -327,15 +396,18 @@ def summarize(args, ref_res: dict, ours_res: dict) -> list[dict]:
             row["ours"].append({
                 "job": o, "spec": ours_spec(OURS_JOBS[o], args),
                 "ours_s": statistics.median(x["median_s"] for x in ours),
+                "rounds_s": [x["median_s"] for x in ours],
                 "ratio": ratio, "same_forward_passes": same,
+                "ratio_by_setting": {k: _paired_ratio(v, ours)[0] for k, v in by_setting.items()},
                 # the fastest round of each side: the least disturbed by other jobs on a shared machine
                 "ours_best_s": min(x["median_s"] for x in ours),
                 "ratio_of_best": _best_ratio(ref, ours, same),
+                "ratio_of_best_any": _best_ratio([x for v in by_setting.values() for x in v], ours, same),
                 "forward_calls": sorted({f for x in ours for f in x["forward_calls"]}),
                 "nfe": sorted({f for x in ours for f in x["nfe"]}),
                 "compile_s": statistics.median(x["compile_s"] for x in ours),
                 "cpu_per_wall": statistics.median(statistics.median(x["cpu_s"]) / x["median_s"] for x in ours),
-                "same_tokens_as_reference": (ours[-1]["tokens"] == ref[-1]["tokens"])
+                "same_tokens_as_reference": all(ours[-1]["tokens"] == v[-1]["tokens"] for v in by_setting.values())
                 if REF_JOBS[r].temperature == 0 else None,
             })
         rows.append(row)
@@ -346,14 +418,20 @@ def _fmt_counts(xs) -> str:
     return "/".join(f"{x:g}" for x in xs)
 
 
-def render_table(rows: list[dict]) -> str:
-    out = ["| case | reference s | ours s | ratio | fastest rounds: ref / ours s (ratio) "
+def render_table(rows: list[dict], settings: list[str]) -> str:
+    """The markdown table: every reference setting's median (fastest in bold), ours, the speed-up against
+    the fastest setting (median of paired rounds, and fastest rounds), work done, compile time."""
+    out = ["| case | reference s, " + " / ".join(settings) + " (OMP_WAIT_POLICY:threads) | ours s "
+           "| speed-up vs the reference's fastest | fastest rounds: ref / ours s (ratio) "
+           "| fastest round of any reference setting / ours s (ratio) "
            "| forward calls ref / ours (NFE ref / ours) | ours compile s |",
-           "|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         ours = row["ours"]
+        med = {k: f"{v['median_s']:.2f}" for k, v in row["reference_by_setting"].items()}
+        refs = " / ".join(f"**{med[k]}**" if k == row["reference_fastest_setting"] else med[k] for k in settings)
         s = " / ".join(f"{o['ours_s']:.2f}" for o in ours)
-        ratio = " / ".join(f"{o['ratio']:.2f}{'' if o['same_forward_passes'] else '†'}" for o in ours)
+        ratio = " / ".join(f"**{o['ratio']:.2f}×**{'' if o['same_forward_passes'] else '†'}" for o in ours)
         n = row["reference_rows_per_call"]
         calls = (f"{_fmt_counts(row['reference_forward_calls'])} / "
                  + " / ".join(_fmt_counts(o["forward_calls"]) for o in ours)
@@ -365,8 +443,40 @@ def render_table(rows: list[dict]) -> str:
             label += f"; same tokens: {'yes' if all(o['same_tokens_as_reference'] for o in ours) else 'NO'}"
         best = (f"{row['reference_best_s']:.2f} / " + " / ".join(f"{o['ours_best_s']:.2f}" for o in ours)
                 + " (" + " / ".join(f"{o['ratio_of_best']:.2f}" for o in ours) + ")")
-        out.append(f"| {label} | {row['reference_s']:.2f} | {s} | {ratio} | {best} | {calls} | {comp} |")
+        best_any = (f"{row['reference_best_any_s']:.2f} / " + " / ".join(f"{o['ours_best_s']:.2f}" for o in ours)
+                    + " (" + " / ".join(f"{o['ratio_of_best_any']:.2f}" for o in ours) + ")")
+        out.append(f"| {label} | {refs} | {s} | {ratio} | {best} | {best_any} | {calls} | {comp} |")
     return "\n".join(out)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict:
+    import jax
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0]}
+
+
+def torch_versions(python: str) -> dict:
+    p = subprocess.run([python, "-c", "import json, sys, torch, transformers, numpy; print(json.dumps({"
+                        "'torch': torch.__version__, 'transformers': transformers.__version__, "
+                        "'numpy': numpy.__version__, 'python': sys.version.split()[0], "
+                        "'torch_parallel_info': torch.__config__.parallel_info()}))"],
+                       capture_output=True, text=True)
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
 
 
 def check_torch_python(python: str) -> Optional[str]:
@@ -395,28 +505,38 @@ def main(argv=None) -> dict:
         common = prepare(args, workdir)
         ref_res, ours_res, loads = run_rounds(args, workdir, common)
     rows = summarize(args, ref_res, ours_res)
+    load_after = _loadavg()
     s = args.shape
-    header = (f"Random LLaDA d {s.d_model}, {s.n_layers} layers, {s.n_heads} heads, MLP {s.mlp_hidden_size}, "
+    ours_v, ref_v = library_versions(), torch_versions(args.torch_python)
+    settings = [st.label for st in args.ref_settings]
+    header = (f"{cpu_model()}, {os.cpu_count()} cores; jax {ours_v['jax']} / jaxlib {ours_v['jaxlib']} / numpy "
+              f"{ours_v['numpy']} (XLA_FLAGS: {args.xla_flags or 'none'}); torch {ref_v.get('torch', '?')} / "
+              f"transformers {ref_v.get('transformers', '?')} / numpy {ref_v.get('numpy', '?')}. "
+              f"Random LLaDA d {s.d_model}, {s.n_layers} layers, {s.n_heads} heads, MLP {s.mlp_hidden_size}, "
               f"vocab {s.vocab_size} (mask id {s.mask_token_id}); prompt {args.prompt_length}, gen "
-              f"{args.gen_length}, block {args.block_length}, N = {args.particles}; float32, CPU "
-              f"({os.cpu_count()} cores), torch threads {args.threads} (OMP_WAIT_POLICY "
-              f"{args.omp_wait_policy}); {args.rounds} paired rounds × "
-              f"{args.repeats} timed calls; ratio = reference / ours, median of paired rounds. "
-              f"Load average before {load_before}, after {_loadavg()}.")
-    table = render_table(rows)
+              f"{args.gen_length}, block {args.block_length}, N = {args.particles}; float32. The reference under "
+              f"each setting {', '.join(settings)} (OMP_WAIT_POLICY:torch threads; default = unset), ours "
+              f"compared with its fastest; {args.rounds} interleaved rounds × {args.repeats} timed calls; "
+              f"speed-up = median over rounds of (reference at its fastest setting / ours, same round); the "
+              f"last ratio column, the most conservative, takes the reference's single fastest round of any "
+              f"setting. "
+              f"Load average before {load_before}, after each round {loads}, after {load_after}.")
+    table = render_table(rows, settings)
     print(header)
     print()
     print(table)
     if any(not o["same_forward_passes"] for r in rows for o in r["ours"]):
         print("\n† forward-pass counts differ between the sides; ratio per forward pass")
     result = {
-        "args": {k: v for k, v in vars(args).items() if k not in ("shape", "case_list")},
+        "format": "vs_reference/2",
+        "args": {k: v for k, v in vars(args).items() if k not in ("shape", "case_list", "ref_settings")},
+        "reference_settings": settings,
         "shape": dataclasses.asdict(s) | {"mask_token_id": s.mask_token_id, "eos_token_id": s.eos_token_id},
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-        "torch": next(iter(ref_res.values()))[0]["torch"],
-        "jax": next(iter(ours_res.values()))[0]["jax"],
-        "load_average_before": load_before, "load_average_after_each_round": loads,
+        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "ours_versions": ours_v, "reference_versions": ref_v, "xla_flags": args.xla_flags,
+        "python": ours_v["python"], "torch": ref_v.get("torch"), "jax": ours_v["jax"],
+        "load_average_before": load_before, "load_average_after_each_round": loads, "load_average_after": load_after,
         "wall_s": time.time() - started, "rows": rows, "table_markdown": table, "header": header,
         "raw": {"reference": ref_res, "ours": ours_res},
     }

@@ -21,6 +21,7 @@ and the compile time.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 def run(spec: dict) -> dict:
     import jax
     import jax.numpy as jnp
+    import jaxlib
     import numpy as np
 
     import srsmc_jax as sr
@@ -89,7 +91,8 @@ def run(spec: dict) -> dict:
         "compile_s": compile_s if compile_s is not None else max(first_s - med * k, 0.0),
         "compile_cpu_s": compile_cpu_s,
         "compile_measured": "sample.compile()" if compile_s is not None else "first call - median call",
-        "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "device": jax.devices()[0].device_kind,
     }
 
 

@@ -6,6 +6,8 @@
 * the prefix-cache step's shrinking windows (``models.denoise.prefix_windows``): every block's
   step equals the step computed over the full window, and the window sizes cover every block;
 * ``srsmc_jax.proposal.first_argmax`` is ``jnp.argmax`` bit for bit (ties, -inf rows, NaN rows);
+* ``srsmc_jax.proposal.gumbel`` (the hash unrolled) is ``jax.random.gumbel`` bit for bit, alone, under
+  ``vmap`` under ``jit``; other key kinds fall back to it; the banned id is masked as before;
 * bf16 models run end to end through ``sample`` with bf16 matmuls and float32 logits / weights.
 
 Random small models (no shared fixtures needed).
@@ -27,7 +29,7 @@ from toys import seq_info
 
 import srsmc_jax as sr
 from srsmc_jax import models
-from srsmc_jax.proposal import first_argmax
+from srsmc_jax.proposal import GumbelProposal, first_argmax, gumbel
 
 V = 48
 MASK = V - 1
@@ -150,6 +152,35 @@ def test_prefix_windows_compile_to_one_conditional():
     step = jax.jit(jax.vmap(lambda t, c, bs: den.step(m.params, t, seq, c, bs, lb), in_axes=(0, 0, None)))
     hlo = step.lower(tok, cache, jnp.int32(8)).as_text()
     assert hlo.count("stablehlo.case") == 1
+
+
+def _same_bits(a, b) -> bool:
+    return np.array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 11), (32, 2048)])
+def test_gumbel_is_jax_random_gumbel_bit_for_bit(shape):
+    for seed in range(3):
+        key = jax.random.fold_in(jax.random.key(seed), 11)
+        want = jax.random.gumbel(key, shape, jnp.float32)
+        # jitted, as the engine runs it (evaluated op by op, outside jit, a log may differ in the last ulp,
+        # as jax.random.gumbel's own would)
+        assert _same_bits(jax.jit(gumbel, static_argnums=1)(key, shape), want)
+    keys = jax.random.split(jax.random.key(5), 4)
+    want = jax.vmap(lambda k: jax.random.gumbel(k, shape, jnp.float32))(keys)
+    assert _same_bits(jax.jit(jax.vmap(lambda k: gumbel(k, shape)))(keys), want)
+    rbg = jax.random.key(3, impl="rbg")  # another generator: jax's own draw
+    assert _same_bits(gumbel(rbg, shape), jax.random.gumbel(rbg, shape, jnp.float32))
+
+
+def test_banned_id_is_never_drawn_and_draws_match_the_plain_gumbel_max():
+    logits = 3.0 * jax.random.normal(jax.random.key(1), (16, 64))
+    logits = logits.at[:, 5].set(50.0)  # the banned id would win every row
+    p = GumbelProposal(temperature=1.0, banned_id=5)
+    key = jax.random.key(2)
+    x0 = jax.jit(p.draw)(key, logits)
+    plain = jnp.argmax(logits.at[:, 5].set(-jnp.inf) + jax.random.gumbel(key, logits.shape, jnp.float32), -1)
+    assert not np.any(np.asarray(x0) == 5) and np.array_equal(np.asarray(x0), np.asarray(plain))
 
 
 def test_first_argmax_is_argmax():

@@ -149,6 +149,19 @@ def test_paired_ratio_is_the_median_of_rounds_and_per_forward_when_counts_differ
     assert vr._paired_ratio(ref, ours) == (1.0, False)
 
 
+def test_reference_settings_parse_and_the_fastest_is_chosen():
+    st = vr.parse_ref_settings("default:2, passive:1")
+    assert [x.label for x in st] == ["default:2", "PASSIVE:1"]
+    env = st[0].env({"OMP_WAIT_POLICY": "ACTIVE", "X": "1"})
+    assert "OMP_WAIT_POLICY" not in env and env["OMP_NUM_THREADS"] == "2" and env["X"] == "1"
+    assert st[1].env({})["OMP_WAIT_POLICY"] == "PASSIVE"
+    for bad in ("", "PASSIVE", "SPIN:2", "default:0", "default:2,default:2"):
+        with pytest.raises(ValueError):
+            vr.parse_ref_settings(bad)
+    rounds = {"default:2": [{"median_s": 3.0}, {"median_s": 9.0}], "PASSIVE:2": [{"median_s": 4.0}, {"median_s": 4.0}]}
+    assert vr.fastest_setting(rounds) == "PASSIVE:2"  # by the median over rounds, not one lucky round
+
+
 def test_driver_rejects_bad_paths_before_any_work(tmp_path, capsys):
     gen = tmp_path / "generate.py"
     gen.write_text("def generate(model, prompt):\n    pass\n")
@@ -186,7 +199,7 @@ def _side_by_side(tmp_path, cases: str) -> dict:
            "--llada-generate", str(LLADA_GENERATE), "--torch-python", str(TORCH_PYTHON), "--json", str(out),
            "--cases", cases, "--rounds", "1", "--repeats", "1", "--d-model", "32", "--layers", "2", "--heads", "2",
            "--mlp", "48", "--vocab", "96", "--prompt-length", "6", "--gen-length", "8", "--block-length", "4",
-           "--particles", "2", "--batch-prompts", "2"]
+           "--particles", "2", "--batch-prompts", "2", "--reference-settings", "default:2,PASSIVE:1"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| a) prefix cache, threshold 0.9" in p.stdout or "a" not in cases
@@ -200,11 +213,17 @@ def _check_like_with_like(res: dict) -> None:
             assert o["same_forward_passes"] and o["forward_calls"] == [8.0], o
             assert o["nfe"] == [8.0 * o["spec"]["num_particles"]]
             assert o["ratio"] > 0
-    for job, rounds in res["raw"]["reference"].items():
-        nfe = rounds[0]["nfe_returned"][0]
-        fn = rounds[0]["job"]["fn"]
-        # the functions' own counters: the prefix-cache one starts at 0, the no-cache one at 1
-        assert nfe == {"smc_prefix": 8, "smc_nocache": 9, "llada_generate": None}[fn], (job, nfe)
+    for job, by_setting in res["raw"]["reference"].items():
+        assert list(by_setting) == res["reference_settings"]
+        for rounds in by_setting.values():
+            nfe = rounds[0]["nfe_returned"][0]
+            fn = rounds[0]["job"]["fn"]
+            # the functions' own counters: the prefix-cache one starts at 0, the no-cache one at 1
+            assert nfe == {"smc_prefix": 8, "smc_nocache": 9, "llada_generate": None}[fn], (job, nfe)
+    for row in res["rows"]:  # ours is compared with the reference's fastest setting
+        fastest = row["reference_by_setting"][row["reference_fastest_setting"]]["median_s"]
+        assert fastest == min(v["median_s"] for v in row["reference_by_setting"].values()) == row["reference_s"]
+    assert res["cpu_model"] and res["ours_versions"]["jaxlib"] and res["reference_versions"]["torch"]
 
 
 @pytest.mark.torch
