@@ -6,6 +6,7 @@
     srsmc eval --model ckpt/llada-8b-instruct --task gsm8k --limit 2
     srsmc convert hf/LLaDA-8B-Instruct ckpt/llada-8b-instruct
     srsmc multihost --prompts prompts.txt --out results/ ...
+    srsmc serve --port 8000                      # OpenAI-compatible HTTP server (the embedded model by default)
 
 Every ``SMCConfig`` knob has a flag, generated from the dataclass and the strategy registries
 (``srsmc sample --help``). Defaults come from the model (the embedded model's task knows its answer
@@ -42,6 +43,7 @@ DELEGATED = {
                                            "(lm-eval 0.4.8 prompts and scoring), resumably"),
     "convert": ("srsmc_jax.convert.__main__", "convert an official Hugging Face / Lightning checkpoint"),
     "multihost": ("srsmc_jax.app.multihost", "sample a prompt file across the processes of a jax.distributed job"),
+    "serve": ("srsmc_jax.app.serve.server", "an OpenAI-compatible HTTP server (pip install -e \".[serve]\")"),
 }
 
 
