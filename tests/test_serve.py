@@ -317,3 +317,52 @@ def test_sigterm_drains_requests_in_flight(slow):
     assert sum(" 200 ok " in line for line in slow.lines) == 2 + len(seeds)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", slow.port), timeout=2)
+
+
+# ---- chat: a converted reference LLaDA with a character tokenizer -------------------------------------------
+def _char_tokenizer(path):
+    """A character-level tokenizer.json whose ids fit the reference LLaDA's vocabulary (320; EOS 290,
+    mask 300), with the LLaDA chat template's special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tok_models
+
+    vocab = {"<unk>": 0, **{chr(c): c - 31 for c in range(32, 127)}, "\n": 96}
+    specials = {"<|startoftext|>": 97, "<|start_header_id|>": 98, "<|end_header_id|>": 99, "<|eot_id|>": 100,
+                "<|endoftext|>": 290, "<|mdm_mask|>": 300}
+    tok = Tokenizer(tok_models.WordLevel({**vocab, **specials}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_server(reference_checkpoint, tmp_path_factory):
+    ckpt = reference_checkpoint("llada")
+    tok = _char_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    s = Served("-n", "2", "--slots", "2", model_args=("--model", str(ckpt), "--tokenizer", str(tok)))
+    yield s, models.load(ckpt).with_tokenizer(tok)
+    s.close()
+
+
+def test_chat_uses_the_family_template_and_equals_generate_chat(chat_server):
+    server, model = chat_server
+    name = server.client.models.list().data[0].id
+    question = "What is 7*8?"
+    r = server.client.chat.completions.create(model=name, messages=[{"role": "user", "content": question}],
+                                              seed=3, max_tokens=32)
+    config = sr.SMCConfig(num_particles=2, gen_length=32, block_length=32, mask_id=model.mask_id)
+    twin = generate(model, [{"id": 0, "prompt": question}], config, seed=3, chat=True, batch_size=1,
+                    num_devices=1)[0]
+    msg = r.choices[0].message
+    assert msg.role == "assistant" and msg.content == twin["answer"] and _tokens(r.choices[0]) == twin["tokens"]
+    assert r.object == "chat.completion" and r.usage.prompt_tokens == twin["prompt_tokens"]
+    chunks = list(server.client.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": question}], seed=3, max_tokens=32, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == msg.content
+    with pytest.raises(openai.BadRequestError) as e:  # the template takes one user turn
+        server.client.chat.completions.create(model=name, seed=3, max_tokens=32, messages=[
+            {"role": "system", "content": "be brief"}, {"role": "user", "content": question}])
+    assert e.value.body["param"] == "messages"
