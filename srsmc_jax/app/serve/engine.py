@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -120,14 +121,20 @@ def _merge(old, new, take):
 
 
 class Group:
-    """The slots of one (sampler settings, bucket) pair and their running loop."""
+    """The slots of one (sampler settings, bucket) pair and their running loop. The loop has ``cap``
+    rows, the power of two (at most ``size``) that holds the jobs running: the batch grows when jobs
+    join and shrinks when they leave, so a lone request runs a batch of one."""
 
     def __init__(self, gen: Generator, bucket: int, slots: int):
         self.gen, self.bucket, self.size = gen, bucket, slots
-        self.jobs: list[Optional[Job]] = [None] * slots
+        self.cap = 1
+        self.jobs: list[Optional[Job]] = [None]
         self.loop = None
         self.last_used = time.monotonic()
-        self.shapes_built = False
+        self.built: set[int] = set()
+
+    def cap_for(self, rows: int) -> int:
+        return min(self.size, 1 << max(0, math.ceil(math.log2(max(rows, 1)))))
 
     @property
     def free(self) -> list[int]:
@@ -136,6 +143,12 @@ class Group:
     @property
     def active(self) -> int:
         return sum(j is not None for j in self.jobs)
+
+
+def _take(loop, index):
+    import jax
+
+    return jax.tree.map(lambda x: x[index], loop)
 
 
 class Engine:
@@ -162,6 +175,7 @@ class Engine:
         self.stopped = False
         self.failed: Optional[str] = None
         self._merge = jax.jit(_merge)
+        self._take = jax.jit(_take)
         # tests only: seconds to sleep after each block step, to hold slots while a test fills the queue
         self._delay = float(os.environ.get("SRSMC_SERVE_BLOCK_DELAY", "0") or 0)
         self.thread = threading.Thread(target=self._run, name="srsmc-engine", daemon=True)
@@ -228,7 +242,14 @@ class Engine:
             gen = self.generator(config)
             group = self._group(gen, bucket)
             if group is not None:
-                self._build(group)
+                cap = 1
+                while True:
+                    group.cap = cap
+                    self._build(group)
+                    if cap >= group.size:
+                        break
+                    cap = group.cap_for(2 * cap)
+                group.cap, group.jobs = 1, [None]
 
     # -- the engine thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -261,7 +282,9 @@ class Engine:
             for g in self.groups.values():
                 for i, j in enumerate(g.jobs):
                     if j is not None and j.cancelled:
-                        g.jobs[i] = None  # the row runs on unseen until a new job takes the slot
+                        g.jobs[i] = None  # the row is dropped when the loop next shrinks, or reused
+                if not g.active:
+                    g.loop, g.cap, g.jobs = None, 1, [None]
             self.metrics.active = sum(g.active for g in self.groups.values())
 
     def _group(self, gen: Generator, bucket: int) -> Optional[Group]:
@@ -281,7 +304,7 @@ class Engine:
         from srsmc_jax.prompts import pad_prompts, prompt_key
 
         first = next(iter(jobs.values()))
-        rows = [jobs.get(i, first) for i in range(group.size)]
+        rows = [jobs.get(i, first) for i in range(group.cap)]
         gen = group.gen
         pad = getattr(gen.model.config, "pad_token_id", None)
         tokens, masks = pad_prompts([j.prepared.ids for j in rows], 0 if pad is None else int(pad), length=group.bucket)
@@ -291,8 +314,8 @@ class Engine:
         return keys, tokens, masks
 
     def _build(self, group: Group, jobs: Optional[dict[int, Job]] = None) -> None:
-        """Compile (or load) the group's four programs before its first use, counting them."""
-        if group.shapes_built:
+        """Compile (or load) the programs of the group's current row count before their first use."""
+        if group.cap in group.built:
             return
         gen = group.gen
         if jobs is None:
@@ -303,37 +326,62 @@ class Engine:
             jobs = {0: Job("warmup", 0, dummy, gen, 0, lambda *a: None)}
         keys, tokens, masks = self._rows(group, jobs)
         t0 = time.perf_counter()
-        s = gen.sample
+        s, jnp = gen.sample, self._jax.numpy
         loop = s.init(keys, gen._params, tokens, masks)
-        loop = self._merge(loop, loop, self._jax.numpy.zeros(group.size, bool))
+        loop = self._merge(loop, loop, jnp.zeros(group.cap, bool))
         loop = s.step_block(gen._params, loop)
-        s.finish(gen._params, loop._replace(block=self._jax.numpy.full_like(loop.block, gen.config.num_blocks)))
-        self._jax.block_until_ready(loop)
-        group.shapes_built = True
+        done = s.finish(gen._params, loop._replace(block=jnp.full_like(loop.block, gen.config.num_blocks)))
+        resized = [self._take(loop, jnp.zeros(c, jnp.int32)) for c in {group.cap_for(group.cap * 2),
+                                                                      group.cap_for(group.cap // 2)}]
+        self._jax.block_until_ready((loop, done, resized))
+        group.built.add(group.cap)
         with self.metrics.lock:
-            self.metrics.compiles += 4
-        self.log(f"built the programs of bucket {group.bucket} × {group.size} slots × "
+            self.metrics.compiles += 4 + len(resized)
+        self.log(f"built the programs of bucket {group.bucket} × {group.cap} rows × "
                  f"{gen.config.num_particles} particles in {time.perf_counter() - t0:.1f}s")
 
+    def _resize(self, group: Group, cap: int) -> None:
+        """Move the running jobs to rows 0..k-1 of a loop of ``cap`` rows."""
+        if cap == group.cap:
+            return
+        running = [i for i, j in enumerate(group.jobs) if j is not None]
+        if group.loop is not None and running:
+            index = running + [running[0]] * (cap - len(running))
+            group.loop = self._take(group.loop, self._jax.numpy.asarray(index, self._jax.numpy.int32))
+        elif not running:
+            group.loop = None
+        jobs = [group.jobs[i] for i in running] + [None] * (cap - len(running))
+        for slot, job in enumerate(jobs):
+            if job is not None:
+                job.slot = slot
+        group.jobs, group.cap = jobs, cap
+
     def _admit(self) -> None:
-        joins: dict[int, tuple[Group, dict[int, Job]]] = {}
+        wanted: dict[int, tuple[Group, list[Job]]] = {}
         with self.cond:
-            waiting = collections.deque()
-            while self.pending:
-                job = self.pending.popleft()
+            waiting: collections.deque[Job] = collections.deque()
+            for job in self.pending:
                 group = self._group(job.gen, job.prepared.bucket)
-                free = [] if group is None else [i for i in group.free
-                                                 if i not in joins.get(id(group), (None, {}))[1]]
-                if not free:
+                if group is None:
                     waiting.append(job)
                     continue
-                joins.setdefault(id(group), (group, {}))[1][free[0]] = job
-                job.group, job.slot = group, free[0]
-                group.jobs[free[0]] = job
+                _, joining = wanted.setdefault(id(group), (group, []))
+                if group.active + len(joining) < group.size:
+                    joining.append(job)
+                else:
+                    waiting.append(job)
             self.pending = waiting
             self.metrics.queue_depth = len(self.pending)
-            self.metrics.active = sum(g.active for g in self.groups.values())
-        for group, jobs in joins.values():
+        for group, joining in wanted.values():
+            if not joining:
+                continue
+            self._resize(group, max(group.cap, group.cap_for(group.active + len(joining))))
+            free = group.free
+            jobs = {}
+            for job, slot in zip(joining, free):
+                job.group, job.slot = group, slot
+                group.jobs[slot] = job
+                jobs[slot] = job
             self._build(group, jobs)
             keys, tokens, masks = self._rows(group, jobs)
             gen = group.gen
@@ -341,14 +389,18 @@ class Engine:
             if group.loop is None:
                 group.loop = new
             else:
-                take = self._jax.numpy.asarray([i in jobs for i in range(group.size)])
+                take = self._jax.numpy.asarray([i in jobs for i in range(group.cap)])
                 group.loop = self._merge(group.loop, new, take)
+        with self.cond:
+            self.metrics.active = sum(g.active for g in self.groups.values())
 
     def _step(self, group: Group) -> None:
         import numpy as np
 
         gen, jax = group.gen, self._jax
         config = gen.config
+        if group.cap_for(group.active) < group.cap:  # cancelled jobs left: shrink first
+            self._resize(group, group.cap_for(group.active))
         t0 = time.perf_counter()
         group.loop = gen.sample.step_block(gen._params, group.loop)
         if self._delay:
@@ -358,7 +410,7 @@ class Engine:
         with self.metrics.lock:
             self.metrics.block_steps += 1
             self.metrics.occupied_rows += group.active
-            self.metrics.slot_rows += group.size
+            self.metrics.slot_rows += group.cap
         streaming = [j for j in group.jobs if j is not None and j.stream and blocks[j.slot] < config.num_blocks]
         if streaming:
             tokens = np.asarray(jax.device_get(group.loop.state.particles.tokens))  # [S, N, P + G]
@@ -375,12 +427,15 @@ class Engine:
         full = group.loop._replace(block=jax.numpy.full_like(group.loop.block, config.num_blocks))
         result = jax.device_get(gen.sample.finish(gen._params, full))
         seconds = time.perf_counter() - t0
+        rows = {id(j): j.slot for j in done}
+        for j in done:
+            group.jobs[j.slot] = None
+        self._resize(group, group.cap_for(group.active))  # shrink to what is left running
         with self.cond:
-            for j in done:
-                group.jobs[j.slot] = None
             self.metrics.active = sum(g.active for g in self.groups.values())
         for j in done:
-            row = jax.tree.map(lambda x, i=j.slot: np.asarray(x)[i], result)
+            slot = rows[id(j)]
+            row = jax.tree.map(lambda x, i=slot: np.asarray(x)[i], result)
             try:
                 out = gen._output(j.prepared, row, seconds)
             except Exception as e:  # decoding failed: this job only
