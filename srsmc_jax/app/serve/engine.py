@@ -341,20 +341,22 @@ class Engine:
                  f"{gen.config.num_particles} particles in {time.perf_counter() - t0:.1f}s")
 
     def _resize(self, group: Group, cap: int) -> None:
-        """Move the running jobs to rows 0..k-1 of a loop of ``cap`` rows."""
-        if cap == group.cap:
-            return
-        running = [i for i, j in enumerate(group.jobs) if j is not None]
-        if group.loop is not None and running:
-            index = running + [running[0]] * (cap - len(running))
-            group.loop = self._take(group.loop, self._jax.numpy.asarray(index, self._jax.numpy.int32))
-        elif not running:
-            group.loop = None
-        jobs = [group.jobs[i] for i in running] + [None] * (cap - len(running))
-        for slot, job in enumerate(jobs):
-            if job is not None:
-                job.slot = slot
-        group.jobs, group.cap = jobs, cap
+        """Move the running jobs to rows 0..k-1 of a loop of ``cap`` rows, doubling or halving one step
+        at a time (the programs :meth:`_build` made for each row count)."""
+        while group.cap != cap:
+            nxt = group.cap_for(group.cap * 2) if cap > group.cap else max(cap, group.cap_for(group.cap // 2))
+            running = [i for i, j in enumerate(group.jobs) if j is not None]
+            if group.loop is not None and running:
+                self._build(group)  # the row count's programs, before this gather's first use
+                index = (running + [running[0]] * nxt)[:nxt]
+                group.loop = self._take(group.loop, self._jax.numpy.asarray(index, self._jax.numpy.int32))
+            elif not running:
+                group.loop = None
+            jobs = ([group.jobs[i] for i in running] + [None] * nxt)[:nxt]
+            for slot, job in enumerate(jobs):
+                if job is not None:
+                    job.slot = slot
+            group.jobs, group.cap = jobs, nxt
 
     def _admit(self) -> None:
         wanted: dict[int, tuple[Group, list[Job]]] = {}

@@ -106,6 +106,7 @@ class Server:
         self.engine.generator(self.default_config)  # the default settings build (or refuse) now
         self.requests = Requests(self)
         self.draining = False
+        self.in_flight = 0  # requests admitted and not yet answered
         self.started = time.time()
 
     def log(self, text: str) -> None:
@@ -175,6 +176,24 @@ class Server:
                  f"nfe={nfe} latency={time.perf_counter() - t0:.3f}s" + (f" ({note})" if note else ""))
 
     async def handle(self, request, *, chat: bool):
+        if self.draining:
+            return self._refuse(request, chat)
+        self.in_flight += 1
+        try:
+            return await self._handle(request, chat=chat)
+        finally:
+            self.in_flight -= 1
+
+    def _refuse(self, request, chat: bool):
+        from starlette.responses import JSONResponse
+
+        t0 = time.perf_counter()
+        e = ApiError(503, "the server is shutting down", type="service_unavailable", code="shutting_down")
+        self._request_log(("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], 503, "rejected", t0, None,
+                          note=e.message)
+        return JSONResponse(e.body(), status_code=503)
+
+    async def _handle(self, request, *, chat: bool):
         from starlette.responses import JSONResponse, StreamingResponse
 
         t0 = time.perf_counter()
@@ -336,12 +355,18 @@ class Server:
                                 lifespan="off", timeout_graceful_shutdown=None)
         server = _Uvicorn(config)
 
+        async def stop_when_drained():
+            while self.engine.busy() or self.in_flight:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # connections already on their way get their 503
+            server.should_exit = True
+
         def on_term():
             if not self.draining:
                 self.draining = True
                 self.engine.drain()
-                self.log("SIGTERM: draining (no new requests; finishing those in flight)")
-            server.should_exit = True
+                self.log("SIGTERM: draining (new requests get 503; finishing those in flight)")
+                self._drain_task = asyncio.get_running_loop().create_task(stop_when_drained())
 
         self.engine.start()
         asyncio.run(server.serve())
