@@ -176,6 +176,7 @@ class Engine:
         self.failed: Optional[str] = None
         self._merge = jax.jit(_merge)
         self._take = jax.jit(_take)
+        self._memory: dict[tuple[int, int], str] = {}  # (generator, bucket) -> "" (fits) or the refusal
         # tests only: seconds to sleep after each block step, to hold slots while a test fills the queue
         self._delay = float(os.environ.get("SRSMC_SERVE_BLOCK_DELAY", "0") or 0)
         self.thread = threading.Thread(target=self._run, name="srsmc-engine", daemon=True)
@@ -196,8 +197,22 @@ class Engine:
         return gen
 
     def check_memory(self, gen: Generator, bucket: int) -> None:
-        """GenerateError (one line naming the knob) when a group of ``slots`` rows would not fit."""
-        gen._check_memory(bucket, self.slots)
+        """GenerateError (one line naming the knob) when a group of ``slots`` rows would not fit. The
+        estimate lowers and compiles the program (about a second on a CPU), so its verdict is kept per
+        settings × bucket."""
+        from srsmc_jax.app.generate import GenerateError
+
+        key = (id(gen), bucket)
+        verdict = self._memory.get(key)
+        if verdict is None:
+            try:
+                gen._check_memory(bucket, self.slots)
+                verdict = ""
+            except GenerateError as e:
+                verdict = str(e)
+            self._memory[key] = verdict
+        if verdict:
+            raise GenerateError(verdict)
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue every job of a request, or none (QueueFull, Draining)."""
