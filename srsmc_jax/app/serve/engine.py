@@ -194,6 +194,11 @@ class Engine:
             gen = self.make_generator(config)
             with self.cond:
                 gen = self.generators.setdefault(key, gen)
+                if len(self.generators) > 4 * self.max_groups:  # forget settings no batch uses (and their programs)
+                    used = {id(g.gen) for g in self.groups.values()} | {id(j.gen) for j in self.pending} | {id(gen)}
+                    for k in [k for k, g in self.generators.items() if id(g) not in used]:
+                        del self.generators[k]
+                        self._memory = {m: v for m, v in self._memory.items() if m[0] in used}
         return gen
 
     def check_memory(self, gen: Generator, bucket: int) -> None:
