@@ -300,6 +300,20 @@ def test_metrics(server):
     assert 0 < server.metric("srsmc_batch_occupancy") <= 1 and server.metric("srsmc_compiles_total") >= 4
 
 
+def test_a_waiting_client_that_goes_away_frees_its_slots(slow):
+    """A non-streaming request whose client closes the connection while its choices run."""
+    cancelled = slow.metric("srsmc_requests_total", "cancelled")
+    data = json.dumps({"model": NAME, "prompt": PUZZLE, "seed": 9, "n": 2}).encode()
+    s = socket.create_connection(("127.0.0.1", slow.port), timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    _wait_for(lambda: slow.metric("srsmc_active_slots") == 2)
+    s.close()
+    _wait_for(lambda: slow.metric("srsmc_requests_total", "cancelled") == cancelled + 1)
+    _wait_for(lambda: slow.metric("srsmc_active_slots") == 0)
+    assert slow.metric("srsmc_queue_depth") == 0 and any(" 499 cancelled " in line for line in slow.lines)
+
+
 def test_sigterm_drains_requests_in_flight(slow):
     """Requests in flight when SIGTERM arrives (2 running, 2 queued) all finish with their generate
     twins' tokens; then the server stops listening and exits 0, one log line per request."""
@@ -314,7 +328,7 @@ def test_sigterm_drains_requests_in_flight(slow):
         assert _tokens(r.choices[0]) == _twins(PUZZLE, s)[0]["tokens"]
     log = "".join(slow.lines)
     assert "SIGTERM: draining" in log and log.rstrip().endswith("stopped")
-    assert sum(" 200 ok " in line for line in slow.lines) == 2 + len(seeds)
+    assert sum(" 200 ok " in line for line in slow.lines) == 2 + len(seeds)  # the 429 test's 2, then these
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", slow.port), timeout=2)
 
