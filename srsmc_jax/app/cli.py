@@ -7,6 +7,7 @@
     srsmc convert hf/LLaDA-8B-Instruct ckpt/llada-8b-instruct
     srsmc multihost --prompts prompts.txt --out results/ ...
     srsmc tiny-checkpoint ckpt/tiny-llada        # random weights, byte tokenizer: a CPU smoke test of every command
+    srsmc serve --port 8000                      # OpenAI-compatible HTTP server (the embedded model by default)
 
 Every ``SMCConfig`` knob has a flag, generated from the dataclass and the strategy registries
 (``srsmc sample --help``). Defaults come from the model (the embedded model's task knows its answer
@@ -45,6 +46,7 @@ DELEGATED = {
     "multihost": ("srsmc_jax.app.multihost", "sample a prompt file across the processes of a jax.distributed job"),
     "tiny-checkpoint": ("srsmc_jax.app.tiny", "write a small random checkpoint with a byte-level tokenizer "
                                               "(smoke tests on CPU)"),
+    "serve": ("srsmc_jax.app.serve.server", "an OpenAI-compatible HTTP server (pip install -e \".[serve]\")"),
 }
 
 
