@@ -17,7 +17,8 @@ def _srsmc(*args):
                           text=True, timeout=600)
 
 
-@pytest.mark.parametrize("family", ["llada", "dream", "mdlm", "bd3lm"])
+@pytest.mark.parametrize("family", ["llada", "bd3lm"] + [  # the others under -m slow (the suite's time)
+    pytest.param(f, marks=pytest.mark.slow) for f in ("dream", "mdlm")])
 def test_sample_and_generate_run_on_their_defaults(family, reference_checkpoint, tmp_path):
     from srsmc_jax import models
 
