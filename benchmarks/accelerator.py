@@ -3,6 +3,7 @@ peak memory.
 
     python -m benchmarks.accelerator [--json benchmarks/results/accelerator_<chip>.json]
     python -m benchmarks.accelerator --tiny          # a tiny shape that runs on CPU in seconds
+    python -m benchmarks.accelerator --family llada2 [--layers 4]   # LLaDA2.0-mini-shaped MoE, block cache
 
 What it builds and runs:
 
@@ -32,6 +33,13 @@ process's peak RSS, VmHWM) against the estimate (:func:`memory_estimate`), and t
 conditionals of the compiled program (a data-dependent ``while`` or a conditional reads a
 predicate back to the host on a GPU every time it runs; a loop with a known trip count does not;
 host callbacks: none unless ``progress=`` is given).
+
+``--family llada2``: the same run at LLaDA2.0-mini's shapes (``models.llada2.LLADA2_MINI``: hidden
+2048, 16 heads / 4 KV heads, 256 experts of width 512, 8 per token, vocab 157,184; ``--layers``
+of its 20, all mixture-of-experts), random bf16 weights, SR-SMC with the exact block cache (model
+block 32) and top-k SELECT; reported: tokens/s, compile time, peak memory, the compiled program's
+loops, the total and the active parameters (the FLOPs of a token follow the active ones:
+``2 · active · tokens`` is printed as a lower bound, attention not counted).
 
 No accelerator was available when this script was written: its GPU/TPU numbers are unmeasured.
 """
@@ -342,6 +350,82 @@ def run(s: Shape, *, cache: Optional[str] = "dual", select: str = "topk", dtype:
     return out
 
 
+def run_llada2(*, layers: int, prompts: int, particles: int, prompt_length: int, gen_length: int,
+               block_length: int = 32, tiny: bool = False, dtype: str = "bfloat16", repeats: int = 3,
+               seed: int = 0) -> dict:
+    """SR-SMC with the exact block cache on an LLaDA2.0-mini-shaped model (``layers`` of its MoE
+    layers; ``tiny``: a 2-layer, 8-expert model for CPU smoke runs). See the module docstring."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from srsmc_jax.models.llada2 import LLADA2_MINI
+    from srsmc_jax.models.llada2.config import active_param_count
+    from srsmc_jax.models.load import LoadedModel
+
+    import srsmc_jax as sr
+    from srsmc_jax import models
+
+    length = prompt_length + gen_length
+    base = LLADA2_MINI if not tiny else dataclasses.replace(
+        LLADA2_MINI, vocab_size=256, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=32,
+        intermediate_size=128)
+    cfg = dataclasses.replace(base, num_hidden_layers=layers, first_k_dense_replace=0,
+                              max_position_embeddings=max(4096, length), mask_token_id=base.vocab_size - 1)
+    cdtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
+    abstract = models.abstract_model("llada2", cfg, dtype=cdtype, param_dtype=cdtype)
+    graphdef, abstract_state = nnx.split(abstract)
+    t0 = time.perf_counter()
+    params = jax.block_until_ready(random_bf16_params(abstract_state, jax.random.key(seed), cdtype))
+    init_s = time.perf_counter() - t0
+    model = LoadedModel("llada2", cfg, graphdef, params, dtype=cdtype)
+    total = models.param_count("llada2", cfg)
+    active = active_param_count(cfg, total)
+    config = sr.SMCConfig(num_particles=particles, gen_length=gen_length, block_length=block_length,
+                          mask_id=cfg.mask_token_id, temperature=1.0, select="topk")
+    sample = sr.make_sampler(model.as_denoiser(cache="block"), config)
+    rng = np.random.default_rng(seed)
+    tokens = jnp.asarray(rng.integers(0, cfg.mask_token_id, (prompts, prompt_length)), jnp.int32)
+    key = jax.random.key(seed + 1)
+    t0 = time.perf_counter()
+    compiled = sample.compile(key, params, tokens)
+    compile_s = time.perf_counter() - t0
+    structure = loop_structure(compiled.executable.as_text())
+    jax.block_until_ready(compiled(key, params, tokens)).raise_if_error()
+    sample_s, sample_ts = _median_s(lambda i: compiled(jax.random.fold_in(key, i), params, tokens), repeats)
+    peak, peak_what = peak_memory_bytes()
+    device = jax.devices()[0]
+    answer_tokens = prompts * gen_length
+    # rows each forward runs: the cache's refresh (two blocks) at a block start, one block per other step
+    rows = prompts * particles * (gen_length // block_length) * (2 * block_length + (block_length - 1) * block_length)
+    return {"family": "llada2", "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+            "tiny": tiny, "layers": layers, "params": total, "active_params": active, "dtype": dtype,
+            "prompts": prompts, "particles": particles, "prompt_length": prompt_length, "gen_length": gen_length,
+            "block_length": block_length, "init_s": init_s, "compile_s": compile_s, "sample_s": sample_s,
+            "sample_times_s": sample_ts, "answer_tokens_per_s": answer_tokens / sample_s,
+            "particle_tokens_per_s": answer_tokens * particles / sample_s,
+            "active_matmul_flops_lower_bound": 2.0 * active * rows, "peak_memory_bytes": peak,
+            "peak_memory_what": peak_what, "compiled_program": structure}
+
+
+def render_llada2(r: dict) -> str:
+    peak = r["peak_memory_bytes"]
+    return "\n".join([
+        f"device {r['device']} ({r['platform']}), jax {r['jax']}, {r['dtype']}",
+        f"LLaDA2.0-mini-shaped{' (tiny)' if r['tiny'] else ''}: {r['layers']} MoE layers, "
+        f"{r['params'] / 1e9:.3f}B params, {r['active_params'] / 1e9:.3f}B active per token; N = {r['particles']} x "
+        f"{r['prompts']} prompts, prompt {r['prompt_length']}, gen {r['gen_length']}, block {r['block_length']}, "
+        "exact block cache, top-k",
+        f"compile {r['compile_s']:.1f} s; sample {r['sample_s']:.3f} s (median of {len(r['sample_times_s'])})",
+        f"tokens/s: {r['answer_tokens_per_s']:.1f} answer tokens ({r['particle_tokens_per_s']:.1f} particle tokens); "
+        f"active-parameter matmuls >= {r['active_matmul_flops_lower_bound'] / r['sample_s'] / 1e12:.3f} TFLOP/s",
+        f"peak memory {'n/a' if peak is None else f'{peak / 1e9:.2f} GB'} ({r['peak_memory_what']})",
+        f"compiled program: {r['compiled_program']['while_loops']} while loops, "
+        f"{r['compiled_program']['host_callbacks']} host callbacks",
+    ])
+
+
 def forwards_only(den, s: Shape, steps_per_block: int):
     """``f(params, tokens int32[S, L]) -> float32[]``: the forward calls of one SR-SMC run over the
     S = N × B sequences (refresh at each block start, ``steps_per_block - 1`` cached steps), with
@@ -430,7 +514,28 @@ def main(argv=None) -> dict:
                     help="the chip's dense bf16 peak (default by device kind: H100/H200 989, A100 312, "
                          "TPU v5e 197, ...)")
     ap.add_argument("--json", default=None, help="write the measurements to this file")
+    ap.add_argument("--family", default="llada", choices=["llada", "llada2"],
+                    help="llada: LLaDA-8B's shape (default); llada2: LLaDA2.0-mini's MoE shape, exact block cache")
     args = ap.parse_args(argv)
+    if args.family == "llada2":
+        if args.json and not Path(args.json).absolute().parent.is_dir():
+            ap.error(f"--json: folder {Path(args.json).absolute().parent} does not exist")
+        try:
+            layers = 2 if args.layers == "auto" and args.tiny else (4 if args.layers == "auto" else int(args.layers))
+        except ValueError:
+            ap.error(f"--layers: expected an int or 'auto', got {args.layers!r}")
+        dims = dict(prompts=args.prompts or (2 if args.tiny else 16),
+                    particles=args.particles or (2 if args.tiny else 4),
+                    prompt_length=args.prompt_length or (32 if args.tiny else 256),
+                    gen_length=args.gen_length or (32 if args.tiny else 256))
+        if min(dims.values()) < 1 or layers < 1 or dims["prompt_length"] % 32 or dims["gen_length"] % 32:
+            ap.error("--family llada2: --layers, --prompts, --particles >= 1; --prompt-length and --gen-length "
+                     "multiples of the model block 32")
+        r = run_llada2(layers=layers, tiny=args.tiny, dtype=args.dtype, repeats=args.repeats, **dims)
+        print(render_llada2(r))
+        if args.json:
+            write_json(args.json, r)
+        return r
     base = TINY if args.tiny else Shape()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Shape)
              if f.name != "layers" and getattr(args, f.name) is not None}

@@ -73,3 +73,30 @@ def test_analytic_flops_match_xla_cost_analysis(cache):
         xla = xla[0] if isinstance(xla, list) else xla
         want = 2 * acc.forward_flops(s, rows=rows, keys=keys, head_rows=head_rows)  # 2 sequences
         assert want <= xla["flops"] <= 1.05 * want, (fn, xla["flops"], want)  # measured 1.2-1.9% above
+
+
+def test_llada2_case_runs_tiny_on_cpu(tmp_path):
+    """--family llada2: the LLaDA2.0-mini-shaped case, here at its tiny size (2 MoE layers, 8 experts)."""
+    out = tmp_path / "acc2.json"
+    p = subprocess.run([sys.executable, "-m", "benchmarks.accelerator", "--family", "llada2", "--tiny",
+                        "--repeats", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["family"] == "llada2" and r["layers"] == 2 and r["compiled_program"]["host_callbacks"] == 0
+    assert 0 < r["active_params"] < r["params"]  # 2 of 8 experts per token
+    assert r["answer_tokens_per_s"] == pytest.approx(2 * 32 / r["sample_s"])
+    assert "LLaDA2.0-mini-shaped (tiny)" in p.stdout
+
+
+def test_llada2_mini_shape_counts_its_published_size():
+    import dataclasses
+
+    from srsmc_jax.models.llada2 import LLADA2_MINI
+    from srsmc_jax.models.llada2.config import active_param_count
+
+    from srsmc_jax import models
+
+    full = models.param_count("llada2", LLADA2_MINI)
+    assert round(full / 1e9, 1) == 16.3 and round(active_param_count(LLADA2_MINI, full) / 1e9, 2) == 1.43
+    four = dataclasses.replace(LLADA2_MINI, num_hidden_layers=4, first_k_dense_replace=0)
+    assert models.param_count("llada2", four) < full
