@@ -207,6 +207,22 @@ def random_bf16_params(graphdef_state, key, dtype):
     return init(key)
 
 
+def random_model(family: str, cfg, dtype: str, seed: int):
+    """(LoadedModel with random ``dtype`` weights drawn on the device, seconds the draw took)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from srsmc_jax.models.load import LoadedModel
+
+    from srsmc_jax import models
+
+    cdtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
+    graphdef, abstract_state = nnx.split(models.abstract_model(family, cfg, dtype=cdtype, param_dtype=cdtype))
+    t0 = time.perf_counter()
+    params = jax.block_until_ready(random_bf16_params(abstract_state, jax.random.key(seed), cdtype))
+    return LoadedModel(family, cfg, graphdef, params, dtype=cdtype), time.perf_counter() - t0
+
+
 def peak_memory_bytes() -> tuple[Optional[int], str]:
     """(bytes, what): the device's peak in-use bytes, or the process's peak RSS on CPU."""
     import jax
@@ -272,28 +288,20 @@ def run(s: Shape, *, cache: Optional[str] = "dual", select: str = "topk", dtype:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
     from srsmc_jax.models.llada import LLaDAConfig
-    from srsmc_jax.models.load import LoadedModel
 
     import srsmc_jax as sr
-    from srsmc_jax import models
 
     device = jax.devices()[0]
     limit = device_memory_limit()
     requested_layers = s.layers
     if layers_auto:
         s = dataclasses.replace(s, layers=fit_layers(s, cache, limit))
-    cdtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
     cfg = LLaDAConfig(d_model=s.d_model, n_heads=s.heads, n_kv_heads=s.kv_heads, n_layers=s.layers,
                       mlp_hidden_size=s.mlp, vocab_size=s.vocab, embedding_size=s.vocab, rope_theta=500000.0,
                       mask_token_id=s.mask_id, max_sequence_length=max(4096, s.length))
-    abstract = models.abstract_model("llada", cfg, dtype=cdtype, param_dtype=cdtype)
-    graphdef, abstract_state = nnx.split(abstract)
-    t0 = time.perf_counter()
-    params = jax.block_until_ready(random_bf16_params(abstract_state, jax.random.key(seed), cdtype))
-    init_s = time.perf_counter() - t0
-    model = LoadedModel("llada", cfg, graphdef, params, dtype=cdtype)
+    model, init_s = random_model("llada", cfg, dtype, seed)
+    params = model.params
 
     config = sr.SMCConfig(num_particles=s.particles, gen_length=s.gen_length, block_length=s.block_length,
                           mask_id=s.mask_id, temperature=1.0, select=select, threshold=0.9)
@@ -358,10 +366,8 @@ def run_llada2(*, layers: int, prompts: int, particles: int, prompt_length: int,
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
     from srsmc_jax.models.llada2 import LLADA2_MINI
     from srsmc_jax.models.llada2.config import active_param_count
-    from srsmc_jax.models.load import LoadedModel
 
     import srsmc_jax as sr
     from srsmc_jax import models
@@ -373,13 +379,8 @@ def run_llada2(*, layers: int, prompts: int, particles: int, prompt_length: int,
         intermediate_size=128)
     cfg = dataclasses.replace(base, num_hidden_layers=layers, first_k_dense_replace=0,
                               max_position_embeddings=max(4096, length), mask_token_id=base.vocab_size - 1)
-    cdtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[dtype]
-    abstract = models.abstract_model("llada2", cfg, dtype=cdtype, param_dtype=cdtype)
-    graphdef, abstract_state = nnx.split(abstract)
-    t0 = time.perf_counter()
-    params = jax.block_until_ready(random_bf16_params(abstract_state, jax.random.key(seed), cdtype))
-    init_s = time.perf_counter() - t0
-    model = LoadedModel("llada2", cfg, graphdef, params, dtype=cdtype)
+    model, init_s = random_model("llada2", cfg, dtype, seed)
+    params = model.params
     total = models.param_count("llada2", cfg)
     active = active_param_count(cfg, total)
     config = sr.SMCConfig(num_particles=particles, gen_length=gen_length, block_length=block_length,

@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,25 +42,13 @@ FLAG_SETS = {
 }
 
 
-def _best_ms(fn, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn())
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * min(ts)
-
-
 def worker(conv: str, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import srsmc_jax as sr
-    from benchmarks.vs_reference_breakdown import table_denoiser
+    from benchmarks.vs_reference_breakdown import _best_ms, table_denoiser
     from srsmc_jax import models
 
     m = models.load(conv)

@@ -115,6 +115,13 @@ ALIASES = {"gen_length": ["--max-new-tokens"]}
 DEFAULT_GEN_LENGTH = 128
 
 
+def check_task_gen_length(given: Mapping[str, Any], task: Any) -> None:
+    """An embedded task answers with exactly its own length: ValueError naming --gen-length otherwise."""
+    if task is not None and "gen_length" in given and given["gen_length"] != task.gen_length:
+        raise ValueError(f"{flag_name('gen_length')}: the embedded {task.name} model answers with exactly "
+                         f"{task.gen_length} tokens, got {given['gen_length']}")
+
+
 def default_lengths(given: Mapping[str, Any], *, room: int, block: int = 32,
                     task_gen_length: Optional[int] = None) -> tuple[int, int]:
     """(gen_length, block_length) from the flags given, else defaults that fit: an embedded task's

@@ -715,9 +715,7 @@ def encoder_options(args) -> dict:
 def config_for_model(args, model, task, *, longest_prompt: int = 1) -> Any:
     """SMCConfig from the flags, with gen / block defaults that fit the model (:func:`flags.default_lengths`)."""
     given = flags.given_knobs(args)
-    if task is not None and "gen_length" in given and given["gen_length"] != task.gen_length:
-        raise ValueError(f"--gen-length: the embedded {task.name} model answers with exactly {task.gen_length} "
-                         f"tokens, got {given['gen_length']}")
+    flags.check_task_gen_length(given, task)
     gen, block = flags.default_lengths(given, room=model.max_length - longest_prompt,
                                        block=model.spec.block_length_for(model.config),
                                        task_gen_length=None if task is None else task.gen_length)

@@ -81,9 +81,10 @@ def method_config(args: argparse.Namespace, *, model: Any = None, task: Any = No
     preset = PRESETS[args.preset]
     defaults: dict[str, Any] = dict(preset["knobs"])
     if task is not None:  # an embedded task answers with exactly its own length, in one block
-        if "gen_length" in given and given["gen_length"] != task.gen_length:
-            raise MethodError(f"--gen-length: the embedded {task.name} model answers with exactly {task.gen_length} "
-                              f"tokens, got {given['gen_length']}")
+        try:
+            flags.check_task_gen_length(given, task)
+        except ValueError as e:
+            raise MethodError(str(e)) from None
         defaults.update(gen_length=task.gen_length, block_length=task.gen_length)
     if model is not None:
         gen = given.get("gen_length", defaults.get("gen_length", 128))

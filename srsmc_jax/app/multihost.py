@@ -131,6 +131,7 @@ def run_prompts(model: Any, config: Any, tokens, mask, *, mesh: Any, seed: int =
 
     import srsmc_jax as sr
     from srsmc_jax import memory
+    from srsmc_jax.app.generate import MEMORY_FLAGS
     from srsmc_jax.prompts import prompt_keys
 
     if ids is None:
@@ -140,8 +141,7 @@ def run_prompts(model: Any, config: Any, tokens, mask, *, mesh: Any, seed: int =
     try:  # one line naming the flag to change and a value that fits
         memory.require(sampler.denoiser, config, params=model.params, prompt_length=int(tokens.shape[1]),
                        batch=int(tokens.shape[0]), mesh=mesh,
-                       flags={"num_particles": "-n", "particle_chunk": "--particle-chunk",
-                              "batch": "the number of prompts (or use more devices)"})
+                       flags={**MEMORY_FLAGS, "batch": "the number of prompts (or use more devices)"})
     except memory.InsufficientMemory as e:
         raise ValueError(str(e).splitlines()[0]) from None
     run = sr.sharding.distribute(sampler, mesh)
