@@ -10,18 +10,30 @@ one expert is chosen) and multiplied by ``routed_scaling_factor``.
 
 Experts: the (token, expert) assignments are sorted by expert and run as a grouped matmul: each
 assignment row is multiplied by its own expert's weights only, so the cost follows the active
-parameters (the official ``moe_infer`` loops over experts the same way). Two implementations of the
-grouped matmul, equal up to float32 round-off:
+parameters (the official ``moe_infer`` loops over experts the same way). Implementations, equal up
+to float32 round-off (``SparseMoE.impl``; None: :func:`default_impl`):
 
-* ``"ragged"``: ``jax.lax.ragged_dot`` (native grouped kernels on GPU / TPU). On CPU, XLA lowers it
-  to a dense masked product over ALL groups, i.e. the cost of every expert. ``ragged_dot`` has no
-  batching rule, so this path sorts the assignments of the whole batch together (on a mesh whose
-  ``data`` axis splits the batch, the partitioner then gathers it for the sort).
-* ``"tiled"``: every expert's rows padded to a multiple of a tile (about the mean rows per expert,
-  :func:`tile_rows`), each tile multiplied by its expert's weights (one weight gather per tile):
-  ``T*k + min(E, T*k) * (tile - 1)`` rows in all, at most about twice the active rows. The default
-  on CPU. Runs per sequence (vmapped), so a batch
-  split over ``data`` stays local.
+* ``"tiled"`` (the default on CPU): each sequence alone (vmapped), every expert's rows padded to
+  whole tiles (about the mean rows per expert), one weight gather per tile; static shapes. A
+  sequence's logits do not depend on the other sequences of the batch, bit for bit (the project's
+  batch invariance: one prompt -> one sample, whatever it is batched with).
+* ``"loop"`` (opt-in on CPU, about 2x faster at the benchmark's shape): the tokens of EVERY
+  sequence of a call join one grouped matmul, under the engine's ``vmap`` too (a batching rule,
+  ``jax.custom_batching.custom_vmap``): every expert's first ``cap`` rows (:func:`capacity`) in one
+  batched product with the weights in place, the rows past an expert's ``cap`` in a loop over the
+  experts that have some, in tiles of halving size. Which tile a row lands in depends on the other
+  sequences, and XLA's products of different shapes round differently: results match "tiled" to
+  float32 round-off, not bit for bit, so a sample can depend on its batch.
+* ``"ragged"`` (the default on GPU / TPU): ``jax.lax.ragged_dot`` over the joined rows, native
+  grouped kernels (on CPU, XLA lowers it to a dense masked product over ALL groups). Joined as
+  "loop", with the same caveat; on a mesh whose ``data`` axis splits the batch the partitioner
+  gathers the rows for the sort.
+* ``"dense"``: every expert on every token (the benchmark's baseline).
+
+Data parallelism: under a mesh with a ``data`` axis of size > 1, each sequence runs alone and
+"loop" runs as "tiled" (a loop's trip count under ``vmap`` is agreed across the batch, an
+all-reduce over ``data`` per iteration): no collective across ``data`` (read from the HLO by the
+tests).
 
 Expert parallelism: under a mesh (``jax.set_mesh``) whose ``"model"`` axis divides the number of
 experts and the expert weights are split over it (``spec.py`` partition rules), the block runs in a
@@ -40,10 +52,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["route", "grouped_ffn", "dense_ffn", "SparseMoE", "TILE", "default_impl"]
+__all__ = ["route", "grouped_ffn", "dense_ffn", "SparseMoE", "IMPLS", "default_impl"]
 
-TILE = 8  # rows per tile of the "tiled" grouped matmul
-MODEL_AXIS = "model"
+IMPLS = ("loop", "tiled", "ragged", "dense")
+SMALL_CHUNK = 8  # rows per tile of an expert's last, partial rows ("loop")
+MODEL_AXIS, DATA_AXIS = "model", "data"
 
 
 def default_impl() -> str:
@@ -92,49 +105,111 @@ def _swiglu(g, u):
     return jax.nn.silu(g) * u
 
 
-def tile_rows(rows: int, experts: int) -> int:
-    """Rows per tile: about the mean rows per expert (a power of two in [TILE, 128]), so that the
-    padding (< one tile per expert) stays about the active rows and there are ~2 tiles per expert."""
-    mean = -(-rows // experts)
-    t = TILE
-    while t < mean and t < 128:
-        t *= 2
-    return t
+def capacity(rows: int, experts: int) -> int:
+    """Rows per expert of the batched product ("loop"): the mean rows per expert rounded down to a
+    multiple of SMALL_CHUNK (at least SMALL_CHUNK)."""
+    return max(SMALL_CHUNK, rows // max(experts, 1) // SMALL_CHUNK * SMALL_CHUNK)
 
 
-def _tiled_rows(rows, key, sizes, w_gate, w_up, w_down, precision):
-    """rows [R0, D] sorted by ``key`` (int32[R0], local expert id, ``E_l`` = not local, sorted last),
-    ``sizes`` int32[E_l]: SwiGLU of each row with its expert's weights; rows of key ``E_l`` -> 0."""
+def _loop_rows(rows, skey, sizes, w_gate, w_up, w_down, precision, cap):
+    """rows [R + cap, D] sorted by local expert (expert e's rows at ``start[e] .. start[e] + sizes[e] - 1``,
+    then the rows of no local expert, then ``cap`` rows of padding); skey int32[R + cap]: each row's local
+    expert (E_l past the last); sizes int32[E_l]. Returns [R + cap, D]:
+    row r is the SwiGLU of rows[r] with its expert's weights (rows of no local expert: undefined).
+
+    The first ``cap`` rows of every expert go through ONE batched product ``[E_l, cap, D] x [E_l, D, I]``
+    (the weights used in place, multi-threaded; an expert with fewer rows pads them). The rows past an
+    expert's ``cap`` (routing is never balanced) run in a loop over just the experts that have some:
+    tiles of ``cap`` rows, then at most one tile of each smaller power of two down to SMALL_CHUNK, then
+    one tile for the last < SMALL_CHUNK rows (dynamic trip counts: the work follows the rows, plus
+    < SMALL_CHUNK rows of spill per expert). A tile's spill past its expert's last row lands on rows of
+    a later expert, rewritten when that expert runs (the loop goes up), or on rows the caller drops."""
+    el = w_gate.shape[0]
+    dt = rows.dtype
+    dot = functools.partial(jnp.dot, precision=precision)
+    start = jnp.cumsum(sizes) - sizes
+    r_all = rows.shape[0]
+
+    # the batched part: expert e's rows start[e] .. start[e] + cap - 1 (past its own: computed, not used)
+    head = jnp.take(rows, jnp.minimum(start[:, None] + jnp.arange(cap, dtype=jnp.int32), r_all - 1), axis=0,
+                    mode="clip")  # [E_l, cap, D]
+    g = jnp.einsum("ecd,edi->eci", head, w_gate.astype(dt), precision=precision)
+    u = jnp.einsum("ecd,edi->eci", head, w_up.astype(dt), precision=precision)
+    y_head = jnp.einsum("eci,eid->ecd", _swiglu(g, u), w_down.astype(dt), precision=precision)
+
+    # the overflow: experts with more than cap rows, in ascending order
+    over = jnp.maximum(sizes - cap, 0)
+    n_over = jnp.sum(over > 0)
+    which = jnp.argsort(jnp.where(over > 0, jnp.arange(el), el + jnp.arange(el))).astype(jnp.int32)
+
+    def per_expert(j, out):
+        e = which[j]
+        wg, wu, wd = w_gate[e].astype(dt), w_up[e].astype(dt), w_down[e].astype(dt)
+
+        def tiles(first, count, size, out):
+            def body(i, out):
+                r = first + i * size
+                xb = jax.lax.dynamic_slice_in_dim(rows, r, size)
+                y = dot(_swiglu(dot(xb, wg), dot(xb, wu)), wd)
+                return jax.lax.dynamic_update_slice_in_dim(out, y.astype(dt), r, 0)
+
+            return jax.lax.fori_loop(0, count, body, out)
+
+        first, rest = start[e] + cap, over[e]
+        size = cap
+        while size >= SMALL_CHUNK:
+            count = rest // size if size == cap else (rest >= size).astype(jnp.int32)
+            out = tiles(first, count, size, out)
+            first, rest = first + count * size, rest - count * size
+            size //= 2
+        return tiles(first, (rest > 0).astype(jnp.int32), SMALL_CHUNK, out)
+
+    y_over = jax.lax.fori_loop(0, n_over, per_expert, jnp.zeros_like(rows))
+    # each row from where it was computed: the batched part for an expert's first cap rows
+    r = jnp.arange(r_all, dtype=jnp.int32)
+    e_of = jnp.minimum(skey, el - 1)
+    p = r - start[e_of]
+    from_head = jnp.take(y_head.reshape(el * cap, -1), e_of * cap + jnp.clip(p, 0, cap - 1), axis=0,
+                         mode="clip")
+    return jnp.where((p < cap)[:, None], from_head, y_over)
+
+
+def _tiled_rows(rows, skey, sizes, w_gate, w_up, w_down, precision, cap):
+    """The "loop" contract with static shapes and no loop (so that ``vmap`` keeps sequences apart:
+    the path of a batch split over ``data``): every expert's rows padded to a multiple of a tile
+    (about the mean rows per expert, a power of two in [8, 128]) and each tile multiplied by its
+    expert's weights (one weight gather per tile): ``R + min(E, R) * (tile - 1)`` rows in all."""
     r0, d = rows.shape
     el = w_gate.shape[0]
-    tile = tile_rows(r0, el)
+    tile = SMALL_CHUNK
+    while tile < -(-r0 // el) and tile < 128:
+        tile *= 2
     padded = (sizes + tile - 1) // tile * tile
     pend = jnp.cumsum(padded)
     pstart = pend - padded
     start = jnp.cumsum(sizes) - sizes
-    cap = r0 + min(el, r0) * (tile - 1)
-    cap = -(-cap // tile) * tile
+    r = jnp.arange(r0, dtype=jnp.int32)
+    key = skey
+    cap = -(-(r0 + min(el, r0) * (tile - 1)) // tile) * tile
     ek = jnp.clip(key, 0, el - 1)
-    dest = jnp.where(key < el, pstart[ek] + jnp.arange(r0, dtype=jnp.int32) - start[ek], cap)
+    dest = jnp.where(key < el, pstart[ek] + r - start[ek], cap)
     buf = jnp.zeros((cap, d), rows.dtype).at[dest].set(rows, mode="drop")
     n_tiles = cap // tile
     tile_expert = jnp.clip(jnp.searchsorted(pend, jnp.arange(n_tiles, dtype=jnp.int32) * tile, side="right"),
                            0, el - 1)
     xb = buf.reshape(n_tiles, tile, d)
-    g = jnp.einsum("ntd,ndi->nti", xb, w_gate[tile_expert].astype(rows.dtype), precision=precision)
-    u = jnp.einsum("ntd,ndi->nti", xb, w_up[tile_expert].astype(rows.dtype), precision=precision)
-    y = jnp.einsum("nti,nid->ntd", _swiglu(g, u), w_down[tile_expert].astype(rows.dtype), precision=precision)
-    y = y.reshape(cap, d)
-    out = jnp.take(y, jnp.clip(dest, 0, cap - 1), axis=0)
-    return jnp.where((key < el)[:, None], out, jnp.zeros((), out.dtype))
+    dt = rows.dtype
+    g = jnp.einsum("ntd,ndi->nti", xb, w_gate[tile_expert].astype(dt), precision=precision)
+    u = jnp.einsum("ntd,ndi->nti", xb, w_up[tile_expert].astype(dt), precision=precision)
+    y = jnp.einsum("nti,nid->ntd", _swiglu(g, u), w_down[tile_expert].astype(dt), precision=precision)
+    return jnp.take(y.reshape(cap, d), jnp.clip(dest, 0, cap - 1), axis=0, mode="clip")
 
 
-def _ragged_rows(rows, key, sizes, w_gate, w_up, w_down, precision):
+def _ragged_rows(rows, skey, sizes, w_gate, w_up, w_down, precision, cap):
     dt = rows.dtype
     g = jax.lax.ragged_dot(rows, w_gate.astype(dt), sizes, precision=precision)
     u = jax.lax.ragged_dot(rows, w_up.astype(dt), sizes, precision=precision)
-    y = jax.lax.ragged_dot(_swiglu(g, u), w_down.astype(dt), sizes, precision=precision)
-    return jnp.where((key < w_gate.shape[0])[:, None], y, jnp.zeros((), y.dtype))
+    return jax.lax.ragged_dot(_swiglu(g, u), w_down.astype(dt), sizes, precision=precision)
 
 
 def dense_ffn(x, idx, weights, w_gate, w_up, w_down, *, expert_offset=0, precision=None):
@@ -151,31 +226,90 @@ def dense_ffn(x, idx, weights, w_gate, w_up, w_down, *, expert_offset=0, precisi
     return jnp.sum(picked.astype(jnp.float32) * weights[..., None], axis=1).astype(dt)
 
 
+def _ffn_tokens(x, idx, weights, w_gate, w_up, w_down, expert_offset, *, impl, precision):
+    """:func:`grouped_ffn` on one token axis (x [T, D], idx / weights [T, k])."""
+    if impl == "dense":
+        return dense_ffn(x, idx, weights, w_gate, w_up, w_down, expert_offset=expert_offset, precision=precision)
+    t, k = idx.shape
+    el = w_gate.shape[0]
+    flat = idx.reshape(-1) - expert_offset
+    local = (flat >= 0) & (flat < el)
+    key = jnp.where(local, flat, el).astype(jnp.int32)
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    sizes = jnp.bincount(key, length=el + 1)[:el].astype(jnp.int32)
+    r0 = t * k
+    cap = capacity(r0, el)
+    pad = cap if impl == "loop" else 0
+    # the sorted rows, padded at the end (a tile may read past the last row), in one gather
+    src = jnp.concatenate([order // k, jnp.zeros((pad,), jnp.int32)])
+    rows = jnp.take(x, src, axis=0, mode="clip")
+    skey = jnp.concatenate([key[order], jnp.full((pad,), el, jnp.int32)])
+    fn = {"loop": _loop_rows, "tiled": _tiled_rows, "ragged": _ragged_rows}[impl]
+    out_sorted = fn(rows, skey, sizes, w_gate, w_up, w_down, precision, cap)
+    # back to assignment order with a gather (the inverse permutation is an int scatter: cheaper on CPU
+    # than scattering rows)
+    inv = jnp.zeros((r0,), jnp.int32).at[order].set(jnp.arange(r0, dtype=jnp.int32))
+    out = jnp.take(out_sorted, inv, axis=0, mode="clip").reshape(t, k, -1)
+    w = jnp.where(local.reshape(t, k), weights, 0.0)
+    out = jnp.where(local.reshape(t, k)[..., None], out, jnp.zeros((), out.dtype))
+    return jnp.sum(out.astype(jnp.float32) * w[..., None], axis=1).astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _batched(impl: str, precision: Any, per_sequence: bool):
+    """:func:`_ffn_tokens` with a batching rule: under ``vmap`` (the engine's particles and prompts)
+    the mapped axes join the token axis, so ONE grouped matmul runs over the tokens of every
+    sequence (a sequence alone, e.g. one block of 32 under the block cache, leaves most tiles of most
+    experts nearly empty). "tiled", and ``per_sequence`` (a mesh whose ``data`` axis splits the
+    batch; "loop" then runs as "tiled"), keep the sequences apart instead."""
+    core = functools.partial(_ffn_tokens, impl=impl, precision=precision)
+
+    @jax.custom_batching.custom_vmap
+    def ffn(x, idx, weights, w_gate, w_up, w_down, offset):
+        return core(x, idx, weights, w_gate, w_up, w_down, offset)
+
+    @ffn.def_vmap
+    def _rule(axis_size, in_batched, x, idx, weights, w_gate, w_up, w_down, offset):
+        if any(in_batched[3:]):  # per-sequence expert weights or offsets: no shared tiles
+            axes = [0 if b else None for b in in_batched]
+            return jax.vmap(core, in_axes=axes)(x, idx, weights, w_gate, w_up, w_down, offset), True
+        if (per_sequence or impl == "tiled") and impl != "ragged":
+            # a batch split over 'data': each sequence alone, with static shapes (a loop's trip count
+            # under vmap would be agreed across the batch: an all-reduce over 'data' per iteration)
+            axes = [0 if b else None for b in in_batched]
+            one = functools.partial(_ffn_tokens, impl="tiled" if impl == "loop" else impl, precision=precision)
+            return jax.vmap(one, in_axes=axes)(x, idx, weights, w_gate, w_up, w_down, offset), True
+        x, idx, weights = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                           for a, b in zip((x, idx, weights), in_batched[:3]))
+        t, d = x.shape[-2:]
+        # every mapped row in one call (itself batched again under an outer vmap)
+        y = ffn(x.reshape(-1, d), idx.reshape(axis_size * t, -1), weights.reshape(axis_size * t, -1), w_gate,
+                w_up, w_down, offset)
+        return y.reshape(axis_size, t, d), True
+
+    return ffn
+
+
 def grouped_ffn(x: jax.Array, idx: jax.Array, weights: jax.Array, w_gate: jax.Array, w_up: jax.Array,
                 w_down: jax.Array, *, expert_offset: Any = 0, impl: Optional[str] = None,
-                precision: Any = None) -> jax.Array:
+                precision: Any = None, per_sequence: bool = False) -> jax.Array:
     """sum_k weights[t, k] * SwiGLU_{idx[t, k]}(x[t]) over the experts held here.
 
     x [T, D]; idx int32[T, k] (global expert ids); weights float32[T, k]; w_gate / w_up [E_l, D, I],
     w_down [E_l, I, D]: experts ``expert_offset .. expert_offset + E_l - 1`` (assignments to other
     experts contribute 0). Returns [T, D] in x's dtype (combined in float32 as the official
-    ``moe_infer``, then cast)."""
-    t, k = idx.shape
-    el = w_gate.shape[0]
-    flat = idx.reshape(-1) - expert_offset
-    key = jnp.where((flat >= 0) & (flat < el), flat, el).astype(jnp.int32)
-    order = jnp.argsort(key, stable=True)
-    skey = key[order]
-    sizes = jnp.bincount(key, length=el + 1)[:el].astype(jnp.int32)
-    rows = jnp.take(x, order // k, axis=0)
+    ``moe_infer``, then cast). Under ``vmap`` the mapped axes join T (see :func:`_batched`)."""
     impl = impl or default_impl()
-    if impl == "dense":
-        return dense_ffn(x, idx, weights, w_gate, w_up, w_down, expert_offset=expert_offset, precision=precision)
-    fn = _tiled_rows if impl == "tiled" else _ragged_rows
-    out_sorted = fn(rows, skey, sizes, w_gate, w_up, w_down, precision)
-    out = jnp.zeros_like(out_sorted).at[order].set(out_sorted)
-    y = out.reshape(t, k, -1).astype(jnp.float32) * weights[..., None]
-    return jnp.sum(y, axis=1).astype(x.dtype)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    ffn = _batched(impl, precision, bool(per_sequence))
+    return ffn(x, idx, weights, w_gate, w_up, w_down, jnp.asarray(expert_offset, jnp.int32))
+
+
+def _data_size() -> int:
+    """The size of the context mesh's 'data' axis (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty or DATA_AXIS not in mesh.axis_names else int(mesh.shape[DATA_AXIS])
 
 
 def _expert_mesh(num_experts: int):
@@ -232,10 +366,13 @@ class SparseMoE(nnx.Module):
                      topk_group=self.topk_group, top_k=self.top_k, scaling=self.scaling)
 
     def __call__(self, h: jax.Array, *, return_routing: bool = False):
-        # tokens are grouped per sequence (the leading axis): the sort by expert never mixes sequences, so
-        # a batch split over the 'data' mesh axis stays local
+        # h [..., Q, D]: the tokens of every sequence go through one grouped matmul (under the engine's
+        # vmap too: grouped_ffn's batching rule), or each sequence alone when the mesh splits the batch
+        # over 'data' (so that no sort leaves its devices)
         shape = h.shape
-        h3 = h.reshape(-1, shape[-2], shape[-1])
+        impl = self.impl or default_impl()
+        per_seq = _data_size() > 1 or impl == "tiled"
+        h3 = h.reshape(-1 if per_seq else 1, shape[-2] if per_seq else -1, shape[-1])
         idx, w = self.route(h3)
         wg, wu, wd = self.experts.gate_proj[...], self.experts.up_proj[...], self.experts.down_proj[...]
         mesh = _expert_mesh(self.num_experts)
@@ -243,14 +380,9 @@ class SparseMoE(nnx.Module):
 
         def local(x, idx, w, wg, wu, wd):
             off = 0 if mesh is None else jax.lax.axis_index(MODEL_AXIS) * el
-            impl = self.impl or default_impl()
-            ffn = functools.partial(grouped_ffn, expert_offset=off, impl=impl, precision=self.precision)
-            if impl == "ragged":  # ragged_dot has no batching rule: one grouped matmul over the whole batch
-                b, n, d = x.shape
-                y = ffn(x.reshape(b * n, d), idx.reshape(b * n, -1), w.reshape(b * n, -1), wg, wu, wd)
-                y = y.reshape(b, n, d)
-            else:
-                y = jax.vmap(ffn, in_axes=(0, 0, 0, None, None, None))(x, idx, w, wg, wu, wd)
+            ffn = functools.partial(grouped_ffn, expert_offset=off, impl=impl, precision=self.precision,
+                                    per_sequence=per_seq)
+            y = jax.vmap(ffn, in_axes=(0, 0, 0, None, None, None))(x, idx, w, wg, wu, wd)
             return y if mesh is None else jax.lax.psum(y, MODEL_AXIS)
 
         if mesh is None:

@@ -1,0 +1,95 @@
+"""The LLaDA2 grouped matmul (models/llada2/moe.py) against every expert computed densely: skewed and
+empty experts, assignments to experts held elsewhere (expert parallelism), and ``vmap`` (the engine's
+particles), whose batching rule joins the sequences into one grouped matmul."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from srsmc_jax.models.llada2.moe import IMPLS, capacity, dense_ffn, grouped_ffn
+
+E, D, WIDTH, K = 8, 16, 8, 2
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _weights(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = ((E, D, WIDTH), (E, D, WIDTH), (E, WIDTH, D))
+    return tuple(jnp.asarray(rng.standard_normal(s) * 0.3, jnp.float32) for s in shapes)
+
+
+def _case(t, seed, skew):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((t, D)), jnp.float32)
+    p = np.ones(E) if skew is None else np.asarray(skew, float)
+    idx = np.stack([rng.choice(E, K, replace=False, p=p / p.sum()) for _ in range(t)]).astype(np.int32)
+    w = jnp.asarray(rng.random((t, K)), jnp.float32)
+    return x, jnp.asarray(idx), w
+
+
+SKEWS = {"uniform": None, "one_hot_expert": [50, 1, 1, 0, 0, 0, 0, 1], "two_empty": [1, 1, 1, 1, 1, 1, 0, 0]}
+
+
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "dense"])
+@pytest.mark.parametrize("skew", list(SKEWS))
+@pytest.mark.parametrize("t", [1, 5, 40, 300])
+def test_equals_dense_over_all_experts(impl, skew, t):
+    x, idx, w = _case(t, seed=t, skew=SKEWS[skew])
+    wg, wu, wd = _weights()
+    want = dense_ffn(x, idx, w, wg, wu, wd)
+    got = jax.jit(lambda *a: grouped_ffn(*a, impl=impl))(x, idx, w, wg, wu, wd)
+    np.testing.assert_allclose(got, want, **TOL)
+
+
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "dense"])
+def test_experts_held_elsewhere_contribute_nothing(impl):
+    """Two halves of the experts (as two 'model' shards hold them) sum to the whole."""
+    x, idx, w = _case(64, seed=3, skew=None)
+    wg, wu, wd = _weights()
+    halves = [grouped_ffn(x, idx, w, wg[o:o + E // 2], wu[o:o + E // 2], wd[o:o + E // 2], expert_offset=o,
+                          impl=impl) for o in (0, E // 2)]
+    np.testing.assert_allclose(halves[0] + halves[1], dense_ffn(x, idx, w, wg, wu, wd), **TOL)
+
+
+@pytest.mark.parametrize("impl,per_sequence", [("loop", False), ("loop", True), ("tiled", False)])
+def test_vmap_gives_each_sequence_its_own_result(impl, per_sequence):
+    """vmap, nested vmap and the chunked lax.map the engine uses give each sequence's own result."""
+    xs, idxs, ws = zip(*[_case(12, seed=s, skew=None) for s in range(6)])
+    x, idx, w = (jnp.stack(a).reshape(2, 3, 12, -1) for a in (xs, idxs, ws))
+    wg, wu, wd = _weights()
+    f = lambda x, i, w: grouped_ffn(x, i, w, wg, wu, wd, impl=impl, per_sequence=per_sequence)  # noqa: E731
+    want = jnp.stack([dense_ffn(a, b, c, wg, wu, wd) for a, b, c in zip(xs, idxs, ws)]).reshape(2, 3, 12, D)
+    np.testing.assert_allclose(jax.jit(jax.vmap(jax.vmap(f)))(x, idx, w), want, **TOL)
+    chunked = jax.jit(lambda *a: jax.lax.map(lambda b: jax.vmap(f)(*b), a))
+    np.testing.assert_allclose(chunked(x, idx, w), want, **TOL)
+    # an unmapped token batch beside mapped routing (in_axes None)
+    one = jax.jit(jax.vmap(f, in_axes=(None, 0, 0)))(x[0, 0], idx[0], w[0])
+    np.testing.assert_allclose(one[1], dense_ffn(x[0, 0], idx[0, 1], w[0, 1], wg, wu, wd), **TOL)
+
+
+def test_vmap_runs_one_grouped_matmul():
+    """Under vmap the loop runs once over the joined rows (one while loop over the experts in the
+    HLO, not one per sequence), and the batched part's capacity follows the joined rows' mean."""
+    x, idx, w = _case(32, seed=1, skew=None)
+    wg, wu, wd = _weights()
+    f = jax.vmap(lambda x, i, w: grouped_ffn(x, i, w, wg, wu, wd, impl="loop"))
+    hlo = jax.jit(f).lower(*(jnp.stack([a] * 8) for a in (x, idx, w))).as_text()
+    assert hlo.count("stablehlo.while") == 1 + 5  # the overflow loop, its tile loops (64, 32, 16, 8, last): once
+    assert capacity(8 * 32 * K, E) == 64 and capacity(32 * K, E) == 8 and capacity(100, E) == 8
+
+
+def test_unknown_impl_is_an_error():
+    x, idx, w = _case(4, seed=0, skew=None)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        grouped_ffn(x, idx, w, *_weights(), impl="einsum")
+
+
+def test_tiled_is_batch_invariant_bit_for_bit():
+    """The CPU default: a sequence's output is the same bits whatever it is batched with."""
+    xs, idxs, ws = zip(*[_case(12, seed=s, skew=SKEWS["one_hot_expert"] if s % 2 else None) for s in range(4)])
+    wg, wu, wd = _weights()
+    f = jax.jit(jax.vmap(lambda x, i, w: grouped_ffn(x, i, w, wg, wu, wd, impl="tiled")))
+    batch = np.asarray(f(jnp.stack(xs), jnp.stack(idxs), jnp.stack(ws)))
+    for j in range(4):
+        alone = np.asarray(f(xs[j][None], idxs[j][None], ws[j][None]))[0]
+        np.testing.assert_array_equal(batch[j], alone)
