@@ -51,7 +51,7 @@ def test_experts_held_elsewhere_contribute_nothing(impl):
     np.testing.assert_allclose(halves[0] + halves[1], dense_ffn(x, idx, w, wg, wu, wd), **TOL)
 
 
-@pytest.mark.parametrize("impl,per_sequence", [("loop", False), ("loop", True), ("tiled", False)])
+@pytest.mark.parametrize("impl,per_sequence", [("loop", False), ("loop", True), ("tiled", False), ("ragged", False)])
 def test_vmap_gives_each_sequence_its_own_result(impl, per_sequence):
     """vmap, nested vmap and the chunked lax.map the engine uses give each sequence's own result."""
     xs, idxs, ws = zip(*[_case(12, seed=s, skew=None) for s in range(6)])
