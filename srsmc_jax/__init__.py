@@ -17,6 +17,7 @@ from . import _source_layout  # noqa: F401  isort: skip
 from . import (
     _cli_start,  # noqa: F401  (first: Ctrl-C for the command-line tools before JAX loads)
     answer,
+    edit,
     move,
     objectives,
     proposal,
@@ -30,6 +31,7 @@ from . import (
 from .answer import AnswerInput, MaxTrajectoryConfidence, MaxWeight, SampleByWeight
 from .config import SMCConfig, Strategies
 from .denoiser import CachedDenoiser, Denoiser, SequenceInfo, as_cached, as_denoiser
+from .edit import EditInput, ThresholdEdit
 from .prompts import pad_prompts
 from .registry import Registry
 from .resampling import ConstantAncestors, ESSTrigger, Soft, StopGradient
@@ -43,8 +45,8 @@ __all__ = [
     "SelectPolicy", "SelectInput", "TopK", "Threshold", "Ancestral", "FirstHitting",
     "ESSTrigger", "StopGradient", "Soft", "ConstantAncestors",
     "AnswerInput", "MaxTrajectoryConfidence", "MaxWeight", "SampleByWeight",
-    "SelfReward", "Tempered", "Uniform",
-    "answer", "move", "objectives", "proposal", "resampling", "schedules", "select", "sharding", "twist",
+    "SelfReward", "Tempered", "Uniform", "EditInput", "ThresholdEdit",
+    "answer", "edit", "move", "objectives", "proposal", "resampling", "schedules", "select", "sharding", "twist",
     "weights",
 ]
 __version__ = "0.1.0"

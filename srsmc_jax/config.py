@@ -21,6 +21,7 @@ import math
 from typing import Any, Callable, NamedTuple, Optional, Union
 
 from . import answer, proposal, resampling, schedules, select, weights
+from . import edit as edit_lib
 from . import move as move_lib
 from . import twist as twist_lib
 from .registry import Registry
@@ -38,6 +39,7 @@ class Strategies(NamedTuple):
     answer: Callable
     twist: Optional[Callable]
     move: Optional[Callable]
+    edit: Optional[Callable]
 
 
 def _knob(default, help: str, **meta):
@@ -54,6 +56,7 @@ _STRATEGY_KNOBS: dict[str, Registry] = {
     "selection": answer.ANSWER_RULES,
     "twist": twist_lib.TWISTS,
     "move": move_lib.MOVES,
+    "edit": edit_lib.EDITS,
 }
 # schedule knobs name functions of their own registries
 _SCHEDULE_KNOBS: dict[str, Registry] = {
@@ -114,6 +117,11 @@ class SMCConfig:
                                      "generation row; a denoiser without a KV cache)", choices=("block", "generation"))
     move: Union[str, Callable, None] = _knob("none", "MCMC move applied to the particles after each resampling")
     move_steps: int = _knob(1, "steps re-simulated by move='rewind'")
+    # token editing (srsmc_jax.edit; LLaDA2.1)
+    edit: Union[str, Callable, None] = _knob("none", "token-to-token edits of revealed rows (threshold: LLaDA2.1's)")
+    edit_threshold: float = _knob(0.9, "a revealed token is re-written when a different token is drawn with "
+                                       "confidence > edit_threshold (edit='threshold')")
+    max_post_steps: int = _knob(16, "edit-only steps a block may take after its last mask (edit='threshold')")
     # memory
     particle_chunk: Optional[int] = _knob(None, "evaluate the denoiser and the proposal over at most this many "
                                                 "particles at once (lax.map; memory O(chunk) instead of O(N))")
@@ -134,7 +142,9 @@ class SMCConfig:
         self.validate()
         object.__setattr__(self, "_strategies", self._resolve())
         steps = self.strategies.select.steps_per_block(self.block, self.steps)
-        object.__setattr__(self, "_steps_per_block", steps)
+        object.__setattr__(self, "_select_steps", steps)
+        edit = self.strategies.edit
+        object.__setattr__(self, "_steps_per_block", steps + (0 if edit is None else int(edit.max_post_steps)))
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
@@ -147,8 +157,15 @@ class SMCConfig:
 
     @property
     def steps_per_block(self) -> int:
-        """Static number of steps of one block (an upper bound for data-dependent SELECT)."""
+        """Static number of steps of one block (an upper bound for data-dependent SELECT, and with
+        token editing the SELECT's steps plus ``max_post_steps``)."""
         return self._steps_per_block
+
+    @property
+    def select_steps(self) -> int:
+        """The SELECT policy's steps per block (``SelectInput.num_steps``): ``steps_per_block``
+        without the edit-only steps."""
+        return self._select_steps
 
     @property
     def max_steps(self) -> int:
@@ -176,7 +193,8 @@ class SMCConfig:
                                              self._build("confidence")),
             select=self._build("select"), weight=self._build("weight"), resampler=self._build("resampling"),
             resample_when=trigger, gradient_estimator=self._build("gradient_estimator"),
-            answer=self._build("selection"), twist=self._build("twist"), move=self._build("move"))
+            answer=self._build("selection"), twist=self._build("twist"), move=self._build("move"),
+            edit=self._build("edit"))
 
     # ---- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -218,6 +236,12 @@ class SMCConfig:
             real("threshold", 0.0, 1.0)
         else:
             real("threshold", -math.inf)
+        if self.confidence == "prob":
+            real("edit_threshold", 0.0, 1.0)
+        else:
+            real("edit_threshold", -math.inf)
+        need(_is_int(self.max_post_steps) and self.max_post_steps >= 0,
+             f"max_post_steps: expected an int >= 0, got {self.max_post_steps!r}")
         real("beta", 0.0)
         real("twist_beta", 0.0)
         need(self.particle_chunk is None or (_is_int(self.particle_chunk) and self.particle_chunk >= 1),
@@ -250,6 +274,11 @@ class SMCConfig:
                                       f"got {type(value).__name__}")
         twist_obj = self.twist if not isinstance(self.twist, str) else None
         rows = getattr(twist_obj, "rows", self.twist_rows if self.twist == "lookahead" else "block")
+        if self.edit not in ("none", None):
+            for knob, off in (("move", ("none", None)), ("twist", ("none", None))):
+                if getattr(self, knob) not in off:
+                    raise ValueError(f"SMCConfig.{knob}: not supported with token editing (edit={self.edit!r}): "
+                                     f"{knob}='none' or edit='none'")
         if rows == "generation" and self.move not in ("none", None):
             raise ValueError("SMCConfig.move: moves are not supported with twist_rows='generation' (a move "
                              "re-simulates steps of the current block, whose ψ would span later blocks)")

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+from . import edit as edit_lib
 from . import resampling
 from .answer import AnswerInput
 from .config import SMCConfig
@@ -72,12 +73,15 @@ class ParticleState(NamedTuple):
     token_logp: float32[N, L] log p of each token at the moment it was revealed (0 elsewhere).
     cache: any pytree with leading axis N (``()`` for cache-free denoisers).
     history: ``srsmc_jax.move.MoveHistory`` when a move is configured, else ``()``.
+    post: int32[N] edit-only steps taken in the current block (``srsmc_jax.edit``) when token
+          editing is configured, else ``()``.
     """
 
     tokens: jax.Array
     token_logp: jax.Array
     cache: Any
     history: Any = ()
+    post: Any = ()
 
 
 class SMCState(NamedTuple):
@@ -548,9 +552,10 @@ def _initial_state(ctx: _Context, prompt) -> SMCState:
     tokens = jnp.broadcast_to(tokens0, (n, length))
     cache = jax.vmap(lambda t: den.init(ctx.params, t, ctx.seq))(tokens)
     history = () if config.strategies.move is None else MoveHistory.empty(n, length, config.steps_per_block)
+    post = () if config.strategies.edit is None else jnp.zeros((n,), jnp.int32)
     t_max = config.max_steps
     state = SMCState(
-        particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache, history),
+        particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache, history, post),
         log_weights=jnp.zeros((n,), jnp.float32),
         pending=jnp.zeros((n,), jnp.float32),
         log_z=jnp.zeros((), jnp.float32),
@@ -574,16 +579,19 @@ def _run_block(ctx: _Context, state: SMCState, b) -> SMCState:
     """Block ``b`` (int32[]) of one prompt: its steps and the completion of its last step."""
     config = ctx.config
     n, lb, steps = config.num_particles, config.block, config.steps_per_block
-    early_exit = config.strategies.select.data_dependent and not config.differentiable
+    edit = config.strategies.edit
+    early_exit = (config.strategies.select.data_dependent or edit is not None) and not config.differentiable
     across_blocks = _across_blocks(config)
     block_start = ctx.plen + b * lb
+    if edit is not None:  # every particle starts the block with no edit-only step taken
+        state = state._replace(particles=state.particles._replace(post=jnp.zeros((n,), jnp.int32)))
     # the previous block's last step is completed here only when ψ spans later blocks
     state = _step(ctx, state, block_start, jnp.int32(0), first=True, complete=across_blocks)
     if early_exit:
         def cond(carry):
             s, st = carry
             block = jax.lax.dynamic_slice_in_dim(st.particles.tokens, block_start, lb, axis=1)
-            return (s < steps) & jnp.any(block == config.mask_id)
+            return (s < steps) & edit_lib.block_active(edit, block, st.particles.post, config.mask_id)
 
         def body(carry):
             s, st = carry
@@ -699,36 +707,46 @@ def _step(ctx: _Context, state: SMCState, block_start, step_in_block, *, first: 
 
 
 def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, step_in_block, step):
-    """Proposal, SELECT, reveal and weight for every particle: (particles, increments float32[N])."""
+    """Proposal, SELECT (and edits), reveal and weight for every particle: (particles, increments float32[N])."""
     config = ctx.config
     strat = config.strategies
     lb, g = config.block, config.gen_length
     gen = ~ctx.seq.prompt
 
-    def one(key, tokens, token_logp, history, lg):
+    def one(key, tokens, token_logp, history, post, lg):
         draw_key, select_key = jax.random.split(key)
         block_tokens = jax.lax.dynamic_slice_in_dim(tokens, block_start, lb)
         masked = block_tokens == config.mask_id
         prop = strat.proposal(draw_key, lg)
-        revealed = strat.select(select_key, SelectInput(prop.confidence, masked, step_in_block,
-                                                        config.steps_per_block))
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, jnp.where(revealed, prop.x0, block_tokens), block_start, 0)
+        revealed = strat.select(select_key, SelectInput(prop.confidence, masked, step_in_block, config.select_steps))
         old_logp = jax.lax.dynamic_slice_in_dim(token_logp, block_start, lb)
-        token_logp = jax.lax.dynamic_update_slice_in_dim(token_logp, jnp.where(revealed, prop.logp, old_logp),
+        edited = replaced_logp = None
+        if strat.edit is not None:
+            post, live = edit_lib.post_step_state(strat.edit, post, masked)
+            revealed = revealed & live
+            edited = strat.edit(edit_lib.EditInput(prop.x0, prop.confidence, block_tokens, masked)) & ~masked & live
+            post = edit_lib.after_step(strat.edit, post, masked, edited)
+            replaced_logp = jnp.where(edited, old_logp, 0.0)
+            written = revealed | edited
+        else:
+            written = revealed
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, jnp.where(written, prop.x0, block_tokens), block_start, 0)
+        token_logp = jax.lax.dynamic_update_slice_in_dim(token_logp, jnp.where(written, prop.logp, old_logp),
                                                          block_start, 0)
         fraction = jnp.sum((tokens != config.mask_id) & gen) / g
         info = StepInfo(step=step, step_in_block=jnp.asarray(step_in_block, jnp.int32),
                         block_start=jnp.asarray(block_start, jnp.int32), tokens=tokens, revealed=revealed,
                         x0=prop.x0, logp=prop.logp, confidence=prop.confidence, log_probs=prop.log_probs,
-                        revealed_fraction=fraction.astype(jnp.float32))
+                        revealed_fraction=fraction.astype(jnp.float32), edited=edited, replaced_logp=replaced_logp)
         increment = jnp.asarray(strat.weight(ctx.weight_params, info), jnp.float32)
         if history != ():
             history = history.record(revealed, step_in_block, block_start, increment)
-        return tokens, token_logp, history, increment
+        return tokens, token_logp, history, post, increment
 
-    tokens, token_logp, history, increments = _map_particles(
-        one, config.particle_chunk, keys, particles.tokens, particles.token_logp, particles.history, logits)
-    return particles._replace(tokens=tokens, token_logp=token_logp, history=history), increments
+    tokens, token_logp, history, post, increments = _map_particles(
+        one, config.particle_chunk, keys, particles.tokens, particles.token_logp, particles.history, particles.post,
+        logits)
+    return particles._replace(tokens=tokens, token_logp=token_logp, history=history, post=post), increments
 
 
 def _complete(ctx: _Context, state: SMCState, psi, block_start, last_step, *, at_block_end: bool, logits=None):

@@ -31,6 +31,9 @@ class StepInfo(NamedTuple):
     confidence: float32[Lb]   the SELECT score per block row.
     log_probs: float32[Lb, V] untempered log-softmax of the block rows.
     revealed_fraction: float32[]  fraction of the generation that is unmasked after this step.
+    edited: bool[Lb] or None  revealed rows re-written at this step (token editing, ``srsmc_jax.edit``;
+                              None without it).
+    replaced_logp: float32[Lb] or None  log p of each edited row's previous token at its write (0 elsewhere).
     """
 
     step: jax.Array
@@ -43,14 +46,21 @@ class StepInfo(NamedTuple):
     confidence: jax.Array
     log_probs: jax.Array
     revealed_fraction: jax.Array
+    edited: Any = None
+    replaced_logp: Any = None
 
 
 WeightFn = Callable[[Any, StepInfo], jax.Array]
 
 
 def self_reward(info: StepInfo) -> jax.Array:
-    """Σ_{j∈S_t} log p(x̂0(j)): the incremental trajectory confidence (paper, Prop. 3.1)."""
-    return jnp.sum(jnp.where(info.revealed, info.logp, 0.0))
+    """Σ_{j∈S_t} log p(x̂0(j)): the incremental trajectory confidence (paper, Prop. 3.1). With token
+    editing an edited row adds log p(x̂0(j)) − log p(its previous token), so the log-weight stays the
+    trajectory confidence of the current tokens."""
+    reward = jnp.sum(jnp.where(info.revealed, info.logp, 0.0))
+    if info.edited is not None:
+        reward = reward + jnp.sum(jnp.where(info.edited, info.logp - info.replaced_logp, 0.0))
+    return reward
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from srsmc_jax.models.llada2 import LLaDA2Config, as_denoiser, official_answer, official_config, reference_generate
+from srsmc_jax.models.llada2 import (
+    LLaDA2Config,
+    as_denoiser,
+    official21_config,
+    official_answer,
+    official_config,
+    reference_generate,
+    reference_generate21,
+)
 from toys import seq_info as _seq
 
 import srsmc_jax as sr
@@ -30,6 +38,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "llada2"
 CASES = ("moe_shared", "moe_noshared")
 TOL = dict(rtol=1e-5, atol=1e-5)
 META = json.loads((FIXTURES / "meta.json").read_text())
+META21 = json.loads((FIXTURES / "meta21.json").read_text())  # LLaDA2.1 generate() traces (record21.py)
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +197,115 @@ def test_engine_official_config_reproduces_greedy_trace(loaded, name, base, cach
         t = traces[f"trace_{base}_{suffix}"]
         got = official_answer(tokens, t["prompt_len"], a["gen_length"], t["args"]["eos_id"])
         np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
+
+
+def _traces21(name):
+    return [(name, t) for t in META21["cases"][name]["traces"]]
+
+
+@pytest.mark.parametrize("name,trace", [p for n in CASES for p in _traces21(n)],
+                         ids=lambda v: v["name"] if isinstance(v, dict) else v)
+def test_official21_generate_traces(loaded, name, trace):
+    """LLaDA2.1's generate() (threshold + token edits, post steps, eos early stop) step by step on our
+    logits: every forward input and the answer, token for token."""
+    c = np.load(FIXTURES / f"{name}_21.npz")
+    m = loaded[name]
+    a = trace["args"]
+    out, calls = reference_generate21(
+        lambda x, b: np.asarray(m.logits(x, block_length=b)), c["trace_prompt"][:, : trace["prompt_len"]],
+        gen_length=a["gen_length"], block_length=a["block_length"], threshold=a["threshold"],
+        editing_threshold=a["editing_threshold"], max_post_steps=a["max_post_steps"],
+        num_to_transfer=a["num_to_transfer"], eos_early_stop=a["eos_early_stop"], eos_id=a["eos_id"],
+        mask_id=a["mask_id"])
+    want_calls = c[f"{trace['name']}_calls"]
+    assert len(calls) == len(want_calls) == trace["n_calls"]
+    for got, want in zip(calls, want_calls):
+        np.testing.assert_array_equal(got[0], want[want >= 0])
+    np.testing.assert_array_equal(out, c[f"{trace['name']}_output"])
+
+
+def test_official21_traces_edit():
+    """The recorded LLaDA2.1 traces exercise edits (and post steps) with clear decision margins."""
+    edits = [t["n_edits"] for case in META21["cases"].values() for t in case["traces"]]
+    assert sum(e > 0 for e in edits) >= 4
+    for case in META21["cases"].values():
+        assert case["logits_vs_llada20_max_abs_diff"] < 1e-5
+        for t in case["traces"]:
+            assert min(t["min_gaps"].values()) > 1e-4, t["name"]
+
+
+ENGINE_TRACES21 = [("moe_noshared", "speed_block4_post3", "block"), ("moe_noshared", "low_block8_ntt2", "block"),
+                   ("moe_shared", "speed_block4_post3", None), ("moe_shared", "quality_block4", "block"),
+                   ("moe_noshared", "nopost_block4", None)]
+
+
+@pytest.mark.parametrize("name,base,cache", ENGINE_TRACES21)
+def test_engine_official21_config_reproduces_trace(loaded, name, base, cache):
+    """make_sampler(official21_config(...)) with one particle, with and without the exact block cache:
+    the official LLaDA2.1 answer (with and without its EOS stop) and as many forward passes."""
+    c = np.load(FIXTURES / f"{name}_21.npz")
+    m = loaded[name]
+    traces = {t["name"]: t for t in META21["cases"][name]["traces"]}
+    trace = traces[f"trace21_{base}_none"]
+    a = trace["args"]
+    prompt = jnp.asarray(c["trace_prompt"][0, : trace["prompt_len"]])
+    cfg = official21_config(mask_id=a["mask_id"], gen_length=a["gen_length"], block_length=a["block_length"],
+                            threshold=a["threshold"], editing_threshold=a["editing_threshold"],
+                            max_post_steps=a["max_post_steps"], num_to_transfer=a["num_to_transfer"])
+    res = sr.make_sampler(as_denoiser(m, cache=cache, block_length=a["block_length"]), cfg)(
+        jax.random.key(0), m.params, prompt)
+    assert int(res.error) == 0
+    assert int(res.nfe) == int(res.num_steps) == trace["n_calls"]  # eos -1: the official run made every block
+    tokens = np.concatenate([np.asarray(prompt), np.asarray(res.tokens).reshape(-1)])
+    for suffix in ("none", "stop"):
+        t = traces[f"trace21_{base}_{suffix}"]
+        got = official_answer(tokens, t["prompt_len"], a["gen_length"], t["args"]["eos_id"])
+        np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
+
+
+def test_llada21_preset_greedy_is_the_official_decoding(loaded):
+    """``srsmc eval --method greedy --preset llada21_speed`` (registry names: Fast-dLLM's threshold
+    SELECT, edit='threshold') decodes as LLaDA2.1's generate() in speed mode (thresholds 0.5 / 0.0)."""
+    import argparse
+
+    from srsmc_jax.app.methods import add_method_flags, method_config
+
+    parser = argparse.ArgumentParser()
+    add_method_flags(parser)
+    name, base = "moe_shared", "speed_block4_post3"
+    trace = {t["name"]: t for t in META21["cases"][name]["traces"]}[f"trace21_{base}_none"]
+    a = trace["args"]
+    assert (a["threshold"], a["editing_threshold"]) == (0.5, 0.0)
+    m = loaded[name]
+    args = parser.parse_args(["--method", "greedy", "--preset", "llada21_speed", "--gen-length", str(a["gen_length"]),
+                              "--block-length", str(a["block_length"]), "--max-post-steps", str(a["max_post_steps"])])
+    cfg, cache = method_config(args, mask_id=m.mask_id)
+    assert cache == "block" and (cfg.num_particles, cfg.temperature, cfg.edit) == (1, 0.0, "threshold")
+    c = np.load(FIXTURES / f"{name}_21.npz")
+    prompt = jnp.asarray(c["trace_prompt"][0, : trace["prompt_len"]])
+    res = sr.make_sampler(as_denoiser(m, cache=cache, block_length=a["block_length"]),
+                          cfg.replace(allow_mask_prediction=True))(jax.random.key(0), m.params, prompt)
+    tokens = np.concatenate([np.asarray(prompt), np.asarray(res.tokens)])
+    got = official_answer(tokens, trace["prompt_len"], a["gen_length"], a["eos_id"])
+    np.testing.assert_array_equal(got[None], c[f"{trace['name']}_output"])
+
+
+def test_sr_smc_with_edits_cache_equals_without(loaded):
+    """SR-SMC with LLaDA2.1's edits (N = 4, nucleus 0.9, resampling every 2 steps, i.e. mid-block):
+    the exact block cache gives the same particles, ancestors and weights as no cache."""
+    m = loaded["moe_shared"]
+    smc = official21_config(mask_id=m.mask_id, gen_length=8, block_length=4, threshold=0.5, editing_threshold=0.1,
+                            max_post_steps=2, num_particles=4, temperature=1.0, top_p=0.9, resample_every=2,
+                            ess_threshold=1.0)
+    prompt = jnp.asarray(arrays("moe_shared")["trace_prompt"][0])
+    runs = {cache: sr.make_sampler(as_denoiser(m, cache=cache, block_length=4), smc)(jax.random.key(5), m.params,
+                                                                                     prompt)
+            for cache in (None, "block")}
+    a, b = runs[None], runs["block"]
+    assert int(a.error) == 0 and int(b.error) == 0 and np.any(np.asarray(a.resampled))
+    for f in ("particles", "tokens", "ancestors", "nfe", "num_steps"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), err_msg=f)
+    np.testing.assert_allclose(np.asarray(a.log_weights), np.asarray(b.log_weights), **TOL)
 
 
 def test_engine_with_cache_equals_without(loaded):

@@ -1,5 +1,14 @@
-"""LLaDA2's official decoding (``LLaDA2MoeModelLM.generate``) as an engine configuration, its
-stopping rule, and a step-by-step reference of ``generate()`` on our model.
+"""LLaDA2's official decodings (``LLaDA2MoeModelLM.generate`` of LLaDA2.0 and of LLaDA2.1) as engine
+configurations, their stopping rule, and step-by-step references of both ``generate()`` on our model.
+
+LLaDA2.1 (:func:`official21_config`, :func:`reference_generate21`): per block, until done, a forward on
+the window; x0 = argmax (temperature 0) with its softmax probability p; every masked row with
+``p > threshold`` is revealed if there are at least ``num_to_transfer`` of them, else the
+``num_to_transfer`` most confident; every revealed (non-prompt) row of the block whose x0 differs
+from its token with ``p > editing_threshold`` is re-written (token editing, ``srsmc_jax.edit``). A
+step that starts with no mask counts a post step; after ``max_post_steps`` of them, or at a post step
+that edits nothing, the block ends. ``steps`` is computed there but unused. The rest (EOS stop,
+answer) is as LLaDA2.0's, described next.
 
 ``generate(temperature, block_length, steps, gen_length, top_p, top_k, threshold, eos_id, mask_id)``
 per block (blocks aligned at position 0; the first generated block may hold the prompt's tail):
@@ -38,25 +47,38 @@ import numpy as np
 
 from srsmc_jax.select import NEG_INF, SelectPolicy, rank_descending
 
-__all__ = ["OfficialThreshold", "official_config", "official_answer", "reference_generate"]
+__all__ = ["OfficialThreshold", "official_config", "official21_config", "LLADA21_MODES", "official_answer",
+           "reference_generate", "reference_generate21"]
+
+# LLaDA2.1's two documented operating points of (threshold, editing_threshold) (its technical report
+# and model card: quality mode, speed mode); generate()'s own defaults are 0.95 / 0.9.
+LLADA21_MODES = {"quality": dict(threshold=0.7, editing_threshold=0.5),
+                 "speed": dict(threshold=0.5, editing_threshold=0.0)}
 
 
 @dataclasses.dataclass(frozen=True)
 class OfficialThreshold(SelectPolicy):
     """generate()'s SELECT: every masked row with confidence > ``threshold`` when there are at least
-    ``k_step`` of them, else the ``k_step`` most confident masked rows (``k_step`` from the block
-    length split over ``steps``). Runs until the block has no mask left (at most ``steps`` steps)."""
+    ``k_step`` of them, else the ``k_step`` most confident masked rows. LLaDA2.0: ``k_step`` from the
+    block length split over ``steps`` (``num_to_transfer=None``); LLaDA2.1: ``k_step =
+    num_to_transfer`` at every step. Runs until the block has no mask left."""
 
     threshold: float = 0.95
+    num_to_transfer: Optional[int] = None
     data_dependent = True
 
     def steps_per_block(self, block_length, steps):
+        if self.num_to_transfer is not None:  # LLaDA2.1: at least num_to_transfer rows a step, `steps` unused
+            return -(-block_length // int(self.num_to_transfer))
         return block_length if steps is None else int(steps)
 
     def __call__(self, key, inp):
         lb = inp.masked.shape[0]
-        base, rem = lb // inp.num_steps, lb % inp.num_steps
-        k = base + (inp.step_in_block < rem).astype(jnp.int32)
+        if self.num_to_transfer is not None:
+            k = jnp.int32(self.num_to_transfer)
+        else:
+            base, rem = lb // inp.num_steps, lb % inp.num_steps
+            k = base + (inp.step_in_block < rem).astype(jnp.int32)
         conf = jnp.where(inp.masked, inp.confidence, NEG_INF)
         high = inp.masked & (conf > self.threshold)
         k_top = jnp.minimum(k, jnp.sum(inp.masked))
@@ -75,6 +97,26 @@ def official_config(*, mask_id: int, gen_length: int, block_length: int = 32, st
     base = dict(num_particles=num_particles, gen_length=gen_length, block_length=block_length, steps=steps,
                 mask_id=mask_id, temperature=temperature, select=OfficialThreshold(float(threshold)),
                 confidence="prob", allow_mask_prediction=True)
+    if num_particles == 1:
+        base.update(ess_threshold=0.0)
+    base.update(smc)
+    return SMCConfig(**base)
+
+
+def official21_config(*, mask_id: int, gen_length: int, block_length: int = 32, threshold: float = 0.95,
+                      editing_threshold: float = 0.9, max_post_steps: int = 16, num_to_transfer: int = 1,
+                      temperature: float = 0.0, num_particles: int = 1, **smc):
+    """An ``SMCConfig`` running LLaDA2.1's generate() (threshold SELECT with a fixed ``num_to_transfer``
+    plus token-to-token edits, ``srsmc_jax.edit``); ``smc``: any other ``SMCConfig`` knob. generate()'s
+    ``steps`` / ``minimal_topk`` do not change its decoding (computed, never used), so they are not
+    arguments here. With ``num_particles > 1`` it is SR-SMC whose particles decode the LLaDA2.1 way."""
+    from srsmc_jax import SMCConfig
+
+    base = dict(num_particles=num_particles, gen_length=gen_length, block_length=block_length,
+                mask_id=mask_id, temperature=temperature,
+                select=OfficialThreshold(float(threshold), num_to_transfer=int(num_to_transfer)),
+                confidence="prob", allow_mask_prediction=True, edit="threshold",
+                edit_threshold=float(editing_threshold), max_post_steps=int(max_post_steps))
     if num_particles == 1:
         base.update(ess_threshold=0.0)
     base.update(smc)
@@ -134,5 +176,51 @@ def reference_generate(logits_fn: Callable[[np.ndarray, int], np.ndarray], promp
             blk = x[0, end - block_length: end]
             blk[sel] = x0[sel]
         if (x[0, p:end] == eos_id).any():
+            break
+    return official_answer(x[0], p, gen_length, eos_id)[None], calls
+
+
+def reference_generate21(logits_fn: Callable[[np.ndarray, int], np.ndarray], prompt: np.ndarray, *,
+                         gen_length: int, block_length: int = 32, threshold: float = 0.95,
+                         editing_threshold: float = 0.9, max_post_steps: int = 16, num_to_transfer: int = 1,
+                         eos_early_stop: bool = False, eos_id: int, mask_id: int):
+    """LLaDA2.1's generate() on batch 1, step by step, at temperature 0 (argmax, deterministic as the
+    official code is there). Prompts of whole blocks (the engine's layout; the official code also
+    accepts others). Returns (answer int32[1, n], the input of every forward call)."""
+    p = prompt.shape[1]
+    if p % block_length:
+        raise ValueError(f"reference_generate21: prompt length {p} is not a multiple of block_length {block_length}")
+    nb = (p + gen_length + block_length - 1) // block_length
+    x = np.full((1, nb * block_length), mask_id, np.int32)
+    x[:, :p] = prompt
+    calls = []
+    for b in range(p // block_length, nb):
+        end = (b + 1) * block_length
+        blk = x[0, end - block_length: end]  # a view: writes go to x
+        post = 0
+        while True:
+            old = blk.copy()
+            active = old == mask_id
+            if not active.any():
+                post += 1
+            if post > max_post_steps:
+                break
+            calls.append(x[:, :end].copy())
+            logits = np.asarray(logits_fn(x[:, :end], block_length), np.float32)[0, -block_length:]
+            x0 = logits.argmax(-1)
+            x0_p = np.take_along_axis(_softmax(logits), x0[:, None], -1)[:, 0]
+            reveal = np.zeros(block_length, bool)
+            if active.any():
+                conf = np.where(active, x0_p, -np.inf)
+                high = (conf > threshold) & active
+                if high.sum() >= num_to_transfer:
+                    reveal = high
+                else:
+                    reveal[np.argsort(-conf, kind="stable")[: min(num_to_transfer, int(active.sum()))]] = True
+            edit = ~active & (x0_p > editing_threshold) & (x0 != old)
+            blk[reveal | edit] = x0[reveal | edit]
+            if not active.any() and not edit.any():
+                break
+        if eos_early_stop and not (x[0, p:end] == mask_id).any() and (x[0, p:end] == eos_id).any():
             break
     return official_answer(x[0], p, gen_length, eos_id)[None], calls

@@ -13,6 +13,11 @@ Methods (each a set of ``SMCConfig`` knobs it FIXES; a flag that contradicts one
 Presets (defaults a flag overrides): ``paper`` = the SR-SMC paper's Table 2 setting — N = 4,
 L = 256 generated tokens (``--gen-length 512`` for its L = 512 rows), blocks of 32, threshold-0.9
 decoding (Fast-dLLM), τ = 1, the prefix cache; ``none`` = the ``SMCConfig`` defaults, no cache.
+LLaDA2.x (exact block cache, blocks of 32, τ = 1, L = 256): ``llada2`` = LLaDA2.0's threshold 0.95
+(SGLang's LowConfidence); ``llada21_quality`` / ``llada21_speed`` = LLaDA2.1's two modes, threshold
+0.7 / 0.5 with token edits above 0.5 / 0.0 and up to 16 edit-only steps per block (``srsmc_jax.edit``).
+With ``--method greedy`` (N = 1, τ = 0) these are the official decodings (threshold with one token at
+least per step: the official rule up to a confidence exactly equal to the threshold).
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"knobs": {"num_particles": 4, "gen_length": 256, "block_length": 32, "select": "threshold",
                         "threshold": 0.9, "temperature": 1.0}, "cache": "prefix"},
     "none": {"knobs": {}, "cache": "none"},
+    "llada2": {"knobs": {"num_particles": 4, "gen_length": 256, "block_length": 32, "select": "threshold",
+                         "threshold": 0.95, "temperature": 1.0}, "cache": "block"},
+    "llada21_quality": {"knobs": {"num_particles": 4, "gen_length": 256, "block_length": 32, "select": "threshold",
+                                  "threshold": 0.7, "edit": "threshold", "edit_threshold": 0.5, "max_post_steps": 16,
+                                  "temperature": 1.0}, "cache": "block"},
+    "llada21_speed": {"knobs": {"num_particles": 4, "gen_length": 256, "block_length": 32, "select": "threshold",
+                                "threshold": 0.5, "edit": "threshold", "edit_threshold": 0.0, "max_post_steps": 16,
+                                "temperature": 1.0}, "cache": "block"},
 }
 
 
@@ -55,7 +68,9 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
                         help="greedy | sampling (the reference's baseline) | best_of_n | srsmc (default: srsmc)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="paper",
                         help="defaults for the sampler flags: paper (N=4, L=256, block 32, threshold 0.9, τ=1, "
-                             "prefix cache) or none (SMCConfig defaults, no cache) (default: paper)")
+                             "prefix cache), none (SMCConfig defaults, no cache), llada2 (threshold 0.95, block "
+                             "cache), llada21_quality / llada21_speed (LLaDA2.1's modes: threshold 0.7 / 0.5, token "
+                             "edits above 0.5 / 0.0, block cache) (default: paper)")
     parser.add_argument("--cache", default=None,
                         help="none | prefix | dual (LLaDA, Dream) | block (BD3-LM) (default: the preset's)")
     flags.add_config_flags(parser, default_help={
