@@ -27,7 +27,16 @@ What a denoiser declares about itself (``DenoiserSpec`` fields of both classes, 
 checked against the ``SMCConfig`` and the prompt by ``make_sampler`` before anything runs:
 ``max_length`` (context length), ``vocab_size``, ``mask_id`` (the model's mask token),
 ``gen_length`` (a cached denoiser built for one generation length), ``block_multiple`` (engine
-blocks and the prompt must be whole multiples of it, e.g. BD3-LM's block size), ``sees_padding``.
+blocks and the prompt must be whole multiples of it, e.g. BD3-LM's block size), ``sees_padding``,
+``blocks_from_first_token``.
+
+Block alignment. By default the model's blocks (if it has any) are counted on the padded canvas, so
+the left-padded prompt is whole blocks and the generation starts on a block boundary. A denoiser
+with ``blocks_from_first_token=True`` (LLaDA2) counts its ``block_multiple``-token blocks from the
+first REAL token, as block-diffusion models are trained and as their official ``generate()``
+decodes: a prompt of ``p`` tokens ends inside a block when ``p`` is not a multiple, and the
+generation's first block holds the prompt's last ``p mod block_multiple`` tokens. The engine then
+starts each prompt's blocks there (see ``srsmc_jax.smc``).
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ class Denoiser:
         makes of a bare ``fn(params, tokens)``); a ``prompt_mask`` is then refused.
     vocab_size, mask_id, gen_length, block_multiple: optional facts checked by ``make_sampler``
         (see the module docstring).
+    blocks_from_first_token: the model's blocks of ``block_multiple`` tokens are counted from the
+        first real token, not on the padded canvas (see the module docstring).
     """
 
     fn: Callable[..., jax.Array]
@@ -73,6 +84,7 @@ class Denoiser:
     mask_id: Optional[int] = None
     gen_length: Optional[int] = None
     block_multiple: Optional[int] = None
+    blocks_from_first_token: bool = False
 
     def __call__(self, params: Any, tokens: jax.Array, seq: SequenceInfo) -> jax.Array:
         return self.fn(params, tokens, seq)
@@ -120,6 +132,7 @@ class CachedDenoiser:
     gen_length: Optional[int] = None
     block_multiple: Optional[int] = None
     any_rows: bool = False
+    blocks_from_first_token: bool = False
 
 
 def refresh_window(n: int, block_start: Any, block_length: int) -> tuple[jax.Array, int]:

@@ -184,7 +184,8 @@ def estimate(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: in
     ``config`` (on ``mesh`` when given, in the layout ``config.particle_axis`` names)."""
     den = as_cached(denoiser)
     n, g = config.num_particles, config.gen_length
-    length = prompt_length + g
+    # a model whose blocks count from the first real token: one more block for a prompt's tail
+    length = prompt_length + g + (config.block if den.blocks_from_first_token else 0)
     twist = config.strategies.twist
     rows = g if twist is not None and twist.rows == "generation" else config.block
     seq = SequenceInfo(valid=jnp.ones((length,), bool), prompt=jnp.arange(length) < prompt_length)

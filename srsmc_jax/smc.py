@@ -122,8 +122,11 @@ class SMCResult(NamedTuple):
     particles: int32[N, G]            every particle's generation at the end.
     token_logprobs: float32[N, G]     log p of each generated token at reveal time.
     log_weights: float32[N]           final log-weights (since the last resampling).
-    trajectory_confidence: float32[N] Σ_pos log p at reveal time, per particle.
-    ess: float32[T]                   ESS after every step (T = config.max_steps; NaN if not taken).
+    trajectory_confidence: float32[N] Σ_pos log p at reveal time, per particle (every generated token:
+                                      with a prompt's tail in the first block, also the rows of the
+                                      last block past gen_length, see ``Sampler.extra_rows``).
+    ess: float32[T]                   ESS after every step (T = config.max_steps, one block's steps more
+                                      with extra rows; NaN if not taken).
     ancestors: int32[T, N]            genealogy: ancestors chosen after each step (identity if none).
     resampled: bool[T]                whether a resampling happened after each step.
     log_z: float32[]                  log of the SMC normalising-constant estimate.
@@ -163,7 +166,8 @@ class LoopState(NamedTuple):
     state: SMCState   the particles, weights and diagnostics so far.
     key: key[B]       each prompt's key (``fold_in(key, b)`` of the key given to ``init``).
     prompt: int32[B, P] / prompt_mask: bool[B, P]   the left-padded prompts and their validity.
-    block: int32[B]   blocks done (``config.num_blocks`` when finished).
+    block: int32[B]   blocks done (``Sampler.num_blocks(loop)`` when finished: ``config.num_blocks``,
+                      plus one when the canvas has a block for a prompt's tail, ``Sampler.extra_rows``).
     """
 
     state: SMCState
@@ -209,7 +213,7 @@ class Sampler:
         self._jit = jit
         self._progress = progress
         self._placement = placement
-        self._program = jax.jit(self._core) if jit else self._core
+        self._program = jax.jit(self._core, static_argnames="extra") if jit else self._core
         self._steps: dict[str, Callable] = {}
 
     # -- construction --------------------------------------------------------------------------------
@@ -231,13 +235,51 @@ class Sampler:
         """``(int32[B, P] prompts, bool[B, P] masks, batched)`` after every host-side check."""
         return _check_prompt(prompt, prompt_mask, self.config, self.denoiser, self.context_length)
 
+    def extra_rows(self, prompt, prompt_mask=None) -> int:
+        """Rows the canvas holds after the ``gen_length`` asked for (static): one engine block when
+        the denoiser counts its blocks from the first real token (``blocks_from_first_token``) and
+        prompts come with a ``prompt_mask`` (padding: a prompt need not be whole blocks, and its
+        first generated block then holds the prompt's tail; the block after the generation runs only
+        for such a prompt); else 0."""
+        del prompt
+        return self.config.block if self.denoiser.blocks_from_first_token and prompt_mask is not None else 0
+
+    def num_blocks(self, loop: "LoopState") -> int:
+        """The blocks a loop runs (``config.num_blocks``, plus the block of :meth:`extra_rows`)."""
+        return _num_blocks(self.config, _loop_extra(self.config, loop))
+
+    def rows_done(self, loop: "LoopState") -> np.ndarray:
+        """int[B]: per prompt, how many generation rows (from the end of the prompt) are final after
+        ``loop.block`` blocks (host side)."""
+        extra = _loop_extra(self.config, loop)
+        blocks = np.asarray(jax.device_get(loop.block)).astype(np.int64)
+        tail = np.zeros_like(blocks)
+        if extra:
+            real = np.asarray(jax.device_get(loop.prompt_mask)).astype(bool).sum(-1)
+            tail = real % (self.denoiser.block_multiple or 1)
+        return np.clip(blocks * self.config.block - tail, 0, self.config.gen_length)
+
     def _checked(self, key, params, prompt, prompt_mask, weight_params):
+        """(the program's arguments, how to return the result, extra rows)."""
+        extra = self.extra_rows(prompt, prompt_mask)
+        # the canvas's extra block sits past the padding the prompt's tail saves, so the positions the
+        # model sees stay within prompt + gen_length, up to an engine block longer than the model's
+        over = tail_block_overrun(self.denoiser, self.config) if extra else 0
+        if over and self.context_length is not None:
+            plen = np.shape(prompt)[-1]
+            total = plen + self.config.gen_length + over
+            if total > self.context_length:
+                raise ValueError(
+                    f"prompt: prompt length {plen} + gen_length {self.config.gen_length} + {over} (block_length "
+                    f"{self.config.block} over the model's block {self.denoiser.block_multiple}, for a prompt's tail) "
+                    f"= {total} exceeds the model's context length {self.context_length}")
         if self._placement is not None:
-            return self._placement.place(self, key, params, prompt, prompt_mask, weight_params)
+            args, how = self._placement.place(self, key, params, prompt, prompt_mask, weight_params)
+            return args, how, extra
         check_auto_axes(params, prompt, prompt_mask)  # the engine's gathers need Auto mesh axes
         prompts, masks, batched = self.check_prompt(prompt, prompt_mask)
         check_keys(key, prompts.shape[0])
-        return (key, params, prompts, masks, weight_params), batched
+        return (key, params, prompts, masks, weight_params), batched, extra
 
     def _scope(self):
         return contextlib.nullcontext() if self._placement is None else jax.set_mesh(self.mesh)
@@ -248,27 +290,29 @@ class Sampler:
         return result if how else jax.tree.map(lambda x: x[0], result)
 
     # -- whole runs ----------------------------------------------------------------------------------
-    def _core(self, key, params, prompts, masks, weight_params):
+    def _core(self, key, params, prompts, masks, weight_params, extra=0):
         keys = _prompt_keys(key, prompts.shape[0])
         one = functools.partial(_sample_one, self.denoiser, self.config, params=params,
-                                weight_params=weight_params, progress=self._progress)
+                                weight_params=weight_params, progress=self._progress, extra=extra)
         return jax.vmap(one)(keys, prompts, masks)
 
     def __call__(self, key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult:
-        args, how = self._checked(key, params, prompt, prompt_mask, weight_params)
+        args, how, extra = self._checked(key, params, prompt, prompt_mask, weight_params)
         with self._scope():
-            result = self._program(*args)
+            result = self._program(*args, extra=extra)
         return self._result(result, how)
 
     def lower(self, key, params, prompt, prompt_mask=None, weight_params=None):
-        args, _ = self._checked(key, params, prompt, prompt_mask, weight_params)
+        args, _, extra = self._checked(key, params, prompt, prompt_mask, weight_params)
         with self._scope():
-            return jax.jit(self._core).lower(*args) if not self._jit else self._program.lower(*args)
+            if not self._jit:
+                return jax.jit(self._core, static_argnames="extra").lower(*args, extra=extra)
+            return self._program.lower(*args, extra=extra)
 
     def compile(self, key, params, prompt, prompt_mask=None, weight_params=None) -> "CompiledSampler":
         with self._scope():
             executable = self.lower(key, params, prompt, prompt_mask, weight_params).compile()
-        return CompiledSampler(self, executable)
+        return CompiledSampler(self, executable, self.extra_rows(prompt, prompt_mask))
 
     # -- block by block ------------------------------------------------------------------------------
     def _step_fn(self, name: str, fn: Callable) -> Callable:
@@ -278,35 +322,38 @@ class Sampler:
 
     def init(self, key, params, prompt, prompt_mask=None, weight_params=None) -> LoopState:
         """The loop before its first block, for a batch of prompts (see the class docstring)."""
-        (key, params, prompts, masks, weight_params), _ = self._checked(key, params, prompt, prompt_mask,
-                                                                        weight_params)
+        (key, params, prompts, masks, weight_params), _, extra = self._checked(key, params, prompt, prompt_mask,
+                                                                               weight_params)
         den, config = self.denoiser, self.config
 
         def init(key, params, prompts, masks, weight_params):
             keys = _prompt_keys(key, prompts.shape[0])
 
             def one(k, p, m):
-                return _initial_state(_context(den, config, k, p, m, params, weight_params), p)
+                return _initial_state(_context(den, config, k, p, m, params, weight_params, extra), p)
 
             states = jax.vmap(one)(keys, prompts, masks)
             return LoopState(states, keys, prompts, masks, jnp.zeros((prompts.shape[0],), jnp.int32))
 
         with self._scope():
-            return self._step_fn("init", init)(key, params, prompts, masks, weight_params)
+            return self._step_fn(f"init{extra}", init)(key, params, prompts, masks, weight_params)
 
     def step_block(self, params, loop: LoopState, weight_params=None) -> LoopState:
         """Every prompt's next block (prompts with every block done are returned unchanged)."""
         den, config = self.denoiser, self.config
 
         def step(params, loop, weight_params):
+            extra = _loop_extra(config, loop)
+            total = _num_blocks(config, extra)
+
             def one(state, k, p, m, b):
-                ctx = _context(den, config, k, p, m, params, weight_params)
-                done = b >= config.num_blocks
-                new = _run_block(ctx, state, jnp.minimum(b, config.num_blocks - 1))
+                ctx = _context(den, config, k, p, m, params, weight_params, extra)
+                done = (b >= total) | ~_block_needed(ctx, b)
+                new = _run_block(ctx, state, jnp.minimum(b, total - 1))
                 return jax.tree.map(lambda old, x: jnp.where(done, old, x), state, new)
 
             states = jax.vmap(one)(loop.state, loop.key, loop.prompt, loop.prompt_mask, loop.block)
-            return loop._replace(state=states, block=jnp.minimum(loop.block + 1, config.num_blocks))
+            return loop._replace(state=states, block=jnp.minimum(loop.block + 1, total))
 
         with self._scope():
             return self._step_fn("step", step)(params, loop, weight_params)
@@ -314,14 +361,17 @@ class Sampler:
     def finish(self, params, loop: LoopState, weight_params=None) -> SMCResult:
         """The answers and diagnostics of a loop whose every block is done (leading axis B)."""
         blocks = np.asarray(jax.device_get(loop.block)) if _is_concrete(loop.block) else None
-        if blocks is not None and (blocks < self.config.num_blocks).any():
-            raise ValueError(f"finish: {int((blocks < self.config.num_blocks).sum())} prompt(s) have blocks left "
-                             f"(blocks done {blocks.tolist()} of {self.config.num_blocks}); call step_block first")
+        total = self.num_blocks(loop)
+        if blocks is not None and (blocks < total).any():
+            raise ValueError(f"finish: {int((blocks < total).sum())} prompt(s) have blocks left "
+                             f"(blocks done {blocks.tolist()} of {total}); call step_block first")
         den, config = self.denoiser, self.config
 
         def finish(params, loop, weight_params):
+            extra = _loop_extra(config, loop)
+
             def one(state, k, p, m):
-                return _close(_context(den, config, k, p, m, params, weight_params), state)
+                return _close(_context(den, config, k, p, m, params, weight_params, extra), state)
 
             return jax.vmap(one)(loop.state, loop.key, loop.prompt, loop.prompt_mask)
 
@@ -356,16 +406,20 @@ class CompiledSampler:
     of ``Sampler.__call__`` (the same host-side checks run first). ``executable`` is JAX's
     ``Compiled`` (``.as_text()``, ``.cost_analysis()``); ``memory_analysis()`` is XLA's."""
 
-    def __init__(self, sampler: Sampler, executable):
+    def __init__(self, sampler: Sampler, executable, extra: int = 0):
         self.sampler = sampler
         self.executable = executable
+        self.extra = extra
 
     def memory_analysis(self):
         return self.executable.memory_analysis()
 
     def __call__(self, key, params, prompt, prompt_mask=None, weight_params=None) -> SMCResult:
         s = self.sampler
-        args, how = s._checked(key, params, prompt, prompt_mask, weight_params)
+        args, how, extra = s._checked(key, params, prompt, prompt_mask, weight_params)
+        if extra != self.extra:
+            raise ValueError(f"prompt_mask: this program was compiled {'with' if self.extra else 'without'} a "
+                             "prompt_mask; call it the same way")
         with s._scope():
             result = self.executable(*args)
         return s._result(result, how)
@@ -506,6 +560,8 @@ class _Context(NamedTuple):
     seq: SequenceInfo
     weight_params: Any
     plen: int
+    start: Any = None  # int32[] first row of the generation's first block (plen, or plen - the prompt's tail)
+    extra: int = 0     # static rows of the canvas after the gen_length asked for (Sampler.extra_rows)
 
 
 def _map_particles(fn: Callable, chunk: Optional[int], *args):
@@ -533,27 +589,62 @@ def _lay_out(config: SMCConfig, state: SMCState) -> SMCState:
     return state._replace(particles=particles, log_weights=lw, pending=pending)
 
 
-def _context(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, params, weight_params) -> _Context:
-    """The step functions' context for one prompt: int32[P] with bool[P] validity."""
+def _context(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, params, weight_params,
+             extra: int = 0) -> _Context:
+    """The step functions' context for one prompt: int32[P] with bool[P] validity; ``extra``: static
+    rows after the generation (see ``Sampler.extra_rows``). With them, the generation's blocks start
+    at the prompt's last partial model block: the canvas is ``[prompt | gen_length + extra]``."""
     plen = prompt.shape[0]
+    rows = config.gen_length + extra
     seq = SequenceInfo(
-        valid=jnp.concatenate([prompt_valid, jnp.ones((config.gen_length,), bool)]),
-        prompt=jnp.arange(plen + config.gen_length) < plen,
+        valid=jnp.concatenate([prompt_valid, jnp.ones((rows,), bool)]),
+        prompt=jnp.arange(plen + rows) < plen,
     )
-    return _Context(den, config, key, params, seq, weight_params, plen)
+    start = plen
+    if extra:
+        if _across_blocks(config):
+            raise ValueError("SMCConfig.twist_rows: 'generation' is not supported when a prompt's tail shares the "
+                             "generation's first block (a left-padded prompt that is not whole model blocks)")
+        tail = jnp.sum(prompt_valid.astype(jnp.int32)) % (den.block_multiple or 1)
+        start = jnp.int32(plen) - tail
+    return _Context(den, config, key, params, seq, weight_params, plen, start, extra)
+
+
+def tail_block_overrun(den: CachedDenoiser, config: SMCConfig) -> int:
+    """Positions past ``prompt + gen_length`` a prompt's tail may need (a denoiser with
+    ``blocks_from_first_token``): 0 when the engine block is the model block, as in the official
+    decoding; ``block_length - block_multiple`` otherwise."""
+    if not den.blocks_from_first_token:
+        return 0
+    return config.block - (den.block_multiple or config.block)
+
+
+def _num_blocks(config: SMCConfig, extra: int) -> int:
+    return config.num_blocks + extra // config.block
+
+
+def _loop_extra(config: SMCConfig, loop: "LoopState") -> int:
+    """The static extra rows of a loop's canvas, from its shapes."""
+    return loop.state.particles.tokens.shape[-1] - loop.prompt.shape[-1] - config.gen_length
+
+
+def _block_needed(ctx: _Context, b) -> jax.Array:
+    """bool[]: whether block ``b`` holds a row of the generation asked for (always, without extra
+    rows; the extra block only when the prompt has a tail)."""
+    return ctx.start + b * ctx.config.block < ctx.plen + ctx.config.gen_length
 
 
 def _initial_state(ctx: _Context, prompt) -> SMCState:
     """N copies of the prompt followed by masks, their caches, zero weights."""
     config, den = ctx.config, ctx.den
-    n, g = config.num_particles, config.gen_length
+    n, g = config.num_particles, config.gen_length + ctx.extra
     length = ctx.plen + g
     tokens0 = jnp.concatenate([prompt, jnp.full((g,), config.mask_id, jnp.int32)])
     tokens = jnp.broadcast_to(tokens0, (n, length))
     cache = jax.vmap(lambda t: den.init(ctx.params, t, ctx.seq))(tokens)
     history = () if config.strategies.move is None else MoveHistory.empty(n, length, config.steps_per_block)
     post = () if config.strategies.edit is None else jnp.zeros((n,), jnp.int32)
-    t_max = config.max_steps
+    t_max = _num_blocks(config, ctx.extra) * config.steps_per_block
     state = SMCState(
         particles=ParticleState(tokens, jnp.zeros((n, length), jnp.float32), cache, history, post),
         log_weights=jnp.zeros((n,), jnp.float32),
@@ -582,7 +673,7 @@ def _run_block(ctx: _Context, state: SMCState, b) -> SMCState:
     edit = config.strategies.edit
     early_exit = (config.strategies.select.data_dependent or edit is not None) and not config.differentiable
     across_blocks = _across_blocks(config)
-    block_start = ctx.plen + b * lb
+    block_start = ctx.start + b * lb
     if edit is not None:  # every particle starts the block with no edit-only step taken
         state = state._replace(particles=state.particles._replace(post=jnp.zeros((n,), jnp.int32)))
     # the previous block's last step is completed here only when ψ spans later blocks
@@ -615,24 +706,28 @@ def _close(ctx: _Context, state: SMCState) -> SMCResult:
     """After the last block: the run's last step completed (when ψ spans blocks), the answer picked."""
     config = ctx.config
     if _across_blocks(config):  # the run's last step: everything is revealed, ψ = 0
-        last_start = ctx.plen + (config.num_blocks - 1) * config.block
+        last_start = ctx.start + (config.num_blocks - 1) * config.block
         state, _, _ = _complete(ctx, state, jnp.zeros((config.num_particles,), jnp.float32), last_start,
                                 jnp.int32(config.steps_per_block - 1), at_block_end=True)
-    return _finish(config, ctx.key, state, ctx.plen)
+    return _finish(config, ctx.key, state, ctx.plen)  # the generation asked for: [plen, plen + gen_length)
 
 
 def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, *, params,
-                weight_params, progress=None) -> SMCResult:
+                weight_params, progress=None, extra: int = 0) -> SMCResult:
     """SR-SMC for one prompt: int32[P] with bool[P] validity. See ``make_sampler``."""
-    ctx = _context(den, config, key, prompt, prompt_valid, params, weight_params)
+    ctx = _context(den, config, key, prompt, prompt_valid, params, weight_params, extra)
+    total = _num_blocks(config, extra)
 
     def body(state, b):
-        state = _run_block(ctx, state, b)
+        if extra:  # the last block runs only for a prompt with a tail (its rows are asked for then)
+            state = jax.lax.cond(_block_needed(ctx, b), lambda s: _run_block(ctx, s, b), lambda s: s, state)
+        else:
+            state = _run_block(ctx, state, b)
         if progress is not None:
-            jax.debug.callback(lambda done: progress(int(done), config.num_blocks), b + 1)
+            jax.debug.callback(lambda done: progress(int(done), total), b + 1)
         return state, None
 
-    state, _ = jax.lax.scan(body, _initial_state(ctx, prompt), jnp.arange(config.num_blocks))
+    state, _ = jax.lax.scan(body, _initial_state(ctx, prompt), jnp.arange(total))
     return _close(ctx, state)
 
 
@@ -641,7 +736,7 @@ def _rows(ctx: _Context, block_start):
     when the twist spans it."""
     twist = ctx.config.strategies.twist
     if twist is not None and twist.rows == "generation":
-        return jnp.int32(ctx.plen), ctx.config.gen_length
+        return jnp.int32(ctx.plen), ctx.config.gen_length  # never with extra rows (refused in _context)
     return block_start, ctx.config.block
 
 
@@ -710,8 +805,9 @@ def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, 
     """Proposal, SELECT (and edits), reveal and weight for every particle: (particles, increments float32[N])."""
     config = ctx.config
     strat = config.strategies
-    lb, g = config.block, config.gen_length
+    lb = config.block
     gen = ~ctx.seq.prompt
+    g = gen.shape[0] - ctx.plen  # generation rows of the canvas
 
     def one(key, tokens, token_logp, history, post, lg):
         draw_key, select_key = jax.random.split(key)
@@ -724,7 +820,9 @@ def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, 
         if strat.edit is not None:
             post, live = edit_lib.post_step_state(strat.edit, post, masked)
             revealed = revealed & live
+            prompt_rows = jax.lax.dynamic_slice_in_dim(ctx.seq.prompt, block_start, lb)  # a prompt's tail: never edited
             edited = strat.edit(edit_lib.EditInput(prop.x0, prop.confidence, block_tokens, masked)) & ~masked & live
+            edited = edited & ~prompt_rows
             post = edit_lib.after_step(strat.edit, post, masked, edited)
             replaced_logp = jnp.where(edited, old_logp, 0.0)
             written = revealed | edited
@@ -822,9 +920,9 @@ def _move(ctx: _Context, state: SMCState, logits, psi, block_start, last_step, a
 def _finish(config: SMCConfig, key, state: SMCState, plen: int) -> SMCResult:
     """Pick the answer and package the diagnostics."""
     n = config.num_particles
-    gen_tokens = state.particles.tokens[:, plen:]
-    gen_logp = state.particles.token_logp[:, plen:]
-    traj = jnp.sum(gen_logp, axis=1)
+    gen_tokens = state.particles.tokens[:, plen: plen + config.gen_length]
+    gen_logp = state.particles.token_logp[:, plen: plen + config.gen_length]
+    traj = jnp.sum(state.particles.token_logp[:, plen:], axis=1)  # every token generated (a last block's too)
     lw = state.log_weights
     answer_key = jax.random.fold_in(key, STREAM_ANSWER)
     selected = config.strategies.answer(answer_key, AnswerInput(gen_tokens, gen_logp, traj, lw))

@@ -236,29 +236,68 @@ def test_official21_traces_edit():
 
 ENGINE_TRACES21 = [("moe_noshared", "speed_block4_post3", "block"), ("moe_noshared", "low_block8_ntt2", "block"),
                    ("moe_shared", "speed_block4_post3", None), ("moe_shared", "quality_block4", "block"),
-                   ("moe_noshared", "nopost_block4", None)]
+                   ("moe_noshared", "nopost_block4", None),
+                   ("moe_shared", "speed_prompt6_block4", "block"), ("moe_noshared", "speed_prompt6_block4", None),
+                   ("moe_shared", "low_prompt5_block8_ntt2", None),
+                   ("moe_noshared", "low_prompt5_block8_ntt2", "block")]
+
+
+def _left_padded(prompt: np.ndarray, block: int):
+    """(int32[P], bool[P]): a prompt left-padded to whole blocks, and its validity (as the commands pad)."""
+    p = prompt.shape[0]
+    size = -(-p // block) * block
+    padded = np.zeros(size, np.int32)
+    padded[size - p:] = prompt
+    return jnp.asarray(padded), jnp.asarray(np.arange(size) >= size - p)
 
 
 @pytest.mark.parametrize("name,base,cache", ENGINE_TRACES21)
 def test_engine_official21_config_reproduces_trace(loaded, name, base, cache):
     """make_sampler(official21_config(...)) with one particle, with and without the exact block cache:
-    the official LLaDA2.1 answer (with and without its EOS stop) and as many forward passes."""
+    the official LLaDA2.1 answer (with and without its EOS stop) and as many forward passes. A prompt
+    that is not whole blocks is left-padded (as the commands do): its tail shares the first generated
+    block, as in the official layout."""
     c = np.load(FIXTURES / f"{name}_21.npz")
     m = loaded[name]
     traces = {t["name"]: t for t in META21["cases"][name]["traces"]}
     trace = traces[f"trace21_{base}_none"]
     a = trace["args"]
-    prompt = jnp.asarray(c["trace_prompt"][0, : trace["prompt_len"]])
+    real = c["trace_prompt"][0, : trace["prompt_len"]]
+    prompt, valid = _left_padded(real, a["block_length"])
     cfg = official21_config(mask_id=a["mask_id"], gen_length=a["gen_length"], block_length=a["block_length"],
                             threshold=a["threshold"], editing_threshold=a["editing_threshold"],
                             max_post_steps=a["max_post_steps"], num_to_transfer=a["num_to_transfer"])
     res = sr.make_sampler(as_denoiser(m, cache=cache, block_length=a["block_length"]), cfg)(
-        jax.random.key(0), m.params, prompt)
+        jax.random.key(0), m.params, prompt, valid)
     assert int(res.error) == 0
     assert int(res.nfe) == int(res.num_steps) == trace["n_calls"]  # eos -1: the official run made every block
-    tokens = np.concatenate([np.asarray(prompt), np.asarray(res.tokens).reshape(-1)])
+    tokens = np.concatenate([real, np.asarray(res.tokens).reshape(-1)])
     for suffix in ("none", "stop"):
         t = traces[f"trace21_{base}_{suffix}"]
+        got = official_answer(tokens, t["prompt_len"], a["gen_length"], t["args"]["eos_id"])
+        np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
+
+
+@pytest.mark.parametrize("name,cache", [("moe_shared", "block"), ("moe_noshared", None)])
+def test_engine_official_config_unaligned_prompt(loaded, name, cache):
+    """LLaDA2.0's generate() on a 6-token prompt with blocks of 4 (its tail shares the first generated
+    block): the engine on the left-padded prompt gives the official answers token for token."""
+    c = arrays(name)
+    m = loaded[name]
+    traces = {t["name"]: t for t in META["cases"][name]["traces"]}
+    trace = traces["trace_greedy_prompt6_block4_steps2_none"]
+    a = trace["args"]
+    real = c["trace_prompt"][0, : trace["prompt_len"]]
+    assert trace["prompt_len"] % a["block_length"]
+    prompt, valid = _left_padded(real, a["block_length"])
+    gen = -(-a["gen_length"] // a["block_length"]) * a["block_length"]
+    cfg = official_config(mask_id=a["mask_id"], gen_length=gen, block_length=a["block_length"], steps=a["steps"],
+                          threshold=a["threshold"])
+    res = sr.make_sampler(as_denoiser(m, cache=cache, block_length=a["block_length"]), cfg)(
+        jax.random.key(0), m.params, prompt, valid)
+    tokens = np.concatenate([real, np.asarray(res.tokens)])
+    for suffix in ("none", "stop"):
+        t = traces[f"trace_greedy_prompt6_block4_steps2_{suffix}"]
         got = official_answer(tokens, t["prompt_len"], a["gen_length"], t["args"]["eos_id"])
         np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
 
@@ -527,9 +566,15 @@ def test_left_padding_is_hidden(loaded):
         plain = sample(jax.random.key(3), m.params, prompt)
         padded = sample(jax.random.key(3), m.params, *_padded(prompt, 4, m.config.pad_token_id))
         short = [sample(jax.random.key(5), m.params, *_padded(prompt[:5], pad, 0)) for pad in (3, 7)]
+        # with a prompt_mask the canvas has one more block (for a prompt's tail): its steps come last,
+        # and a prompt without a tail never takes them
+        steps = np.asarray(plain.ancestors).shape[0]
+        assert np.asarray(padded.ancestors).shape[0] == steps + smc.steps_per_block
+        assert not np.asarray(padded.resampled)[steps:].any()
         for a, b in ((plain, padded), tuple(short)):
             for f in ("particles", "tokens", "ancestors", "resampled"):
-                np.testing.assert_array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)), err_msg=f)
+                np.testing.assert_array_equal(np.asarray(getattr(a, f))[:steps], np.asarray(getattr(b, f))[:steps],
+                                              err_msg=f)
             np.testing.assert_allclose(np.asarray(a.log_weights), np.asarray(b.log_weights), **TOL)
         assert int(np.asarray(plain.resampled).sum()) > 0
     # the denoiser's logits on the real rows
@@ -540,6 +585,39 @@ def test_left_padding_is_hidden(loaded):
     ptoks, pvalid = _padded(toks, 4, 7)
     got, _ = den.refresh(m.params, ptoks, seq(pvalid), (), 12, 4)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+
+
+def test_prompt_tail_shares_the_first_block_block_by_block(loaded):
+    """A batch of a 5-token prompt (tail 1 in blocks of 4) and an 8-token one, left-padded to 8: the
+    block-by-block API (one extra block, run only for the prompt with a tail) equals the whole run,
+    ``rows_done`` counts the final rows, and each prompt equals its run alone."""
+    m = loaded["moe_shared"]
+    smc = sr.SMCConfig(num_particles=3, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
+                       resample_every="step", ess_threshold=1.0)
+    sample = sr.make_sampler(as_denoiser(m, cache="block", block_length=4), smc)
+    real = arrays("moe_shared")["trace_prompt"][0]
+    rows = [_left_padded(real[:5], 4), _left_padded(real[:8], 4)]
+    prompts, masks = jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
+    assert sample.extra_rows(prompts, masks) == 4 and sample.extra_rows(prompts) == 0
+    whole = sample(jax.random.key(2), m.params, prompts, masks)
+    loop = sample.init(jax.random.key(2), m.params, prompts, masks)
+    assert sample.num_blocks(loop) == 3
+    done = []
+    for _ in range(3):
+        loop = sample.step_block(m.params, loop)
+        done.append(sample.rows_done(loop).tolist())
+    assert done == [[3, 4], [7, 8], [8, 8]]  # the tail's block ends 1 row into the generation
+    stepped = sample.finish(m.params, loop)
+    for f in ("particles", "tokens", "ancestors", "nfe", "num_steps", "log_weights"):
+        np.testing.assert_array_equal(np.asarray(getattr(whole, f)), np.asarray(getattr(stepped, f)), err_msg=f)
+    keys = jax.random.split(jax.random.key(4), 2)  # one key per prompt: a prompt alone gets its own key
+    both = sample(keys, m.params, prompts, masks)
+    for b in range(2):
+        alone = sample(keys[b:b + 1], m.params, prompts[b:b + 1], masks[b:b + 1])
+        for f in ("particles", "log_weights", "nfe"):
+            np.testing.assert_array_equal(np.asarray(getattr(both, f))[b], np.asarray(getattr(alone, f))[0], err_msg=f)
+    assert int(whole.nfe[0]) > int(whole.nfe[1])  # the prompt with a tail ran one more block
+    assert not np.any(np.asarray(whole.particles) == m.mask_id)
 
 
 @pytest.mark.slow  # four generate programs (~1 min on 2 busy cores)

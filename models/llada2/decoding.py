@@ -30,7 +30,8 @@ Two quirks of the official code, reproduced where it matters:
 * The mask id is never suppressed: the model may "predict" ``mask_id``, which leaves the row masked.
   :func:`official_config` sets ``allow_mask_prediction=True`` accordingly.
 
-With one particle, the engine's blocks aligned with the official ones (prompt of whole blocks) and
+With one particle (a prompt of whole blocks, or any prompt left-padded with its ``prompt_mask``: the
+engine then starts generating in the prompt's last block as the official code does) and
 temperature 0, ``make_sampler(den, official_config(...))`` followed by :func:`official_answer`
 gives the official greedy answer token for token: the engine generates every block (finished blocks
 never change, and later blocks cannot change earlier ones under the block-causal mask), the stop
@@ -185,11 +186,9 @@ def reference_generate21(logits_fn: Callable[[np.ndarray, int], np.ndarray], pro
                          editing_threshold: float = 0.9, max_post_steps: int = 16, num_to_transfer: int = 1,
                          eos_early_stop: bool = False, eos_id: int, mask_id: int):
     """LLaDA2.1's generate() on batch 1, step by step, at temperature 0 (argmax, deterministic as the
-    official code is there). Prompts of whole blocks (the engine's layout; the official code also
-    accepts others). Returns (answer int32[1, n], the input of every forward call)."""
+    official code is there); a prompt of any length (its tail shares the first generated block and is
+    never edited). Returns (answer int32[1, n], the input of every forward call)."""
     p = prompt.shape[1]
-    if p % block_length:
-        raise ValueError(f"reference_generate21: prompt length {p} is not a multiple of block_length {block_length}")
     nb = (p + gen_length + block_length - 1) // block_length
     x = np.full((1, nb * block_length), mask_id, np.int32)
     x[:, :p] = prompt
@@ -197,6 +196,7 @@ def reference_generate21(logits_fn: Callable[[np.ndarray, int], np.ndarray], pro
     for b in range(p // block_length, nb):
         end = (b + 1) * block_length
         blk = x[0, end - block_length: end]  # a view: writes go to x
+        in_prompt = np.arange(end - block_length, end) < p
         post = 0
         while True:
             old = blk.copy()
@@ -217,7 +217,7 @@ def reference_generate21(logits_fn: Callable[[np.ndarray, int], np.ndarray], pro
                     reveal = high
                 else:
                     reveal[np.argsort(-conf, kind="stable")[: min(num_to_transfer, int(active.sum()))]] = True
-            edit = ~active & (x0_p > editing_threshold) & (x0 != old)
+            edit = ~active & ~in_prompt & (x0_p > editing_threshold) & (x0 != old)
             blk[reveal | edit] = x0[reveal | edit]
             if not active.any() and not edit.any():
                 break

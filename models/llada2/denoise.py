@@ -2,17 +2,17 @@
 
 The model block length ``model_block`` (the block-causal mask's block, a decoding argument of the
 official ``generate()``, default 32) is fixed when the denoiser is built; the engine's
-``block_length`` must be a multiple of it and the sequence (prompt + generation) too, so the prompt
-is whole model blocks and engine blocks start on model-block boundaries (``block_multiple``).
+``block_length`` must be a multiple of it and the padded sequence too (``block_multiple``).
 Every function acts on ONE sequence (the engine vmaps them) and returns the model's raw float32
 logits for the current block's rows (row j predicts position j; no shift).
 
-Left padding is seen (``sees_padding=True``): padding keys are masked out and RoPE positions count
-from the first real token, so a prompt of any length runs once it is left-padded to whole model
-blocks (``srsmc generate`` / ``eval`` / ``sample`` pad to their length buckets, which are whole
-blocks). That is a layout of its own: the prompt ENDS on a block boundary, where the official
-batch-1 ``generate()`` puts an unaligned prompt's tail in the first generated block. Without padding
-(a prompt of whole blocks) every array is as before: the official layout, traces token for token.
+Left padding is seen (``sees_padding=True``): padding keys are masked out, and RoPE positions and the
+model's blocks count from the first real token (``blocks_from_first_token=True``), as the official
+``generate()`` lays a sequence out: a prompt of ``p`` tokens that is not whole blocks ends inside a
+block, and the generation's first block holds its last ``p mod block_length`` tokens. The engine
+starts that prompt's generation blocks there (``srsmc_jax.smc``), so a prompt of any length,
+left-padded to whole model blocks (``srsmc generate`` / ``eval`` / ``sample`` pad to their length
+buckets), decodes as the official code decodes it unpadded.
 
 * ``cache=None``: every call is the full block-causal forward over the sequence (rows of the
   current block returned): the reference path.
@@ -53,8 +53,8 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
     n_max = int(cfg.max_length)
 
     def checks(n: int, engine_block: Optional[int] = None) -> None:
-        if n > n_max:
-            raise ValueError(f"sequence length {n} exceeds max_position_embeddings {n_max}")
+        # no length check here: the canvas may hold a block past the positions the model sees (a
+        # prompt's tail, srsmc_jax.smc); make_sampler checks prompt + gen_length against max_length
         if n % mb:
             raise ValueError(f"LLaDA2: the sequence length {n} (prompt + generation) must be a multiple of the "
                              f"model block length {mb} so that the prompt is whole blocks, as generate() aligns "
@@ -65,13 +65,14 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
 
     def layout(seq: SequenceInfo, q_idx):
         """(RoPE positions of the query indices, bool[Q, L] attention mask) of a left-padded
-        sequence: block-causal on the padded indices, padding keys hidden (a query still sees
-        itself, so a row of padding has a key and no NaN), positions from the first real token."""
+        sequence: positions and blocks counted from the first real token, padding keys hidden (a
+        query still sees itself, so a row of padding has a key and no NaN)."""
         valid = jnp.asarray(seq.valid, bool)
         n = valid.shape[0]
         k_idx = jnp.arange(n, dtype=jnp.int32)
         n_pad = n - jnp.sum(valid.astype(jnp.int32))
-        mask = (block_causal_mask(q_idx, k_idx, mb) & valid[None, :]) | (q_idx[:, None] == k_idx[None, :])
+        mask = (block_causal_mask(q_idx - n_pad, k_idx - n_pad, mb) & valid[None, :]) | \
+            (q_idx[:, None] == k_idx[None, :])
         return jnp.maximum(q_idx - n_pad, 0), mask
 
     def full_rows(params, tokens, seq, cache_, block_start, block_length_):
@@ -86,7 +87,7 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
     if cache is None:
         return CachedDenoiser(init=lambda params, tokens, seq: (), refresh=full_rows, step=full_rows, max_length=n_max,
                               sees_padding=True, mask_id=int(cfg.mask_token_id), vocab_size=int(cfg.vocab_size),
-                              block_multiple=mb)
+                              block_multiple=mb, blocks_from_first_token=True)
 
     def init(params, tokens, seq: SequenceInfo):
         n = tokens.shape[0]
@@ -122,4 +123,5 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
         return logits, cache_
 
     return CachedDenoiser(init=init, refresh=refresh, step=step, max_length=n_max, sees_padding=True,
-                          mask_id=int(cfg.mask_token_id), vocab_size=int(cfg.vocab_size), block_multiple=mb)
+                          mask_id=int(cfg.mask_token_id), vocab_size=int(cfg.vocab_size), block_multiple=mb,
+                          blocks_from_first_token=True)

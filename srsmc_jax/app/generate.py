@@ -359,9 +359,14 @@ class Generator:
         strings) before anything is compiled; GenerateError naming the record."""
         records = [parse_record(r, f"record {i + 1}") for i, r in enumerate(records)]
         check_unique(records)
-        limit = self.max_length - self.config.gen_length
+        from srsmc_jax.smc import tail_block_overrun
+
+        # a model whose blocks count from the first real token, with an engine block longer than its own
+        extra = tail_block_overrun(self.denoiser, self.config)
+        limit = self.max_length - self.config.gen_length - extra
         if limit < 1:
-            raise GenerateError(f"--gen-length: {self.config.gen_length} leaves no room for a prompt in the "
+            more = f" (+ {extra} for a prompt's tail)" if extra else ""
+            raise GenerateError(f"--gen-length: {self.config.gen_length}{more} leaves no room for a prompt in the "
                                 f"model's context length {self.max_length}")
         multiple = self.denoiser.block_multiple
         prepared = []
@@ -381,8 +386,9 @@ class Generator:
             if r.until and not self.encoder.can_encode_text:
                 raise GenerateError(f"{r.where}: \"until\" needs a tokenizer to decode the generation")
             if len(ids) > limit:
-                raise GenerateError(f"{r.where}: prompt of {len(ids)} tokens + gen_length {self.config.gen_length} "
-                                    f"exceeds the model's context length {self.max_length}")
+                raise GenerateError(f"{r.where}: prompt of {len(ids)} tokens + gen_length {self.config.gen_length}"
+                                    f"{f' + {extra} for its tail' if extra else ''} exceeds the "
+                                    f"model's context length {self.max_length}")
             if self.denoiser.sees_padding:
                 try:
                     size = bucket_size(len(ids), self.buckets, limit=limit, multiple=multiple)

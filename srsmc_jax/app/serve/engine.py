@@ -350,7 +350,7 @@ class Engine:
         loop = s.init(keys, gen._params, tokens, masks)
         loop = self._merge(loop, loop, jnp.zeros(group.cap, bool))
         loop = s.step_block(gen._params, loop)
-        done = s.finish(gen._params, loop._replace(block=jnp.full_like(loop.block, gen.config.num_blocks)))
+        done = s.finish(gen._params, loop._replace(block=jnp.full_like(loop.block, s.num_blocks(loop))))
         resized = [self._take(loop, jnp.zeros(c, jnp.int32)) for c in {group.cap_for(group.cap * 2),
                                                                       group.cap_for(group.cap // 2)}]
         self._jax.block_until_ready((loop, done, resized))
@@ -420,7 +420,6 @@ class Engine:
         import numpy as np
 
         gen, jax = group.gen, self._jax
-        config = gen.config
         if group.cap_for(group.active) < group.cap:  # cancelled jobs left: shrink first
             self._resize(group, group.cap_for(group.active))
         t0 = time.perf_counter()
@@ -433,20 +432,22 @@ class Engine:
             self.metrics.block_steps += 1
             self.metrics.occupied_rows += group.active
             self.metrics.slot_rows += group.cap
-        streaming = [j for j in group.jobs if j is not None and j.stream and blocks[j.slot] < config.num_blocks]
+        total = gen.sample.num_blocks(group.loop)
+        streaming = [j for j in group.jobs if j is not None and j.stream and blocks[j.slot] < total]
         if streaming:
-            tokens = np.asarray(jax.device_get(group.loop.state.particles.tokens))  # [S, N, P + G]
+            tokens = np.asarray(jax.device_get(group.loop.state.particles.tokens))  # [S, N, P + G (+ a block)]
+            final = gen.sample.rows_done(group.loop)  # generation rows no later block can change
             for j in streaming:
-                gen_tokens = tokens[j.slot, :, group.bucket:group.bucket + int(blocks[j.slot]) * config.block_length]
+                gen_tokens = tokens[j.slot, :, group.bucket:group.bucket + int(final[j.slot])]
                 same = np.all(gen_tokens == gen_tokens[:1], axis=0)
                 shared = int(np.argmin(same)) if not same.all() else gen_tokens.shape[1]
                 if shared > j.settled:
                     j.settled = shared
                     j.emit("settled", [int(t) for t in gen_tokens[0, :shared]])
-        done = [j for j in group.jobs if j is not None and blocks[j.slot] >= config.num_blocks]
+        done = [j for j in group.jobs if j is not None and blocks[j.slot] >= total]
         if not done:
             return
-        full = group.loop._replace(block=jax.numpy.full_like(group.loop.block, config.num_blocks))
+        full = group.loop._replace(block=jax.numpy.full_like(group.loop.block, total))
         result = jax.device_get(gen.sample.finish(gen._params, full))
         seconds = time.perf_counter() - t0
         rows = {id(j): j.slot for j in done}
