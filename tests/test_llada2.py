@@ -236,12 +236,15 @@ def test_official21_traces_edit():
             assert min(t["min_gaps"].values()) > 1e-4, t["name"]
 
 
-ENGINE_TRACES21 = [("moe_noshared", "speed_block4_post3", "block"), ("moe_noshared", "low_block8_ntt2", "block"),
-                   ("moe_shared", "speed_block4_post3", None), ("moe_shared", "quality_block4", "block"),
-                   ("moe_noshared", "nopost_block4", None),
-                   ("moe_shared", "speed_prompt6_block4", "block"), ("moe_noshared", "speed_prompt6_block4", None),
-                   ("moe_shared", "low_prompt5_block8_ntt2", None),
-                   ("moe_noshared", "low_prompt5_block8_ntt2", "block")]
+SLOW = pytest.mark.slow  # one sampler compilation each; the default run keeps one case per feature
+ENGINE_TRACES21 = [("moe_noshared", "speed_block4_post3", "block"), ("moe_shared", "speed_prompt6_block4", "block"),
+                   ("moe_noshared", "low_prompt5_block8_ntt2", None),
+                   pytest.param("moe_noshared", "low_block8_ntt2", "block", marks=SLOW),
+                   pytest.param("moe_shared", "speed_block4_post3", None, marks=SLOW),
+                   pytest.param("moe_shared", "quality_block4", "block", marks=SLOW),
+                   pytest.param("moe_noshared", "nopost_block4", None, marks=SLOW),
+                   pytest.param("moe_noshared", "speed_prompt6_block4", None, marks=SLOW),
+                   pytest.param("moe_shared", "low_prompt5_block8_ntt2", None, marks=SLOW)]
 
 
 def _left_padded(prompt: np.ndarray, block: int):
@@ -555,7 +558,8 @@ def _padded(prompt, pad: int, pad_id: int):
     return tokens, jnp.arange(tokens.shape[0]) >= pad
 
 
-def test_left_padding_is_hidden(loaded):
+@pytest.mark.parametrize("cache", [pytest.param(None, marks=pytest.mark.slow), "block"])
+def test_left_padding_is_hidden(loaded, cache):
     """Padding keys are masked and RoPE counts from the first real token: a whole-block prompt padded
     by a block gives the unpadded logits and SR-SMC particles; a prompt of 5 tokens padded to 8 or to
     12 gives one result, with and without the block cache."""
@@ -563,22 +567,21 @@ def test_left_padding_is_hidden(loaded):
     smc = sr.SMCConfig(num_particles=4, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
                        resample_every=2, ess_threshold=1.0)
     prompt = jnp.asarray(arrays("moe_shared")["trace_prompt"][0])[:8]
-    for cache in (None, "block"):
-        sample = sr.make_sampler(as_denoiser(m, cache=cache, block_length=4), smc)
-        plain = sample(jax.random.key(3), m.params, prompt)
-        padded = sample(jax.random.key(3), m.params, *_padded(prompt, 4, m.config.pad_token_id))
-        short = [sample(jax.random.key(5), m.params, *_padded(prompt[:5], pad, 0)) for pad in (3, 7)]
-        # with a prompt_mask the canvas has one more block (for a prompt's tail): its steps come last,
-        # and a prompt without a tail never takes them
-        steps = np.asarray(plain.ancestors).shape[0]
-        assert np.asarray(padded.ancestors).shape[0] == steps + smc.steps_per_block
-        assert not np.asarray(padded.resampled)[steps:].any()
-        for a, b in ((plain, padded), tuple(short)):
-            for f in ("particles", "tokens", "ancestors", "resampled"):
-                np.testing.assert_array_equal(np.asarray(getattr(a, f))[:steps], np.asarray(getattr(b, f))[:steps],
-                                              err_msg=f)
-            np.testing.assert_allclose(np.asarray(a.log_weights), np.asarray(b.log_weights), **TOL)
-        assert int(np.asarray(plain.resampled).sum()) > 0
+    sample = sr.make_sampler(as_denoiser(m, cache=cache, block_length=4), smc)
+    plain = sample(jax.random.key(3), m.params, prompt)
+    padded = sample(jax.random.key(3), m.params, *_padded(prompt, 4, m.config.pad_token_id))
+    short = [sample(jax.random.key(5), m.params, *_padded(prompt[:5], pad, 0)) for pad in (3, 7)]
+    # with a prompt_mask the canvas has one more block (for a prompt's tail): its steps come last,
+    # and a prompt without a tail never takes them
+    steps = np.asarray(plain.ancestors).shape[0]
+    assert np.asarray(padded.ancestors).shape[0] == steps + smc.steps_per_block
+    assert not np.asarray(padded.resampled)[steps:].any()
+    for a, b in ((plain, padded), tuple(short)):
+        for f in ("particles", "tokens", "ancestors", "resampled"):
+            np.testing.assert_array_equal(np.asarray(getattr(a, f))[:steps], np.asarray(getattr(b, f))[:steps],
+                                          err_msg=f)
+        np.testing.assert_allclose(np.asarray(a.log_weights), np.asarray(b.log_weights), **TOL)
+    assert int(np.asarray(plain.resampled).sum()) > 0
     # the denoiser's logits on the real rows
     den = as_denoiser(m, block_length=4)
     seq = lambda valid: SequenceInfo(valid=valid, prompt=jnp.arange(valid.shape[0]) < valid.shape[0] - 8)  # noqa: E731
