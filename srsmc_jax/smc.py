@@ -253,10 +253,9 @@ class Sampler:
         ``loop.block`` blocks (host side)."""
         extra = _loop_extra(self.config, loop)
         blocks = np.asarray(jax.device_get(loop.block)).astype(np.int64)
-        tail = np.zeros_like(blocks)
+        tail = 0
         if extra:
-            real = np.asarray(jax.device_get(loop.prompt_mask)).astype(bool).sum(-1)
-            tail = real % (self.denoiser.block_multiple or 1)
+            tail = _prompt_tail(self.denoiser, np.asarray(jax.device_get(loop.prompt_mask)).astype(np.int64).sum(-1))
         return np.clip(blocks * self.config.block - tail, 0, self.config.gen_length)
 
     def _checked(self, key, params, prompt, prompt_mask, weight_params):
@@ -605,9 +604,15 @@ def _context(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_valid, 
         if _across_blocks(config):
             raise ValueError("SMCConfig.twist_rows: 'generation' is not supported when a prompt's tail shares the "
                              "generation's first block (a left-padded prompt that is not whole model blocks)")
-        tail = jnp.sum(prompt_valid.astype(jnp.int32)) % (den.block_multiple or 1)
-        start = jnp.int32(plen) - tail
+        start = jnp.int32(plen) - _prompt_tail(den, jnp.sum(prompt_valid.astype(jnp.int32)))
     return _Context(den, config, key, params, seq, weight_params, plen, start, extra)
+
+
+def _prompt_tail(den: CachedDenoiser, real_tokens):
+    """The prompt's last tokens that share the generation's first block (a denoiser with
+    ``blocks_from_first_token``): ``real_tokens mod block_multiple`` (numpy on the host, traced in
+    the program)."""
+    return real_tokens % (den.block_multiple or 1)
 
 
 def tail_block_overrun(den: CachedDenoiser, config: SMCConfig) -> int:
@@ -821,8 +826,8 @@ def _reveal(ctx: _Context, keys, particles: ParticleState, logits, block_start, 
             post, live = edit_lib.post_step_state(strat.edit, post, masked)
             revealed = revealed & live
             prompt_rows = jax.lax.dynamic_slice_in_dim(ctx.seq.prompt, block_start, lb)  # a prompt's tail: never edited
-            edited = strat.edit(edit_lib.EditInput(prop.x0, prop.confidence, block_tokens, masked)) & ~masked & live
-            edited = edited & ~prompt_rows
+            edited = strat.edit(edit_lib.EditInput(prop.x0, prop.confidence, block_tokens, masked))
+            edited = edited & ~masked & ~prompt_rows & live
             post = edit_lib.after_step(strat.edit, post, masked, edited)
             replaced_logp = jnp.where(edited, old_logp, 0.0)
             written = revealed | edited

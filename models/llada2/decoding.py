@@ -92,16 +92,21 @@ def official_config(*, mask_id: int, gen_length: int, block_length: int = 32, st
                     minimal_topk: int = 1, **smc):
     """An ``SMCConfig`` running generate()'s decoding (see the module docstring); ``smc``: any other
     ``SMCConfig`` knob (with ``num_particles > 1`` it is SR-SMC with the official SELECT)."""
+    steps = min(int(steps), gen_length // int(minimal_topk))
+    return _official(smc, num_particles=num_particles, gen_length=gen_length, block_length=block_length,
+                     steps=steps, mask_id=mask_id, temperature=temperature,
+                     select=OfficialThreshold(float(threshold)))
+
+
+def _official(smc: dict, **base):
+    """The ``SMCConfig`` of an official decoding: its knobs ``base`` (confidence = p of the drawn token,
+    mask predictions allowed, no resampling for one particle), then the caller's ``smc`` knobs."""
     from srsmc_jax import SMCConfig
 
-    steps = min(int(steps), gen_length // int(minimal_topk))
-    base = dict(num_particles=num_particles, gen_length=gen_length, block_length=block_length, steps=steps,
-                mask_id=mask_id, temperature=temperature, select=OfficialThreshold(float(threshold)),
-                confidence="prob", allow_mask_prediction=True)
-    if num_particles == 1:
+    base.update(confidence="prob", allow_mask_prediction=True)
+    if base["num_particles"] == 1:
         base.update(ess_threshold=0.0)
-    base.update(smc)
-    return SMCConfig(**base)
+    return SMCConfig(**{**base, **smc})
 
 
 def official21_config(*, mask_id: int, gen_length: int, block_length: int = 32, threshold: float = 0.95,
@@ -111,17 +116,10 @@ def official21_config(*, mask_id: int, gen_length: int, block_length: int = 32, 
     plus token-to-token edits, ``srsmc_jax.edit``); ``smc``: any other ``SMCConfig`` knob. generate()'s
     ``steps`` / ``minimal_topk`` do not change its decoding (computed, never used), so they are not
     arguments here. With ``num_particles > 1`` it is SR-SMC whose particles decode the LLaDA2.1 way."""
-    from srsmc_jax import SMCConfig
-
-    base = dict(num_particles=num_particles, gen_length=gen_length, block_length=block_length,
-                mask_id=mask_id, temperature=temperature,
-                select=OfficialThreshold(float(threshold), num_to_transfer=int(num_to_transfer)),
-                confidence="prob", allow_mask_prediction=True, edit="threshold",
-                edit_threshold=float(editing_threshold), max_post_steps=int(max_post_steps))
-    if num_particles == 1:
-        base.update(ess_threshold=0.0)
-    base.update(smc)
-    return SMCConfig(**base)
+    return _official(smc, num_particles=num_particles, gen_length=gen_length, block_length=block_length,
+                     mask_id=mask_id, temperature=temperature,
+                     select=OfficialThreshold(float(threshold), num_to_transfer=int(num_to_transfer)),
+                     edit="threshold", edit_threshold=float(editing_threshold), max_post_steps=int(max_post_steps))
 
 
 def official_answer(tokens, prompt_length: int, gen_length: int, eos_id: int) -> np.ndarray:
