@@ -97,12 +97,17 @@ def convert_tensors(src: str | Path, family: str, cfg, dtype: Optional[str] = No
         want = expected[path]
         stack = getattr(transform, "stack_index", None)  # one slice of a stacked parameter (MoE experts)
         if stack is not None:
-            if tuple(out.shape) != tuple(want.shape[1:]) or transform.stack_count != want.shape[0]:
-                raise ValueError(f"{src}: key {name!r} has shape {tuple(arr.shape)}; {path}[{stack}] needs "
-                                 f"{tuple(want.shape[1:])} after {transform.__name__} (config.json sizes)")
+            # [count, ..., parts * w]: this key fills index `stack`, columns part * w .. (part + 1) * w - 1
+            parts, part = transform.stack_parts, transform.stack_part
+            w = want.shape[-1] // parts
+            piece = tuple(want.shape[1:-1]) + (w,)
+            if tuple(out.shape) != piece or transform.stack_count != want.shape[0] or w * parts != want.shape[-1]:
+                where = f"{path}[{stack}]" + (f"[..., {part * w}:{(part + 1) * w}]" if parts > 1 else "")
+                raise ValueError(f"{src}: key {name!r} has shape {tuple(arr.shape)}; {where} needs "
+                                 f"{piece} after {transform.__name__} (config.json sizes)")
             if path not in flat:
                 flat[path] = np.empty(want.shape, target)
-            flat[path][stack] = out
+            flat[path][stack, ..., part * w:(part + 1) * w] = out
             continue
         if tuple(out.shape) != tuple(want.shape):
             raise ValueError(f"{src}: key {name!r} has shape {tuple(arr.shape)}; {path} needs "

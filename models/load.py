@@ -222,12 +222,17 @@ def _check_stored(stored: dict, expected: dict, *, what: Path) -> None:
     """Names and shapes of the stored arrays against the model built from config.json."""
     missing = sorted(set(expected) - set(stored))
     extra = sorted(set(stored) - set(expected))
+    def names(n):
+        return f"{', '.join(n[:3])}{', ...' if len(n) > 3 else ''}"
+
+    if missing and extra:  # e.g. converted before the family's parameter layout changed
+        raise ValueError(f"{what}: missing parameter(s) {names(missing)} that config.json needs, and has "
+                         f"{names(extra)} instead: an older parameter layout; convert the original checkpoint "
+                         "again (`srsmc convert`)")
     if missing:
-        raise ValueError(f"{what}: missing parameter(s) {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''} "
-                         "that config.json needs")
+        raise ValueError(f"{what}: missing parameter(s) {names(missing)} that config.json needs")
     if extra:
-        raise ValueError(f"{what}: unexpected parameter(s) {', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''} "
-                         "for the model config.json describes")
+        raise ValueError(f"{what}: unexpected parameter(s) {names(extra)} for the model config.json describes")
     for name, want in expected.items():
         if tuple(stored[name].shape) != tuple(want.shape):
             raise ValueError(f"{what}: parameter {name} has shape {tuple(stored[name].shape)}; config.json needs "

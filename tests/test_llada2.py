@@ -398,11 +398,15 @@ def test_converter_round_trip(converted, loaded):
         cfg = loaded[name].config
         moe = [i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i)]
         for i in moe:
-            for p in ("gate_proj", "up_proj", "down_proj"):
-                stacked = flat[f"layers.{i}.mlp.experts.{p}"]
-                assert stacked.shape[0] == cfg.num_experts
-                for e in range(cfg.num_experts):
-                    np.testing.assert_array_equal(stacked[e], src[f"model.layers.{i}.mlp.experts.{e}.{p}.weight"].T)
+            width = int(cfg.moe_intermediate_size)
+            gate_up, down = flat[f"layers.{i}.mlp.experts.gate_up_proj"], flat[f"layers.{i}.mlp.experts.down_proj"]
+            assert gate_up.shape == (cfg.num_experts, cfg.hidden_size, 2 * width)
+            assert down.shape == (cfg.num_experts, width, cfg.hidden_size)
+            for e in range(cfg.num_experts):
+                one = f"model.layers.{i}.mlp.experts.{e}."
+                np.testing.assert_array_equal(gate_up[e, :, :width], src[one + "gate_proj.weight"].T)
+                np.testing.assert_array_equal(gate_up[e, :, width:], src[one + "up_proj.weight"].T)
+                np.testing.assert_array_equal(down[e], src[one + "down_proj.weight"].T)
             np.testing.assert_array_equal(flat[f"layers.{i}.mlp.gate.expert_bias"],
                                           src[f"model.layers.{i}.mlp.gate.expert_bias"])
         np.testing.assert_array_equal(flat["lm_head.kernel"], src["lm_head.weight"].T)
@@ -426,6 +430,33 @@ def test_converter_bad_folder_is_one_line_error(tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.strip() and "warning" not in x]
     assert len(lines) == 1 and "model.layers.2.mlp.experts.5.up_proj.weight" in lines[0], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_in_the_old_expert_layout_asks_for_a_new_conversion(converted, tmp_path):
+    """A checkpoint converted before gate and up were fused (``experts.gate_proj`` / ``up_proj``) is
+    refused before any model is built, naming both layouts and the fix."""
+    from srsmc_jax.models.checkpoint import param_metadata, read_meta, restore_params, write_checkpoint
+
+    from srsmc_jax import models
+
+    src = converted["moe_shared"]
+    flat = restore_params(src, param_metadata(src))
+    old = {}
+    for name, arr in flat.items():
+        if name.endswith("experts.gate_up_proj"):
+            half = arr.shape[-1] // 2
+            old[name.replace("gate_up_proj", "gate_proj")] = np.asarray(arr[..., :half])
+            old[name.replace("gate_up_proj", "up_proj")] = np.asarray(arr[..., half:])
+        else:
+            old[name] = np.asarray(arr)
+    meta = read_meta(src)
+    dst = write_checkpoint(tmp_path / "old", old, family="llada2", param_dtype=meta.param_dtype,
+                           config=src / "config.json", source="test")
+    with pytest.raises(ValueError) as e:
+        models.load(dst)
+    msg = str(e.value)
+    assert "\n" not in msg and "experts.gate_up_proj" in msg and "experts.gate_proj" in msg
+    assert "srsmc convert" in msg
 
 
 # ---- SR-SMC exact target on a tiny LLaDA2 --------------------------------------------------------

@@ -14,7 +14,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 def _weights(seed=0):
     rng = np.random.default_rng(seed)
-    shapes = ((E, D, WIDTH), (E, D, WIDTH), (E, WIDTH, D))
+    shapes = ((E, D, 2 * WIDTH), (E, WIDTH, D))  # gate_up_proj (gate | up), down_proj
     return tuple(jnp.asarray(rng.standard_normal(s) * 0.3, jnp.float32) for s in shapes)
 
 
@@ -35,20 +35,37 @@ SKEWS = {"uniform": None, "one_hot_expert": [50, 1, 1, 0, 0, 0, 0, 1], "two_empt
 @pytest.mark.parametrize("t", [1, 5, 40, 300])
 def test_equals_dense_over_all_experts(impl, skew, t):
     x, idx, w = _case(t, seed=t, skew=SKEWS[skew])
-    wg, wu, wd = _weights()
-    want = dense_ffn(x, idx, w, wg, wu, wd)
-    got = jax.jit(lambda *a: grouped_ffn(*a, impl=impl))(x, idx, w, wg, wu, wd)
+    wgu, wd = _weights()
+    want = dense_ffn(x, idx, w, wgu, wd)
+    got = jax.jit(lambda *a: grouped_ffn(*a, impl=impl))(x, idx, w, wgu, wd)
     np.testing.assert_allclose(got, want, **TOL)
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLS if i != "dense"])
-def test_experts_held_elsewhere_contribute_nothing(impl):
+@pytest.mark.parametrize("num_experts", [None, E])
+def test_experts_held_elsewhere_contribute_nothing(impl, num_experts):
     """Two halves of the experts (as two 'model' shards hold them) sum to the whole."""
     x, idx, w = _case(64, seed=3, skew=None)
-    wg, wu, wd = _weights()
-    halves = [grouped_ffn(x, idx, w, wg[o:o + E // 2], wu[o:o + E // 2], wd[o:o + E // 2], expert_offset=o,
-                          impl=impl) for o in (0, E // 2)]
-    np.testing.assert_allclose(halves[0] + halves[1], dense_ffn(x, idx, w, wg, wu, wd), **TOL)
+    wgu, wd = _weights()
+    halves = [grouped_ffn(x, idx, w, wgu[o:o + E // 2], wd[o:o + E // 2], expert_offset=o,
+                          impl=impl, num_experts=num_experts) for o in (0, E // 2)]
+    np.testing.assert_allclose(halves[0] + halves[1], dense_ffn(x, idx, w, wgu, wd), **TOL)
+
+
+def test_a_shard_sizes_its_batched_product_for_its_share_of_the_rows():
+    """Holding half of the experts, "loop"'s batched product has half the rows (expert parallelism
+    divides the FLOPs, not only the memory)."""
+    x, idx, w = _case(256, seed=3, skew=None)
+    wgu, wd = _weights()
+    half = E // 2
+    whole = capacity(256 * K, E)
+
+    def hlo(num_experts):
+        f = jax.jit(lambda x, i, w: grouped_ffn(x, i, w, wgu[:half], wd[:half], impl="loop", num_experts=num_experts))
+        return f.lower(x, idx, w).as_text()
+
+    assert f"tensor<{half}x{whole}x{D}xf32>" in hlo(E)  # [E / 2, cap, D]: the cap of the whole layer's mean
+    assert f"tensor<{half}x{capacity(256 * K, half)}x{D}xf32>" in hlo(None)  # all rows assumed here: 2x
 
 
 @pytest.mark.parametrize("impl,per_sequence", [("loop", False), ("loop", True), ("tiled", False), ("ragged", False)])
@@ -56,26 +73,45 @@ def test_vmap_gives_each_sequence_its_own_result(impl, per_sequence):
     """vmap, nested vmap and the chunked lax.map the engine uses give each sequence's own result."""
     xs, idxs, ws = zip(*[_case(12, seed=s, skew=None) for s in range(6)])
     x, idx, w = (jnp.stack(a).reshape(2, 3, 12, -1) for a in (xs, idxs, ws))
-    wg, wu, wd = _weights()
-    f = lambda x, i, w: grouped_ffn(x, i, w, wg, wu, wd, impl=impl, per_sequence=per_sequence)  # noqa: E731
-    want = jnp.stack([dense_ffn(a, b, c, wg, wu, wd) for a, b, c in zip(xs, idxs, ws)]).reshape(2, 3, 12, D)
+    wgu, wd = _weights()
+    f = lambda x, i, w: grouped_ffn(x, i, w, wgu, wd, impl=impl, per_sequence=per_sequence)  # noqa: E731
+    want = jnp.stack([dense_ffn(a, b, c, wgu, wd) for a, b, c in zip(xs, idxs, ws)]).reshape(2, 3, 12, D)
     np.testing.assert_allclose(jax.jit(jax.vmap(jax.vmap(f)))(x, idx, w), want, **TOL)
     chunked = jax.jit(lambda *a: jax.lax.map(lambda b: jax.vmap(f)(*b), a))
     np.testing.assert_allclose(chunked(x, idx, w), want, **TOL)
     # an unmapped token batch beside mapped routing (in_axes None)
     one = jax.jit(jax.vmap(f, in_axes=(None, 0, 0)))(x[0, 0], idx[0], w[0])
-    np.testing.assert_allclose(one[1], dense_ffn(x[0, 0], idx[0, 1], w[0, 1], wg, wu, wd), **TOL)
+    np.testing.assert_allclose(one[1], dense_ffn(x[0, 0], idx[0, 1], w[0, 1], wgu, wd), **TOL)
 
 
 def test_vmap_runs_one_grouped_matmul():
     """Under vmap the loop runs once over the joined rows (one while loop over the experts in the
     HLO, not one per sequence), and the batched part's capacity follows the joined rows' mean."""
     x, idx, w = _case(32, seed=1, skew=None)
-    wg, wu, wd = _weights()
-    f = jax.vmap(lambda x, i, w: grouped_ffn(x, i, w, wg, wu, wd, impl="loop"))
+    wgu, wd = _weights()
+    f = jax.vmap(lambda x, i, w: grouped_ffn(x, i, w, wgu, wd, impl="loop"))
     hlo = jax.jit(f).lower(*(jnp.stack([a] * 8) for a in (x, idx, w))).as_text()
-    assert hlo.count("stablehlo.while") == 1 + 5  # the overflow loop, its tile loops (64, 32, 16, 8, last): once
-    assert capacity(8 * 32 * K, E) == 64 and capacity(32 * K, E) == 8 and capacity(100, E) == 8
+    assert hlo.count("stablehlo.while") == 1 + 5  # the overflow loop, its tile loops (72, 36, 18, 9, last): once
+    assert capacity(8 * 32 * K, E) == 72 and capacity(32 * K, E) == 16 and capacity(100, E) == 16
+
+
+def test_loop_overflow_of_every_size():
+    """Every overflow of one expert past the batched part's capacity (80 rows here: tiles of 80, 40,
+    20, 10, then 8s for the last 1..9 rows) gives every row (a missed row would be 0)."""
+    t = 264
+    cap = capacity(t * K, E)
+    assert cap == 80
+    x = _case(t, seed=2, skew=None)[0]
+    w = jnp.asarray(np.random.default_rng(3).random((t, K)), jnp.float32)
+    wgu, wd = _weights()
+    f = jax.jit(lambda x, i, w: grouped_ffn(x, i, w, wgu, wd, impl="loop"))
+    ref = jax.jit(lambda x, i, w: dense_ffn(x, i, w, wgu, wd))
+    i = np.arange(t)
+    for n0 in list(range(cap - 1, cap + 41)) + [t - 1, t]:  # tokens that pick expert 0 (the rest: not)
+        idx = np.where((i < n0)[:, None], np.stack([np.zeros(t), 1 + i % 7], 1),
+                       np.stack([1 + i % 7, 1 + (i + 1) % 7], 1)).astype(np.int32)
+        idx = jnp.asarray(idx)
+        np.testing.assert_allclose(f(x, idx, w), ref(x, idx, w), **TOL, err_msg=f"{n0} rows of expert 0")
 
 
 def test_unknown_impl_is_an_error():
@@ -87,8 +123,8 @@ def test_unknown_impl_is_an_error():
 def test_tiled_is_batch_invariant_bit_for_bit():
     """The CPU default: a sequence's output is the same bits whatever it is batched with."""
     xs, idxs, ws = zip(*[_case(12, seed=s, skew=SKEWS["one_hot_expert"] if s % 2 else None) for s in range(4)])
-    wg, wu, wd = _weights()
-    f = jax.jit(jax.vmap(lambda x, i, w: grouped_ffn(x, i, w, wg, wu, wd, impl="tiled")))
+    wgu, wd = _weights()
+    f = jax.jit(jax.vmap(lambda x, i, w: grouped_ffn(x, i, w, wgu, wd, impl="tiled")))
     batch = np.asarray(f(jnp.stack(xs), jnp.stack(idxs), jnp.stack(ws)))
     for j in range(4):
         alone = np.asarray(f(xs[j][None], idxs[j][None], ws[j][None]))[0]

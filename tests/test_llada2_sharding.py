@@ -37,7 +37,7 @@ def test_expert_parallel_forward_equals_single_device(model, mesh_shape):
     want = np.asarray(model.logits(_tokens(), block_length=4))
     mesh = sharding.make_mesh(*mesh_shape)
     sm = model.sharded(mesh)
-    experts = sm.params["layers"][1]["mlp"]["experts"]["gate_proj"][...]
+    experts = sm.params["layers"][1]["mlp"]["experts"]["gate_up_proj"][...]
     assert experts.sharding.shard_shape(experts.shape)[0] == TINY.num_experts // mesh_shape[1]
 
     fwd = jax.jit(lambda p, t: nnx.merge(sm.graphdef, p)(t, block_length=4))

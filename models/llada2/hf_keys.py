@@ -1,6 +1,7 @@
 """LLaDA2's Hugging Face key table (the download layout: ``model.layers.{i}.mlp.experts.{e}.*``, one
 ``LLaDA2MoeMLP`` per expert). The per-expert Linear weights are transposed and stacked into one
-``[E, in, out]`` parameter per projection (:class:`StackInto`)."""
+``[E, in, out]`` parameter (:class:`StackInto`): ``down_proj`` alone, ``gate_proj`` and ``up_proj``
+side by side in ``gate_up_proj`` ``[E, D, 2I]`` (gate columns first)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ __all__ = ["llada2_table", "llada2_ignored_keys", "StackInto"]
 @dataclasses.dataclass(frozen=True)
 class StackInto:
     """Transform of one expert's torch Linear weight ``[out, in]``: transposed to ``[in, out]`` and
-    written at ``index`` of a stacked ``[count, in, out]`` parameter (the converter reads
-    ``stack_index`` / ``stack_count``)."""
+    written at ``stack_index`` of a stacked ``[stack_count, in, stack_parts * out]`` parameter, in
+    the columns ``stack_part * out .. (stack_part + 1) * out - 1`` (the converter reads the four
+    fields)."""
 
     stack_index: int
     stack_count: int
+    stack_part: int = 0
+    stack_parts: int = 1
     __name__ = "transpose+stack"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -46,8 +50,9 @@ def llada2_table(cfg: LLaDA2Config) -> KeyTable:
         if cfg.is_moe_layer(i):
             e = int(cfg.num_experts)
             for j in range(e):
-                for p in ("gate_proj", "up_proj", "down_proj"):
-                    t[f"{m}experts.{j}.{p}.weight"] = (f"{md}experts.{p}", StackInto(j, e))
+                t[f"{m}experts.{j}.gate_proj.weight"] = (f"{md}experts.gate_up_proj", StackInto(j, e, 0, 2))
+                t[f"{m}experts.{j}.up_proj.weight"] = (f"{md}experts.gate_up_proj", StackInto(j, e, 1, 2))
+                t[f"{m}experts.{j}.down_proj.weight"] = (f"{md}experts.down_proj", StackInto(j, e))
             t[m + "gate.weight"] = (md + "gate.weight", identity)
             if cfg.shared_width:
                 for p in ("gate_proj", "up_proj", "down_proj"):

@@ -10,7 +10,8 @@ Parameters (flat names; ``{i}`` a layer):
     layers.{i}.post_attention_layernorm.weight         [D]
     dense layer:  layers.{i}.mlp.{gate,up}_proj.kernel [D, F], layers.{i}.mlp.down_proj.kernel [F, D]
     MoE layer:    layers.{i}.mlp.gate.weight [E, D], layers.{i}.mlp.gate.expert_bias [E],
-                  layers.{i}.mlp.experts.{gate,up}_proj [E, D, I], layers.{i}.mlp.experts.down_proj [E, I, D],
+                  layers.{i}.mlp.experts.gate_up_proj [E, D, 2I] (gate | up columns),
+                  layers.{i}.mlp.experts.down_proj [E, I, D],
                   layers.{i}.mlp.shared_experts.{gate,up,down}_proj.kernel (if shared experts)
     norm.weight [D], lm_head.kernel [D, V]
 

@@ -10,24 +10,25 @@ one expert is chosen) and multiplied by ``routed_scaling_factor``.
 
 Experts: the (token, expert) assignments are sorted by expert and run as a grouped matmul: each
 assignment row is multiplied by its own expert's weights only, so the cost follows the active
-parameters (the official ``moe_infer`` loops over experts the same way). Implementations, equal up
-to float32 round-off (``SparseMoE.impl``; None: :func:`default_impl`):
+parameters (the official ``moe_infer`` loops over experts the same way). Each expert's gate and up
+projections are one ``[D, 2I]`` product (``experts.gate_up_proj``). Implementations, equal up to
+float32 round-off (``SparseMoE.impl``; None: :func:`default_impl`):
 
-* ``"tiled"`` (the default on CPU): each sequence alone (vmapped), every expert's rows padded to
-  whole tiles (about the mean rows per expert), one weight gather per tile; static shapes. A
-  sequence's logits do not depend on the other sequences of the batch, bit for bit (the project's
-  batch invariance: one prompt -> one sample, whatever it is batched with).
-* ``"loop"`` (opt-in on CPU, about 2x faster at the benchmark's shape): the tokens of EVERY
-  sequence of a call join one grouped matmul, under the engine's ``vmap`` too (a batching rule,
-  ``jax.custom_batching.custom_vmap``): every expert's first ``cap`` rows (:func:`capacity`) in one
-  batched product with the weights in place, the rows past an expert's ``cap`` in a loop over the
-  experts that have some, in tiles of halving size. Which tile a row lands in depends on the other
-  sequences, and XLA's products of different shapes round differently: results match "tiled" to
-  float32 round-off, not bit for bit, so a sample can depend on its batch.
+* ``"loop"`` (the default on CPU): the tokens of EVERY sequence of a call join one grouped matmul,
+  under the engine's ``vmap`` too (a batching rule, ``jax.custom_batching.custom_vmap``): every
+  expert's first ``cap`` rows (:func:`capacity`) in one batched product with the weights in place,
+  the rows past an expert's ``cap`` in a loop over the experts that have some, in tiles of halving
+  size. A row's product depends on the shapes XLA runs it in, which depend on the other sequences:
+  a sequence's logits depend on its batch at float32 round-off, as a dense model's do (XLA:CPU's
+  ``[B * L, D] x [D, F]`` rounds a row differently for different B).
+* ``"tiled"`` (opt-in on CPU): each sequence alone (vmapped), every expert's rows padded to whole
+  tiles (about the mean rows per expert), one weight gather per tile; static shapes. A sequence's
+  MoE output does not depend on the other sequences of the batch, bit for bit. 2.5x (full
+  sequences) to 8x (one block per particle) slower than "loop" at the benchmark's shapes.
 * ``"ragged"`` (the default on GPU / TPU): ``jax.lax.ragged_dot`` over the joined rows, native
   grouped kernels (on CPU, XLA lowers it to a dense masked product over ALL groups). Joined as
-  "loop", with the same caveat; on a mesh whose ``data`` axis splits the batch the partitioner
-  gathers the rows for the sort.
+  "loop"; on a mesh whose ``data`` axis splits the batch the partitioner gathers the rows for the
+  sort.
 * ``"dense"``: every expert on every token (the benchmark's baseline).
 
 Data parallelism: under a mesh with a ``data`` axis of size > 1, each sequence runs alone and
@@ -38,14 +39,15 @@ tests).
 Expert parallelism: under a mesh (``jax.set_mesh``) whose ``"model"`` axis divides the number of
 experts and the expert weights are split over it (``spec.py`` partition rules), the block runs in a
 ``shard_map`` over ``"model"``: each device keeps its ``E / M`` experts, computes the assignment
-rows routed to them (tokens are replicated over ``"model"``) and one ``psum`` over ``"model"`` sums
-the partial outputs: one all-reduce per MoE layer, as the MLP of the tensor-parallel dense layout.
+rows routed to them (tokens are replicated over ``"model"``; "loop" sizes its batched product for
+the device's share of the rows) and one ``psum`` over ``"model"`` sums the partial outputs: one
+all-reduce per MoE layer, as the MLP of the tensor-parallel dense layout.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +62,7 @@ MODEL_AXIS, DATA_AXIS = "model", "data"
 
 
 def default_impl() -> str:
-    return "tiled" if jax.default_backend() == "cpu" else "ragged"
+    return "loop" if jax.default_backend() == "cpu" else "ragged"
 
 
 def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -101,209 +103,223 @@ def route(h: jax.Array, weight: jax.Array, expert_bias: jax.Array, *, n_group: i
     return idx.astype(jnp.int32), w * jnp.float32(scaling)
 
 
-def _swiglu(g, u):
-    return jax.nn.silu(g) * u
+def _swiglu(gu: jax.Array) -> jax.Array:
+    """gu [..., 2I] (gate columns, then up columns) -> silu(gate) * up [..., I]."""
+    i = gu.shape[-1] // 2
+    return jax.nn.silu(gu[..., :i]) * gu[..., i:]
 
 
 def capacity(rows: int, experts: int) -> int:
-    """Rows per expert of the batched product ("loop"): the mean rows per expert rounded down to a
-    multiple of SMALL_CHUNK (at least SMALL_CHUNK)."""
-    return max(SMALL_CHUNK, rows // max(experts, 1) // SMALL_CHUNK * SMALL_CHUNK)
+    """Rows per expert of the batched product ("loop"): 1.125x the mean rows per expert, rounded up to a
+    multiple of SMALL_CHUNK, so that few rows are left to the overflow loop (routing is never
+    balanced). Measured on 2 CPU cores (32 experts, 1k-16k rows): 1.125x was the fastest or within 3%
+    of it at every shape; the plain mean left so many rows to the loop that it cost up to 1.6x more."""
+    mean = rows / max(experts, 1)
+    return max(SMALL_CHUNK, -(-int(mean * 1.125) // SMALL_CHUNK) * SMALL_CHUNK)
 
 
-def _loop_rows(rows, skey, sizes, w_gate, w_up, w_down, precision, cap):
-    """rows [R + cap, D] sorted by local expert (expert e's rows at ``start[e] .. start[e] + sizes[e] - 1``,
-    then the rows of no local expert, then ``cap`` rows of padding); skey int32[R + cap]: each row's local
-    expert (E_l past the last); sizes int32[E_l]. Returns [R + cap, D]:
-    row r is the SwiGLU of rows[r] with its expert's weights (rows of no local expert: undefined).
+class _Sorted(NamedTuple):
+    """The (token, expert) assignments sorted by local expert (stable). R = T * k assignments, in
+    token-major order ``a = t * k + j``; sorted position ``r``; E_l local experts.
 
-    The first ``cap`` rows of every expert go through ONE batched product ``[E_l, cap, D] x [E_l, D, I]``
-    (the weights used in place, multi-threaded; an expert with fewer rows pads them). The rows past an
-    expert's ``cap`` (routing is never balanced) run in a loop over just the experts that have some:
-    tiles of ``cap`` rows, then at most one tile of each smaller power of two down to SMALL_CHUNK, then
-    one tile for the last < SMALL_CHUNK rows (dynamic trip counts: the work follows the rows, plus
-    < SMALL_CHUNK rows of spill per expert). A tile's spill past its expert's last row lands on rows of
-    a later expert, rewritten when that expert runs (the loop goes up), or on rows the caller drops."""
-    el = w_gate.shape[0]
-    dt = rows.dtype
+    key int32[R]: each assignment's local expert (E_l: held elsewhere); order int32[R]: the assignment
+    at sorted position r; inv int32[R]: the sorted position of assignment a; sizes / start int32[E_l]:
+    each expert's row count and first sorted position; tok int32[R]: the token of sorted position r."""
+
+    key: jax.Array
+    order: jax.Array
+    inv: jax.Array
+    sizes: jax.Array
+    start: jax.Array
+    tok: jax.Array
+
+
+def _sort(idx: jax.Array, expert_offset: jax.Array, el: int) -> _Sorted:
+    t, k = idx.shape
+    r0 = t * k
+    flat = idx.reshape(-1) - expert_offset
+    key = jnp.where((flat >= 0) & (flat < el), flat, el).astype(jnp.int32)
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    sizes = jnp.bincount(key, length=el + 1)[:el].astype(jnp.int32)
+    # the inverse permutation is an int scatter: cheaper on CPU than scattering rows
+    inv = jnp.zeros((r0,), jnp.int32).at[order].set(jnp.arange(r0, dtype=jnp.int32))
+    return _Sorted(key, order, inv, sizes, jnp.cumsum(sizes) - sizes, order // k)
+
+
+def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
+    """x [T, D] -> [R, D]: assignment a's SwiGLU with its expert's weights (assignments to experts held
+    elsewhere: undefined).
+
+    The first ``cap`` rows of every expert (:func:`capacity`) go through ONE batched product
+    ``[E_l, cap, D] x [E_l, D, 2I]``, ``[E_l, cap, I] x [E_l, I, D]`` (the weights used in place; an
+    expert with fewer rows pads them; the rows are gathered straight from x). The rows past an
+    expert's ``cap`` run in a loop over just the experts that have some: tiles of ``cap`` rows, then
+    at most one tile of each halving of ``cap`` down to SMALL_CHUNK rows, then tiles of SMALL_CHUNK
+    for the last rows (dynamic trip counts: the work follows the rows, plus < SMALL_CHUNK rows of
+    spill per expert). A tile's spill past its expert's last row lands on sorted positions of a later
+    expert: rewritten when that expert runs (the loop goes up), or read from the batched part."""
+    r0 = s.order.shape[0]
+    el = w_gu.shape[0]
+    dt = x.dtype
+    cap = capacity(rows_here, el)
     dot = functools.partial(jnp.dot, precision=precision)
-    start = jnp.cumsum(sizes) - sizes
-    r_all = rows.shape[0]
 
-    # the batched part: expert e's rows start[e] .. start[e] + cap - 1 (past its own: computed, not used)
-    head = jnp.take(rows, jnp.minimum(start[:, None] + jnp.arange(cap, dtype=jnp.int32), r_all - 1), axis=0,
-                    mode="clip")  # [E_l, cap, D]
-    g = jnp.einsum("ecd,edi->eci", head, w_gate.astype(dt), precision=precision)
-    u = jnp.einsum("ecd,edi->eci", head, w_up.astype(dt), precision=precision)
-    y_head = jnp.einsum("eci,eid->ecd", _swiglu(g, u), w_down.astype(dt), precision=precision)
+    head_tok = jnp.take(s.tok, jnp.minimum(s.start[:, None] + jnp.arange(cap, dtype=jnp.int32), r0 - 1), axis=0)
+    gu = jnp.einsum("ecd,edi->eci", jnp.take(x, head_tok, axis=0), w_gu.astype(dt), precision=precision)
+    y_head = jnp.einsum("eci,eid->ecd", _swiglu(gu), w_down.astype(dt), precision=precision)
 
-    # the overflow: experts with more than cap rows, in ascending order
-    over = jnp.maximum(sizes - cap, 0)
-    n_over = jnp.sum(over > 0)
+    # the overflow: experts with more than cap rows, in ascending order; tok padded so that a tile
+    # never reads past the end (dynamic_slice would move it back instead)
+    over = jnp.maximum(s.sizes - cap, 0)
     which = jnp.argsort(jnp.where(over > 0, jnp.arange(el), el + jnp.arange(el))).astype(jnp.int32)
+    tok = jnp.concatenate([s.tok, jnp.zeros((cap,), jnp.int32)])
 
     def per_expert(j, out):
         e = which[j]
-        wg, wu, wd = w_gate[e].astype(dt), w_up[e].astype(dt), w_down[e].astype(dt)
+        wgu, wd = w_gu[e].astype(dt), w_down[e].astype(dt)
 
         def tiles(first, count, size, out):
             def body(i, out):
                 r = first + i * size
-                xb = jax.lax.dynamic_slice_in_dim(rows, r, size)
-                y = dot(_swiglu(dot(xb, wg), dot(xb, wu)), wd)
-                return jax.lax.dynamic_update_slice_in_dim(out, y.astype(dt), r, 0)
+                xb = jnp.take(x, jax.lax.dynamic_slice_in_dim(tok, r, size), axis=0)
+                return jax.lax.dynamic_update_slice_in_dim(out, dot(_swiglu(dot(xb, wgu)), wd).astype(dt), r, 0)
 
             return jax.lax.fori_loop(0, count, body, out)
 
-        first, rest = start[e] + cap, over[e]
+        first, rest = s.start[e] + cap, over[e]
         size = cap
         while size >= SMALL_CHUNK:
             count = rest // size if size == cap else (rest >= size).astype(jnp.int32)
             out = tiles(first, count, size, out)
             first, rest = first + count * size, rest - count * size
             size //= 2
-        return tiles(first, (rest > 0).astype(jnp.int32), SMALL_CHUNK, out)
+        # the last rest < the smallest tile above (< 2 * SMALL_CHUNK): one or two tiles
+        return tiles(first, (rest + SMALL_CHUNK - 1) // SMALL_CHUNK, SMALL_CHUNK, out)
 
-    y_over = jax.lax.fori_loop(0, n_over, per_expert, jnp.zeros_like(rows))
-    # each row from where it was computed: the batched part for an expert's first cap rows
-    r = jnp.arange(r_all, dtype=jnp.int32)
-    e_of = jnp.minimum(skey, el - 1)
-    p = r - start[e_of]
-    from_head = jnp.take(y_head.reshape(el * cap, -1), e_of * cap + jnp.clip(p, 0, cap - 1), axis=0,
-                         mode="clip")
-    return jnp.where((p < cap)[:, None], from_head, y_over)
+    y_over = jax.lax.fori_loop(0, jnp.sum(over > 0), per_expert, jnp.zeros((r0 + cap, x.shape[-1]), dt))
+    # each assignment from where it was computed: the batched part for an expert's first cap rows
+    e_of = jnp.minimum(s.key, el - 1)
+    p = s.inv - s.start[e_of]
+    from_head = jnp.take(y_head.reshape(el * cap, -1), e_of * cap + jnp.clip(p, 0, cap - 1), axis=0)
+    return jnp.where((p < cap)[:, None], from_head, jnp.take(y_over, s.inv, axis=0))
 
 
-def _tiled_rows(rows, skey, sizes, w_gate, w_up, w_down, precision, cap):
-    """The "loop" contract with static shapes and no loop (so that ``vmap`` keeps sequences apart:
-    the path of a batch split over ``data``): every expert's rows padded to a multiple of a tile
-    (about the mean rows per expert, a power of two in [8, 128]) and each tile multiplied by its
-    expert's weights (one weight gather per tile): ``R + min(E, R) * (tile - 1)`` rows in all."""
-    r0, d = rows.shape
-    el = w_gate.shape[0]
+def _tiled_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
+    """The "loop" contract with static shapes and no loop (so that ``vmap`` keeps sequences apart):
+    every expert's rows padded to a multiple of a tile (about the mean rows per expert, a power of two
+    in [8, 128]) and each tile multiplied by its expert's weights (one weight gather per tile):
+    ``R + min(E, R) * (tile - 1)`` rows in all."""
+    r0 = s.order.shape[0]
+    el = w_gu.shape[0]
     tile = SMALL_CHUNK
-    while tile < -(-r0 // el) and tile < 128:
+    while tile < -(-rows_here // el) and tile < 128:
         tile *= 2
-    padded = (sizes + tile - 1) // tile * tile
+    padded = (s.sizes + tile - 1) // tile * tile
     pend = jnp.cumsum(padded)
-    pstart = pend - padded
-    start = jnp.cumsum(sizes) - sizes
+    slots = -(-(r0 + min(el, r0) * (tile - 1)) // tile) * tile
+    skey = s.key[s.order]
+    ek = jnp.clip(skey, 0, el - 1)
     r = jnp.arange(r0, dtype=jnp.int32)
-    key = skey
-    cap = -(-(r0 + min(el, r0) * (tile - 1)) // tile) * tile
-    ek = jnp.clip(key, 0, el - 1)
-    dest = jnp.where(key < el, pstart[ek] + r - start[ek], cap)
-    buf = jnp.zeros((cap, d), rows.dtype).at[dest].set(rows, mode="drop")
-    n_tiles = cap // tile
+    dest = jnp.where(skey < el, pend[ek] - padded[ek] + r - s.start[ek], slots)  # each sorted row's slot
+    slot_tok = jnp.zeros((slots,), jnp.int32).at[dest].set(s.tok, mode="drop")
+    n_tiles = slots // tile
     tile_expert = jnp.clip(jnp.searchsorted(pend, jnp.arange(n_tiles, dtype=jnp.int32) * tile, side="right"),
                            0, el - 1)
-    xb = buf.reshape(n_tiles, tile, d)
-    dt = rows.dtype
-    g = jnp.einsum("ntd,ndi->nti", xb, w_gate[tile_expert].astype(dt), precision=precision)
-    u = jnp.einsum("ntd,ndi->nti", xb, w_up[tile_expert].astype(dt), precision=precision)
-    y = jnp.einsum("nti,nid->ntd", _swiglu(g, u), w_down[tile_expert].astype(dt), precision=precision)
-    return jnp.take(y.reshape(cap, d), jnp.clip(dest, 0, cap - 1), axis=0, mode="clip")
+    dt = x.dtype
+    xb = jnp.take(x, slot_tok, axis=0).reshape(n_tiles, tile, -1)
+    gu = jnp.einsum("ntd,ndi->nti", xb, w_gu[tile_expert].astype(dt), precision=precision)
+    y = jnp.einsum("nti,nid->ntd", _swiglu(gu), w_down[tile_expert].astype(dt), precision=precision)
+    return jnp.take(y.reshape(slots, -1), jnp.clip(dest, 0, slots - 1)[s.inv], axis=0)
 
 
-def _ragged_rows(rows, skey, sizes, w_gate, w_up, w_down, precision, cap):
-    dt = rows.dtype
-    g = jax.lax.ragged_dot(rows, w_gate.astype(dt), sizes, precision=precision)
-    u = jax.lax.ragged_dot(rows, w_up.astype(dt), sizes, precision=precision)
-    return jax.lax.ragged_dot(_swiglu(g, u), w_down.astype(dt), sizes, precision=precision)
+def _ragged_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
+    dt = x.dtype
+    gu = jax.lax.ragged_dot(jnp.take(x, s.tok, axis=0), w_gu.astype(dt), s.sizes, precision=precision)
+    y = jax.lax.ragged_dot(_swiglu(gu), w_down.astype(dt), s.sizes, precision=precision)
+    return jnp.take(y, s.inv, axis=0)
 
 
-def dense_ffn(x, idx, weights, w_gate, w_up, w_down, *, expert_offset=0, precision=None):
+def dense_ffn(x, idx, weights, w_gu, w_down, *, expert_offset=0, precision=None):
     """The same output as :func:`grouped_ffn`, computing EVERY expert on every token (the cost of all
     experts; a baseline for the benchmark, ``impl="dense"``)."""
     dt = x.dtype
-    g = jnp.einsum("td,edi->tei", x, w_gate.astype(dt), precision=precision)
-    u = jnp.einsum("td,edi->tei", x, w_up.astype(dt), precision=precision)
-    y = jnp.einsum("tei,eid->ted", _swiglu(g, u), w_down.astype(dt), precision=precision)
+    gu = jnp.einsum("td,edi->tei", x, w_gu.astype(dt), precision=precision)
+    y = jnp.einsum("tei,eid->ted", _swiglu(gu), w_down.astype(dt), precision=precision)
     local = idx - expert_offset
-    ok = (local >= 0) & (local < w_gate.shape[0])
-    picked = jnp.take_along_axis(y, jnp.clip(local, 0, w_gate.shape[0] - 1)[..., None], axis=1)  # [T, k, D]
+    ok = (local >= 0) & (local < w_gu.shape[0])
+    picked = jnp.take_along_axis(y, jnp.clip(local, 0, w_gu.shape[0] - 1)[..., None], axis=1)  # [T, k, D]
     picked = jnp.where(ok[..., None], picked, jnp.zeros((), picked.dtype))
     return jnp.sum(picked.astype(jnp.float32) * weights[..., None], axis=1).astype(dt)
 
 
-def _ffn_tokens(x, idx, weights, w_gate, w_up, w_down, expert_offset, *, impl, precision):
+def _ffn_tokens(x, idx, weights, w_gu, w_down, expert_offset, *, impl, precision, num_experts=None):
     """:func:`grouped_ffn` on one token axis (x [T, D], idx / weights [T, k])."""
     if impl == "dense":
-        return dense_ffn(x, idx, weights, w_gate, w_up, w_down, expert_offset=expert_offset, precision=precision)
+        return dense_ffn(x, idx, weights, w_gu, w_down, expert_offset=expert_offset, precision=precision)
     t, k = idx.shape
-    el = w_gate.shape[0]
-    flat = idx.reshape(-1) - expert_offset
-    local = (flat >= 0) & (flat < el)
-    key = jnp.where(local, flat, el).astype(jnp.int32)
-    order = jnp.argsort(key, stable=True).astype(jnp.int32)
-    sizes = jnp.bincount(key, length=el + 1)[:el].astype(jnp.int32)
-    r0 = t * k
-    cap = capacity(r0, el)
-    pad = cap if impl == "loop" else 0
-    # the sorted rows, padded at the end (a tile may read past the last row), in one gather
-    src = jnp.concatenate([order // k, jnp.zeros((pad,), jnp.int32)])
-    rows = jnp.take(x, src, axis=0, mode="clip")
-    skey = jnp.concatenate([key[order], jnp.full((pad,), el, jnp.int32)])
+    s = _sort(idx, expert_offset, w_gu.shape[0])
     fn = {"loop": _loop_rows, "tiled": _tiled_rows, "ragged": _ragged_rows}[impl]
-    out_sorted = fn(rows, skey, sizes, w_gate, w_up, w_down, precision, cap)
-    # back to assignment order with a gather (the inverse permutation is an int scatter: cheaper on CPU
-    # than scattering rows)
-    inv = jnp.zeros((r0,), jnp.int32).at[order].set(jnp.arange(r0, dtype=jnp.int32))
-    out = jnp.take(out_sorted, inv, axis=0, mode="clip").reshape(t, k, -1)
-    w = jnp.where(local.reshape(t, k), weights, 0.0)
-    out = jnp.where(local.reshape(t, k)[..., None], out, jnp.zeros((), out.dtype))
+    el = w_gu.shape[0]
+    rows_here = t * k * el // (num_experts or el)  # the expected rows of the experts held here
+    out = fn(x, s, w_gu, w_down, precision, rows_here).reshape(t, k, -1)
+    local = (s.key < w_gu.shape[0]).reshape(t, k)
+    out = jnp.where(local[..., None], out, jnp.zeros((), out.dtype))
+    w = jnp.where(local, weights, 0.0)
     return jnp.sum(out.astype(jnp.float32) * w[..., None], axis=1).astype(x.dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _batched(impl: str, precision: Any, per_sequence: bool):
+def _batched(impl: str, precision: Any, per_sequence: bool, num_experts: Optional[int]):
     """:func:`_ffn_tokens` with a batching rule: under ``vmap`` (the engine's particles and prompts)
     the mapped axes join the token axis, so ONE grouped matmul runs over the tokens of every
     sequence (a sequence alone, e.g. one block of 32 under the block cache, leaves most tiles of most
     experts nearly empty). "tiled", and ``per_sequence`` (a mesh whose ``data`` axis splits the
     batch; "loop" then runs as "tiled"), keep the sequences apart instead."""
-    core = functools.partial(_ffn_tokens, impl=impl, precision=precision)
+    core = functools.partial(_ffn_tokens, impl=impl, precision=precision, num_experts=num_experts)
 
     @jax.custom_batching.custom_vmap
-    def ffn(x, idx, weights, w_gate, w_up, w_down, offset):
-        return core(x, idx, weights, w_gate, w_up, w_down, offset)
+    def ffn(x, idx, weights, w_gu, w_down, offset):
+        return core(x, idx, weights, w_gu, w_down, offset)
 
     @ffn.def_vmap
-    def _rule(axis_size, in_batched, x, idx, weights, w_gate, w_up, w_down, offset):
+    def _rule(axis_size, in_batched, x, idx, weights, w_gu, w_down, offset):
         if any(in_batched[3:]):  # per-sequence expert weights or offsets: no shared tiles
             axes = [0 if b else None for b in in_batched]
-            return jax.vmap(core, in_axes=axes)(x, idx, weights, w_gate, w_up, w_down, offset), True
+            return jax.vmap(core, in_axes=axes)(x, idx, weights, w_gu, w_down, offset), True
         if (per_sequence or impl == "tiled") and impl != "ragged":
             # a batch split over 'data': each sequence alone, with static shapes (a loop's trip count
             # under vmap would be agreed across the batch: an all-reduce over 'data' per iteration)
             axes = [0 if b else None for b in in_batched]
-            one = functools.partial(_ffn_tokens, impl="tiled" if impl == "loop" else impl, precision=precision)
-            return jax.vmap(one, in_axes=axes)(x, idx, weights, w_gate, w_up, w_down, offset), True
+            one = functools.partial(_ffn_tokens, impl="tiled" if impl == "loop" else impl, precision=precision,
+                                    num_experts=num_experts)
+            return jax.vmap(one, in_axes=axes)(x, idx, weights, w_gu, w_down, offset), True
         x, idx, weights = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
                            for a, b in zip((x, idx, weights), in_batched[:3]))
         t, d = x.shape[-2:]
         # every mapped row in one call (itself batched again under an outer vmap)
-        y = ffn(x.reshape(-1, d), idx.reshape(axis_size * t, -1), weights.reshape(axis_size * t, -1), w_gate,
-                w_up, w_down, offset)
+        y = ffn(x.reshape(-1, d), idx.reshape(axis_size * t, -1), weights.reshape(axis_size * t, -1), w_gu,
+                w_down, offset)
         return y.reshape(axis_size, t, d), True
 
     return ffn
 
 
-def grouped_ffn(x: jax.Array, idx: jax.Array, weights: jax.Array, w_gate: jax.Array, w_up: jax.Array,
-                w_down: jax.Array, *, expert_offset: Any = 0, impl: Optional[str] = None,
-                precision: Any = None, per_sequence: bool = False) -> jax.Array:
+def grouped_ffn(x: jax.Array, idx: jax.Array, weights: jax.Array, w_gu: jax.Array, w_down: jax.Array, *,
+                expert_offset: Any = 0, impl: Optional[str] = None, precision: Any = None,
+                per_sequence: bool = False, num_experts: Optional[int] = None) -> jax.Array:
     """sum_k weights[t, k] * SwiGLU_{idx[t, k]}(x[t]) over the experts held here.
 
-    x [T, D]; idx int32[T, k] (global expert ids); weights float32[T, k]; w_gate / w_up [E_l, D, I],
+    x [T, D]; idx int32[T, k] (global expert ids); weights float32[T, k]; w_gu [E_l, D, 2I] (gate | up columns),
     w_down [E_l, I, D]: experts ``expert_offset .. expert_offset + E_l - 1`` (assignments to other
     experts contribute 0). Returns [T, D] in x's dtype (combined in float32 as the official
-    ``moe_infer``, then cast). Under ``vmap`` the mapped axes join T (see :func:`_batched`)."""
+    ``moe_infer``, then cast). Under ``vmap`` the mapped axes join T (see :func:`_batched`).
+    num_experts: the experts of the whole layer (None: E_l), so that a device holding E_l of them
+    sizes its batched product for its share of the rows (expert parallelism)."""
     impl = impl or default_impl()
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    ffn = _batched(impl, precision, bool(per_sequence))
-    return ffn(x, idx, weights, w_gate, w_up, w_down, jnp.asarray(expert_offset, jnp.int32))
+    ffn = _batched(impl, precision, bool(per_sequence), num_experts)
+    return ffn(x, idx, weights, w_gu, w_down, jnp.asarray(expert_offset, jnp.int32))
 
 
 def _data_size() -> int:
@@ -331,12 +347,13 @@ class Gate(nnx.Module):
 
 
 class Experts(nnx.Module):
-    """Routed expert weights, stacked: ``gate_proj`` / ``up_proj`` [E, D, I], ``down_proj`` [E, I, D]."""
+    """Routed expert weights, stacked: ``gate_up_proj`` [E, D, 2I] (each expert's gate_proj columns,
+    then its up_proj columns: one product for both, which XLA:CPU runs about 1.7x faster than two
+    half-width ones) and ``down_proj`` [E, I, D]."""
 
     def __init__(self, e: int, d: int, i: int, *, param_dtype: Any, rngs: nnx.Rngs):
         init = nnx.initializers.normal(0.02)
-        self.gate_proj = nnx.Param(init(rngs.params(), (e, d, i), param_dtype))
-        self.up_proj = nnx.Param(init(rngs.params(), (e, d, i), param_dtype))
+        self.gate_up_proj = nnx.Param(init(rngs.params(), (e, d, 2 * i), param_dtype))
         self.down_proj = nnx.Param(init(rngs.params(), (e, i, d), param_dtype))
 
 
@@ -344,7 +361,7 @@ class SparseMoE(nnx.Module):
     """``LLaDA2MoeSparseMoeBlock`` (inference): router, routed experts, optional shared expert.
 
     Params: ``gate.weight`` [E, D] (torch layout, used in float32), ``gate.expert_bias`` [E],
-    ``experts.gate_proj`` / ``experts.up_proj`` [E, D, I], ``experts.down_proj`` [E, I, D] (the per-expert
+    ``experts.gate_up_proj`` [E, D, 2I], ``experts.down_proj`` [E, I, D] (the per-expert
     Linear weights of the checkpoint, transposed and stacked), ``shared_experts`` (a SwiGLU MLP).
     """
 
@@ -374,23 +391,23 @@ class SparseMoE(nnx.Module):
         per_seq = _data_size() > 1 or impl == "tiled"
         h3 = h.reshape(-1 if per_seq else 1, shape[-2] if per_seq else -1, shape[-1])
         idx, w = self.route(h3)
-        wg, wu, wd = self.experts.gate_proj[...], self.experts.up_proj[...], self.experts.down_proj[...]
+        wgu, wd = self.experts.gate_up_proj[...], self.experts.down_proj[...]
         mesh = _expert_mesh(self.num_experts)
         el = self.num_experts if mesh is None else self.num_experts // mesh.shape[MODEL_AXIS]
 
-        def local(x, idx, w, wg, wu, wd):
+        def local(x, idx, w, wgu, wd):
             off = 0 if mesh is None else jax.lax.axis_index(MODEL_AXIS) * el
             ffn = functools.partial(grouped_ffn, expert_offset=off, impl=impl, precision=self.precision,
-                                    per_sequence=per_seq)
-            y = jax.vmap(ffn, in_axes=(0, 0, 0, None, None, None))(x, idx, w, wg, wu, wd)
+                                    per_sequence=per_seq, num_experts=self.num_experts)
+            y = jax.vmap(ffn, in_axes=(0, 0, 0, None, None))(x, idx, w, wgu, wd)
             return y if mesh is None else jax.lax.psum(y, MODEL_AXIS)
 
         if mesh is None:
-            y = local(h3.astype(self.dtype), idx, w, wg, wu, wd)
+            y = local(h3.astype(self.dtype), idx, w, wgu, wd)
         else:
             ep = P(MODEL_AXIS, None, None)
-            y = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), ep, ep, ep), out_specs=P(),
-                              axis_names={MODEL_AXIS}, check_vma=False)(h3.astype(self.dtype), idx, w, wg, wu, wd)
+            y = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), ep, ep), out_specs=P(),
+                              axis_names={MODEL_AXIS}, check_vma=False)(h3.astype(self.dtype), idx, w, wgu, wd)
         y = y.reshape(shape).astype(self.dtype)
         if self.shared_experts is not None:
             y = y + self.shared_experts(h)

@@ -32,7 +32,7 @@ PARTITION_RULES = (
     (r"layers\.\d+\.attention\.dense\.kernel", P("model", None)),
     (r"layers\.\d+\.attention\.dense\.bias", P()),
     (r"layers\.\d+\.attention\.(query|key)_layernorm\.weight", P()),
-    (r"layers\.\d+\.mlp\.experts\.(gate_proj|up_proj|down_proj)", P("model", None, None)),
+    (r"layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)", P("model", None, None)),
     (r"layers\.\d+\.mlp\.gate\.(weight|expert_bias)", P()),
     (r"layers\.\d+\.mlp\.(shared_experts\.)?(gate_proj|up_proj)\.kernel", P(None, "model")),
     (r"layers\.\d+\.mlp\.(shared_experts\.)?down_proj\.kernel", P("model", None)),
