@@ -232,11 +232,12 @@ class SMCConfig:
              f"allow_mask_prediction: expected True or False, got {self.allow_mask_prediction!r}")
         need(isinstance(self.differentiable, bool),
              f"differentiable: expected True or False, got {self.differentiable!r}")
-        if self.confidence == "prob" and self.select == "threshold":
+        is_prob = self.confidence in ("prob", "sampling_prob")
+        if is_prob and self.select == "threshold":
             real("threshold", 0.0, 1.0)
         else:
             real("threshold", -math.inf)
-        if self.confidence == "prob":
+        if is_prob:
             real("edit_threshold", 0.0, 1.0)
         else:
             real("edit_threshold", -math.inf)
@@ -295,6 +296,7 @@ class SMCConfig:
                     owners.setdefault(companion, []).append(f"{knob}={entry.name!r}")
         owners["ess_threshold"] = owners["resample_every"] = ["resample_when=None"]
         active = {"ess_threshold", "resample_every"} if self.resample_when is None else set()
+        active.update(("temperature", "top_k", "top_p"))  # the proposal's own (also read by confidence="sampling_prob")
         for knob, registry in _STRATEGY_KNOBS.items():
             value = getattr(self, knob)
             if isinstance(value, str):

@@ -68,9 +68,36 @@ CONFIDENCES.register_value("margin", margin_confidence, help="p1 − p2 of the u
 CONFIDENCES.register_value("neg_entropy", neg_entropy_confidence, help="−H of the untempered distribution")
 
 
-def confidence_of(log_probs: jax.Array, logp_x0: jax.Array, kind) -> jax.Array:
-    """Per-row confidence float32[Lb] by name (or a confidence function)."""
-    fn = kind if callable(kind) else CONFIDENCES.build(kind, {})
+@dataclasses.dataclass(frozen=True)
+class SamplingProb:
+    """p(x̂0) under the distribution x̂0 is drawn from: ``softmax(filter(logits / τ))`` (τ = 0: no
+    tempering, ``softmax(filter(logits))``), the ``x0_p`` that LLaDA2's official ``generate()``
+    compares with its thresholds. Equal to "prob" at τ in {0, 1} without top-k / top-p; with
+    ``top_k=1`` it is 1 for every row. Built from the config's ``temperature`` / ``top_k`` / ``top_p``."""
+
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+
+    def __call__(self, log_probs: jax.Array, logp_x0: jax.Array) -> jax.Array:
+        tau = float(self.temperature) if self.temperature > 0 else 1.0
+        # log_probs = logits - logsumexp(logits), so log_probs / τ is logits / τ up to a per-row constant
+        scaled = filter_logits(log_probs / tau, self.top_k, self.top_p)
+        x0_scaled = logp_x0 / tau  # bit for bit its entry of log_probs / τ
+        kept = x0_scaled >= jnp.min(jnp.where(jnp.isfinite(scaled), scaled, jnp.inf), axis=-1)
+        return jnp.where(kept, jnp.exp(x0_scaled - jax.nn.logsumexp(scaled, axis=-1)), 0.0)
+
+
+CONFIDENCES.register("sampling_prob", lambda temperature, top_k, top_p: SamplingProb(temperature, top_k, top_p),
+                     knobs=("temperature", "top_k", "top_p"),
+                     help="p(x̂0) under the tempered, filtered distribution it is drawn from (LLaDA2's generate())")
+
+
+def confidence_of(log_probs: jax.Array, logp_x0: jax.Array, kind, **knobs) -> jax.Array:
+    """Per-row confidence float32[Lb] by name (or a confidence function); ``knobs``: the config values
+    a named one reads (default temperature 1, no top-k / top-p)."""
+    fn = kind if callable(kind) else CONFIDENCES.build(kind, {"temperature": 1.0, "top_k": None, "top_p": None,
+                                                              **knobs})
     return fn(log_probs, logp_x0)
 
 

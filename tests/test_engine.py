@@ -253,6 +253,44 @@ def test_confidence_kinds():
         assert np.all(res.particles != MASK)
 
 
+def test_sampling_prob_is_the_probability_under_the_drawing_distribution():
+    """confidence="sampling_prob": p(x0) under softmax(filter(logits / τ)) (τ = 0: softmax(filter(logits))),
+    as LLaDA2's generate() computes x0_p: tempering, then top-k, then top-p over the tempered
+    probabilities; 0 for a token the filter removed."""
+    logits = np.array([[3.0, 2.0, 1.0, 0.5, -1.0], [0.2, 0.1, 0.0, -0.1, -3.0]])
+    lp = jax.nn.log_softmax(jnp.asarray(logits))
+    x0 = np.array([1, 0])
+    x0_lp = jnp.take_along_axis(lp, jnp.asarray(x0)[:, None], -1)[:, 0]
+
+    def official(tau, top_k, top_p):
+        z = logits / tau if tau > 0 else logits.copy()
+        if top_k is not None:
+            kth = np.sort(z, -1)[:, -top_k][:, None]
+            z = np.where(z < kth, -np.inf, z)
+        if top_p is not None:  # generate()'s _top_p_logits: drop a token once the mass before it exceeds top_p
+            order = np.argsort(-z, -1)
+            pz = np.exp(z - z.max(-1, keepdims=True))
+            pz /= pz.sum(-1, keepdims=True)
+            sp = np.take_along_axis(pz, order, -1)
+            drop = (np.cumsum(sp, -1) - sp) > top_p
+            z = z.copy()
+            np.put_along_axis(z, order, np.where(drop, -np.inf, np.take_along_axis(z, order, -1)), -1)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return p[np.arange(2), x0]
+
+    for tau, top_k, top_p in [(0.0, None, None), (1.0, None, None), (0.7, None, None), (2.0, 3, None),
+                              (0.5, None, 0.8), (0.0, 1, None), (1.3, 4, 0.9)]:
+        got = sr.proposal.confidence_of(lp, x0_lp, "sampling_prob", temperature=tau, top_k=top_k, top_p=top_p)
+        want = official(tau, top_k, top_p)
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{tau} {top_k} {top_p}")
+    np.testing.assert_allclose(sr.proposal.confidence_of(lp, x0_lp, "sampling_prob", temperature=1.0),
+                               sr.proposal.confidence_of(lp, x0_lp, "prob"), rtol=1e-6)
+    # built from the config's own knobs
+    strategies = cfg(confidence="sampling_prob", temperature=0.5, top_k=2)._resolve()
+    assert strategies.proposal.confidence == sr.proposal.SamplingProb(0.5, 2, None)
+
+
 def test_selection_rules_and_custom_potential():
     c = cfg(num_particles=8, ess_threshold=0.0, temperature=2.0)
     for rule in ("max_weight", "sample"):

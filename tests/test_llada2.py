@@ -205,6 +205,31 @@ def test_engine_official_config_reproduces_greedy_trace(loaded, name, base, cach
         np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
 
 
+@pytest.mark.parametrize("cache", ["block", None])
+def test_engine_official_config_top_k_1_reproduces_trace(loaded, cache):
+    """generate(top_k=1), the official deterministic setting: its x0_p is 1 for every row, so each block
+    is revealed at its first step. official_config(top_k=1) (confidence "sampling_prob", the
+    probability under the filtered distribution) gives the official answers and as many forward
+    passes (one per block)."""
+    c = arrays("moe_shared")
+    m = loaded["moe_shared"]
+    traces = {t["name"]: t for t in META["cases"]["moe_shared"]["traces"]}
+    trace = traces["trace_topk1_prompt8_block4_none"]
+    a = trace["args"]
+    assert a["top_k"] == 1 and not trace["argmax_multinomial"]
+    prompt = jnp.asarray(c["trace_prompt"][0, : trace["prompt_len"]])
+    cfg = official_config(mask_id=a["mask_id"], gen_length=a["gen_length"], block_length=a["block_length"],
+                          steps=a["steps"], threshold=a["threshold"], top_k=1)
+    res = sr.make_sampler(as_denoiser(m, cache=cache, block_length=a["block_length"]), cfg)(
+        jax.random.key(0), m.params, prompt)
+    assert int(res.error) == 0 and int(res.nfe) == trace["n_calls"]
+    tokens = np.concatenate([np.asarray(prompt), np.asarray(res.tokens).reshape(-1)])
+    for suffix in ("none", "stop"):
+        t = traces[f"trace_topk1_prompt8_block4_{suffix}"]
+        got = official_answer(tokens, t["prompt_len"], a["gen_length"], t["args"]["eos_id"])
+        np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
+
+
 def _traces21(name):
     return [(name, t) for t in META21["cases"][name]["traces"]]
 

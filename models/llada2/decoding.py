@@ -27,6 +27,9 @@ Two quirks of the official code, reproduced where it matters:
   first step). :func:`official_config` at ``temperature=0`` is the greedy version (argmax, p = the
   softmax probability of the argmax), which equals the official code with ``multinomial`` replaced
   by ``argmax`` (the fixtures record both).
+* ``x0_p``, which the thresholds compare, is the probability under the tempered, top-k / top-p
+  filtered distribution the token is drawn from (1 for every row with ``top_k=1``): the configs use
+  ``confidence="sampling_prob"``.
 * The mask id is never suppressed: the model may "predict" ``mask_id``, which leaves the row masked.
   :func:`official_config` sets ``allow_mask_prediction=True`` accordingly.
 
@@ -99,11 +102,12 @@ def official_config(*, mask_id: int, gen_length: int, block_length: int = 32, st
 
 
 def _official(smc: dict, **base):
-    """The ``SMCConfig`` of an official decoding: its knobs ``base`` (confidence = p of the drawn token,
-    mask predictions allowed, no resampling for one particle), then the caller's ``smc`` knobs."""
+    """The ``SMCConfig`` of an official decoding: its knobs ``base`` (confidence = p of the drawn token
+    under the tempered, filtered distribution it is drawn from, as generate()'s ``x0_p``; mask
+    predictions allowed; no resampling for one particle), then the caller's ``smc`` knobs."""
     from srsmc_jax import SMCConfig
 
-    base.update(confidence="prob", allow_mask_prediction=True)
+    base.update(confidence="sampling_prob", allow_mask_prediction=True)
     if base["num_particles"] == 1:
         base.update(ess_threshold=0.0)
     return SMCConfig(**{**base, **smc})
