@@ -17,14 +17,14 @@ float32 round-off (``SparseMoE.impl``; None: :func:`default_impl`):
 * ``"loop"`` (the default on CPU): the tokens of EVERY sequence of a call join one grouped matmul,
   under the engine's ``vmap`` too (a batching rule, ``jax.custom_batching.custom_vmap``): every
   expert's first ``cap`` rows (:func:`capacity`) in one batched product with the weights in place,
-  the rows past an expert's ``cap`` in a loop over the experts that have some, in tiles of halving
-  size. A row's product depends on the shapes XLA runs it in, which depend on the other sequences:
-  a sequence's logits depend on its batch at float32 round-off, as a dense model's do (XLA:CPU's
-  ``[B * L, D] x [D, F]`` rounds a row differently for different B).
+  the rows past an expert's ``cap`` in a loop over the experts that have some. A row's product
+  depends on the shapes XLA runs it in, which depend on the other sequences: a sequence's logits
+  depend on its batch at float32 round-off, as a dense model's do (XLA:CPU's ``[B * L, D] x [D, F]``
+  rounds a row differently for different B).
 * ``"tiled"`` (opt-in on CPU): each sequence alone (vmapped), every expert's rows padded to whole
   tiles (about the mean rows per expert), one weight gather per tile; static shapes. A sequence's
-  MoE output does not depend on the other sequences of the batch, bit for bit. 2.5x (full
-  sequences) to 8x (one block per particle) slower than "loop" at the benchmark's shapes.
+  MoE output does not depend on the other sequences of the batch, bit for bit. 2.6x (full
+  sequences) to 9x (one block per particle) slower than "loop" at the benchmark's shapes.
 * ``"ragged"`` (the default on GPU / TPU): ``jax.lax.ragged_dot`` over the joined rows, native
   grouped kernels (on CPU, XLA lowers it to a dense masked product over ALL groups). Joined as
   "loop"; on a mesh whose ``data`` axis splits the batch the partitioner gathers the rows for the
@@ -57,7 +57,8 @@ from jax.sharding import PartitionSpec as P
 __all__ = ["route", "grouped_ffn", "dense_ffn", "SparseMoE", "IMPLS", "default_impl"]
 
 IMPLS = ("loop", "tiled", "ragged", "dense")
-SMALL_CHUNK = 8  # rows per tile of an expert's last, partial rows ("loop")
+SMALL_CHUNK = 8  # capacities are multiples of it ("loop"); the smallest tile ("tiled")
+TAIL_TILE = 16  # rows per tile of an expert's last rows past its capacity ("loop")
 MODEL_AXIS, DATA_AXIS = "model", "data"
 
 
@@ -154,10 +155,10 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     ``[E_l, cap, D] x [E_l, D, 2I]``, ``[E_l, cap, I] x [E_l, I, D]`` (the weights used in place; an
     expert with fewer rows pads them; the rows are gathered straight from x). The rows past an
     expert's ``cap`` run in a loop over just the experts that have some: tiles of ``cap`` rows, then
-    at most one tile of each halving of ``cap`` down to SMALL_CHUNK rows, then tiles of SMALL_CHUNK
-    for the last rows (dynamic trip counts: the work follows the rows, plus < SMALL_CHUNK rows of
-    spill per expert). A tile's spill past its expert's last row lands on sorted positions of a later
-    expert: rewritten when that expert runs (the loop goes up), or read from the batched part."""
+    tiles of TAIL_TILE rows for the rest (dynamic trip counts: the work follows the rows, plus
+    < TAIL_TILE rows of spill per expert). A tile's spill past its expert's last row lands on sorted
+    positions of a later expert: rewritten when that expert runs (the loop goes up), or read from
+    the batched part."""
     r0 = s.order.shape[0]
     el = w_gu.shape[0]
     dt = x.dtype
@@ -172,7 +173,7 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     # never reads past the end (dynamic_slice would move it back instead)
     over = jnp.maximum(s.sizes - cap, 0)
     which = jnp.argsort(jnp.where(over > 0, jnp.arange(el), el + jnp.arange(el))).astype(jnp.int32)
-    tok = jnp.concatenate([s.tok, jnp.zeros((cap,), jnp.int32)])
+    tok = jnp.concatenate([s.tok, jnp.zeros((max(cap, TAIL_TILE),), jnp.int32)])
 
     def per_expert(j, out):
         e = which[j]
@@ -186,17 +187,15 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
 
             return jax.lax.fori_loop(0, count, body, out)
 
+        # whole tiles of cap rows, then tiles of TAIL_TILE for the rest (two loops: each loop
+        # nest costs compile time, in every MoE layer of every program)
         first, rest = s.start[e] + cap, over[e]
-        size = cap
-        while size >= SMALL_CHUNK:
-            count = rest // size if size == cap else (rest >= size).astype(jnp.int32)
-            out = tiles(first, count, size, out)
-            first, rest = first + count * size, rest - count * size
-            size //= 2
-        # the last rest < the smallest tile above (< 2 * SMALL_CHUNK): one or two tiles
-        return tiles(first, (rest + SMALL_CHUNK - 1) // SMALL_CHUNK, SMALL_CHUNK, out)
+        out = tiles(first, rest // cap, cap, out)
+        first, rest = first + rest // cap * cap, rest % cap
+        return tiles(first, (rest + TAIL_TILE - 1) // TAIL_TILE, TAIL_TILE, out)
 
-    y_over = jax.lax.fori_loop(0, jnp.sum(over > 0), per_expert, jnp.zeros((r0 + cap, x.shape[-1]), dt))
+    y_over = jax.lax.fori_loop(0, jnp.sum(over > 0), per_expert,
+                               jnp.zeros((r0 + max(cap, TAIL_TILE), x.shape[-1]), dt))
     # each assignment from where it was computed: the batched part for an expert's first cap rows
     e_of = jnp.minimum(s.key, el - 1)
     p = s.inv - s.start[e_of]
