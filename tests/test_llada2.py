@@ -205,7 +205,7 @@ def test_engine_official_config_reproduces_greedy_trace(loaded, name, base, cach
         np.testing.assert_array_equal(got[None], c[f"{t['name']}_output"], err_msg=suffix)
 
 
-@pytest.mark.parametrize("cache", ["block", None])
+@pytest.mark.parametrize("cache", ["block", pytest.param(None, marks=pytest.mark.slow)])
 def test_engine_official_config_top_k_1_reproduces_trace(loaded, cache):
     """generate(top_k=1), the official deterministic setting: its x0_p is 1 for every row, so each block
     is revealed at its first step. official_config(top_k=1) (confidence "sampling_prob", the
@@ -614,11 +614,13 @@ def _padded(prompt, pad: int, pad_id: int):
     return tokens, jnp.arange(tokens.shape[0]) >= pad
 
 
-@pytest.mark.parametrize("cache", [pytest.param(None, marks=pytest.mark.slow), "block"])
-def test_left_padding_is_hidden(loaded, cache):
+@pytest.mark.parametrize("cache,tails", [pytest.param(None, True, marks=pytest.mark.slow), ("block", False),
+                                         pytest.param("block", True, marks=pytest.mark.slow)])
+def test_left_padding_is_hidden(loaded, cache, tails):
     """Padding keys are masked and RoPE counts from the first real token: a whole-block prompt padded
-    by a block gives the unpadded logits and SR-SMC particles; a prompt of 5 tokens padded to 8 or to
-    12 gives one result, with and without the block cache."""
+    by a block gives the unpadded logits and SR-SMC particles; (tails) a prompt of 5 tokens padded to
+    8 or to 12 gives one result, with and without the block cache (the default suite runs the tail
+    layout through the official unaligned traces)."""
     m = loaded["moe_shared"]
     smc = sr.SMCConfig(num_particles=4, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
                        resample_every=2, ess_threshold=1.0)
@@ -626,13 +628,13 @@ def test_left_padding_is_hidden(loaded, cache):
     sample = sr.make_sampler(as_denoiser(m, cache=cache, block_length=4), smc)
     plain = sample(jax.random.key(3), m.params, prompt)
     padded = sample(jax.random.key(3), m.params, *_padded(prompt, 4, m.config.pad_token_id))
-    short = [sample(jax.random.key(5), m.params, *_padded(prompt[:5], pad, 0)) for pad in (3, 7)]
+    short = [sample(jax.random.key(5), m.params, *_padded(prompt[:5], pad, 0)) for pad in (3, 7)] if tails else []
     # with a prompt_mask the canvas has one more block (for a prompt's tail): its steps come last,
     # and a prompt without a tail never takes them
     steps = np.asarray(plain.ancestors).shape[0]
     assert np.asarray(padded.ancestors).shape[0] == steps + smc.steps_per_block
     assert not np.asarray(padded.resampled)[steps:].any()
-    for a, b in ((plain, padded), tuple(short)):
+    for a, b in ((plain, padded),) + ((tuple(short),) if tails else ()):
         for f in ("particles", "tokens", "ancestors", "resampled"):
             np.testing.assert_array_equal(np.asarray(getattr(a, f))[:steps], np.asarray(getattr(b, f))[:steps],
                                           err_msg=f)
@@ -650,8 +652,8 @@ def test_left_padding_is_hidden(loaded, cache):
 
 def test_prompt_tail_shares_the_first_block_block_by_block(loaded):
     """A batch of a 5-token prompt (tail 1 in blocks of 4) and an 8-token one, left-padded to 8: the
-    block-by-block API (one extra block, run only for the prompt with a tail) equals the whole run,
-    ``rows_done`` counts the final rows, and each prompt equals its run alone."""
+    block-by-block API (one extra block, run only for the prompt with a tail) equals the whole run
+    and ``rows_done`` counts the final rows."""
     m = loaded["moe_shared"]
     smc = sr.SMCConfig(num_particles=3, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
                        resample_every="step", ess_threshold=1.0)
@@ -671,14 +673,27 @@ def test_prompt_tail_shares_the_first_block_block_by_block(loaded):
     stepped = sample.finish(m.params, loop)
     for f in ("particles", "tokens", "ancestors", "nfe", "num_steps", "log_weights"):
         np.testing.assert_array_equal(np.asarray(getattr(whole, f)), np.asarray(getattr(stepped, f)), err_msg=f)
+    assert int(whole.nfe[0]) > int(whole.nfe[1])  # the prompt with a tail ran one more block
+    assert not np.any(np.asarray(whole.particles) == m.mask_id)
+
+
+@pytest.mark.slow  # two more sampler programs (~20 s)
+def test_prompts_with_and_without_a_tail_batched_equal_each_alone(loaded):
+    """A batch of a 5-token prompt (tail 1 in blocks of 4) and an 8-token one, left-padded to 8, with
+    one key per prompt: each prompt's particles equal its run alone."""
+    m = loaded["moe_shared"]
+    smc = sr.SMCConfig(num_particles=3, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
+                       resample_every="step", ess_threshold=1.0)
+    sample = sr.make_sampler(as_denoiser(m, cache="block", block_length=4), smc)
+    real = arrays("moe_shared")["trace_prompt"][0]
+    rows = [_left_padded(real[:5], 4), _left_padded(real[:8], 4)]
+    prompts, masks = jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
     keys = jax.random.split(jax.random.key(4), 2)  # one key per prompt: a prompt alone gets its own key
     both = sample(keys, m.params, prompts, masks)
     for b in range(2):
         alone = sample(keys[b:b + 1], m.params, prompts[b:b + 1], masks[b:b + 1])
         for f in ("particles", "log_weights", "nfe"):
             np.testing.assert_array_equal(np.asarray(getattr(both, f))[b], np.asarray(getattr(alone, f))[0], err_msg=f)
-    assert int(whole.nfe[0]) > int(whole.nfe[1])  # the prompt with a tail ran one more block
-    assert not np.any(np.asarray(whole.particles) == m.mask_id)
 
 
 @pytest.mark.slow  # four generate programs (~1 min on 2 busy cores)
