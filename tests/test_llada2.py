@@ -650,17 +650,23 @@ def test_left_padding_is_hidden(loaded, cache, tails):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
 
 
-def test_prompt_tail_shares_the_first_block_block_by_block(loaded):
-    """A batch of a 5-token prompt (tail 1 in blocks of 4) and an 8-token one, left-padded to 8: the
-    block-by-block API (one extra block, run only for the prompt with a tail) equals the whole run
-    and ``rows_done`` counts the final rows."""
+def _tail_batch(loaded):
+    """(model, block-cache sampler, prompts, masks): a 5-token prompt (tail 1 in blocks of 4) and an
+    8-token one, left-padded to 8, for 3 particles resampled every step."""
     m = loaded["moe_shared"]
     smc = sr.SMCConfig(num_particles=3, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
                        resample_every="step", ess_threshold=1.0)
     sample = sr.make_sampler(as_denoiser(m, cache="block", block_length=4), smc)
     real = arrays("moe_shared")["trace_prompt"][0]
     rows = [_left_padded(real[:5], 4), _left_padded(real[:8], 4)]
-    prompts, masks = jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
+    return m, sample, jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
+
+
+def test_prompt_tail_shares_the_first_block_block_by_block(loaded):
+    """A batch of a 5-token prompt (tail 1 in blocks of 4) and an 8-token one, left-padded to 8: the
+    block-by-block API (one extra block, run only for the prompt with a tail) equals the whole run
+    and ``rows_done`` counts the final rows."""
+    m, sample, prompts, masks = _tail_batch(loaded)
     assert sample.extra_rows(prompts, masks) == 4 and sample.extra_rows(prompts) == 0
     whole = sample(jax.random.key(2), m.params, prompts, masks)
     loop = sample.init(jax.random.key(2), m.params, prompts, masks)
@@ -681,13 +687,7 @@ def test_prompt_tail_shares_the_first_block_block_by_block(loaded):
 def test_prompts_with_and_without_a_tail_batched_equal_each_alone(loaded):
     """A batch of a 5-token prompt (tail 1 in blocks of 4) and an 8-token one, left-padded to 8, with
     one key per prompt: each prompt's particles equal its run alone."""
-    m = loaded["moe_shared"]
-    smc = sr.SMCConfig(num_particles=3, gen_length=8, block_length=4, top_p=0.9, mask_id=m.mask_id,
-                       resample_every="step", ess_threshold=1.0)
-    sample = sr.make_sampler(as_denoiser(m, cache="block", block_length=4), smc)
-    real = arrays("moe_shared")["trace_prompt"][0]
-    rows = [_left_padded(real[:5], 4), _left_padded(real[:8], 4)]
-    prompts, masks = jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
+    m, sample, prompts, masks = _tail_batch(loaded)
     keys = jax.random.split(jax.random.key(4), 2)  # one key per prompt: a prompt alone gets its own key
     both = sample(keys, m.params, prompts, masks)
     for b in range(2):
