@@ -88,8 +88,7 @@ class SamplingProb:
         return jnp.where(kept, jnp.exp(x0_scaled - jax.nn.logsumexp(scaled, axis=-1)), 0.0)
 
 
-CONFIDENCES.register("sampling_prob", lambda temperature, top_k, top_p: SamplingProb(temperature, top_k, top_p),
-                     knobs=("temperature", "top_k", "top_p"),
+CONFIDENCES.register("sampling_prob", SamplingProb, knobs=("temperature", "top_k", "top_p"),
                      help="p(x̂0) under the tempered, filtered distribution it is drawn from (LLaDA2's generate())")
 
 

@@ -57,8 +57,8 @@ def build_llada2_denoiser(graphdef: Any, cfg: LLaDA2Config, *, cache: Optional[s
         # prompt's tail, srsmc_jax.smc); make_sampler checks prompt + gen_length against max_length
         if n % mb:
             raise ValueError(f"LLaDA2: the sequence length {n} (prompt + generation) must be a multiple of the "
-                             f"model block length {mb} so that the prompt is whole blocks, as generate() aligns "
-                             "its blocks at position 0")
+                             f"model block length {mb}: left-pad the prompt to whole blocks and pass its "
+                             "prompt_mask (its blocks then count from the first real token, as generate()'s)")
         if engine_block is not None and engine_block % mb:
             raise ValueError(f"LLaDA2: the engine's block_length {engine_block} must be a multiple of the model "
                              f"block length {mb}")

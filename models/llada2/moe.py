@@ -256,12 +256,12 @@ def _ffn_tokens(x, idx, weights, w_gu, w_down, expert_offset, *, impl, precision
     if impl == "dense":
         return dense_ffn(x, idx, weights, w_gu, w_down, expert_offset=expert_offset, precision=precision)
     t, k = idx.shape
-    s = _sort(idx, expert_offset, w_gu.shape[0])
-    fn = {"loop": _loop_rows, "tiled": _tiled_rows, "ragged": _ragged_rows}[impl]
     el = w_gu.shape[0]
+    s = _sort(idx, expert_offset, el)
+    fn = {"loop": _loop_rows, "tiled": _tiled_rows, "ragged": _ragged_rows}[impl]
     rows_here = t * k * el // (num_experts or el)  # the expected rows of the experts held here
     out = fn(x, s, w_gu, w_down, precision, rows_here).reshape(t, k, -1)
-    local = (s.key < w_gu.shape[0]).reshape(t, k)
+    local = (s.key < el).reshape(t, k)
     out = jnp.where(local[..., None], out, jnp.zeros((), out.dtype))
     w = jnp.where(local, weights, 0.0)
     return jnp.sum(out.astype(jnp.float32) * w[..., None], axis=1).astype(x.dtype)
