@@ -457,6 +457,29 @@ def test_converter_bad_folder_is_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_converter_names_a_mis_shaped_expert_weight_and_its_half(tmp_path):
+    """An expert's up_proj of the wrong shape: a one-line error naming the key and the column half of
+    ``gate_up_proj`` it was to fill; nothing written."""
+    from safetensors.numpy import load_file, save_file
+    from srsmc_jax.convert import convert_checkpoint
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text((FIXTURES / "moe_shared" / "config.json").read_text())
+    t = load_file(str(FIXTURES / "moe_shared" / "model.safetensors"))
+    key = "model.layers.2.mlp.experts.5.up_proj.weight"
+    t[key] = t[key][:-1]
+    save_file(t, str(src / "model.safetensors"))
+    width = t["model.layers.2.mlp.experts.5.gate_proj.weight"].shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError) as e:
+            convert_checkpoint(src, tmp_path / "out")
+    msg = str(e.value)
+    assert "\n" not in msg and key in msg and f"experts.gate_up_proj[5][..., {width}:{2 * width}]" in msg, msg
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_in_the_old_expert_layout_asks_for_a_new_conversion(converted, tmp_path):
     """A checkpoint converted before gate and up were fused (``experts.gate_proj`` / ``up_proj``) is
     refused before any model is built, naming both layouts and the fix."""
