@@ -2,6 +2,8 @@
 empty experts, assignments to experts held elsewhere (expert parallelism), and ``vmap`` (the engine's
 particles), whose batching rule joins the sequences into one grouped matmul."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,20 @@ def test_vmap_runs_one_grouped_matmul():
     hlo = jax.jit(f).lower(*(jnp.stack([a] * 8) for a in (x, idx, w))).as_text()
     assert hlo.count("stablehlo.while") == 1 + 2  # the overflow loop, its tile loops (cap rows, then 16): once
     assert capacity(8 * 32 * K, E) == 72 and capacity(32 * K, E) == 16 and capacity(100, E) == 16
+
+
+@pytest.mark.parametrize("impl", ["loop", "tiled"])
+def test_batched_down_projection_reads_its_rows_transposed(impl):
+    """The batched down projection gets its rows as [G, I, C], written out behind an optimization
+    barrier (XLA:CPU runs that product on all cores; folded back, on one core at I < 256): a
+    refactor that drops the barrier or the transpose is seen here, not only in the benchmark."""
+    x, idx, w = _case(64, seed=3, skew=None)
+    wgu, wd = _weights()
+    text = jax.jit(lambda x, i, w: grouped_ffn(x, i, w, wgu, wd, impl=impl)).lower(x, idx, w).as_text()
+    barrier = re.search(r"(%\w+) = stablehlo.optimization_barrier %\w+ : tensor<\d+x" + str(WIDTH) + r"x\d+xf32>", text)
+    assert barrier, "the down projection's rows are not written out transposed"
+    assert re.search(rf"stablehlo.dot_general {barrier.group(1)}, %\w+, batching_dims = \[0\] x \[0\], "
+                     r"contracting_dims = \[1\] x \[1\]", text)
 
 
 def test_loop_overflow_of_every_size():
