@@ -39,13 +39,12 @@ def dataclasses_replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
-def expert_loads(mod, tokens) -> list:
+def expert_loads(mod, tokens, num_experts: int) -> list:
     """Per MoE layer: the rows of its busiest expert over the mean rows per expert, on ``tokens``."""
     import numpy as np
 
-    chosen = np.asarray(mod.routing(tokens, block_length=32))  # [layers, B, L, k]
-    return [round(float(np.bincount(c.ravel()).max() * mod.layers[0].mlp.num_experts / c.size), 2)
-            if hasattr(mod.layers[0].mlp, "num_experts") else None for c in chosen]
+    chosen = np.asarray(mod.routing(tokens, block_length=32))  # [MoE layers, B, L, k]
+    return [round(float(np.bincount(c.ravel()).max() * num_experts / c.size), 2) for c in chosen]
 
 
 def run(args) -> dict:
@@ -89,7 +88,7 @@ def run(args) -> dict:
 
     moe = models.random_model(moe_cfg, seed=0, dtype=args.dtype)
     moe_mod = nnx.merge(moe.graphdef, moe.params)
-    busiest = expert_loads(moe_mod, tokens)
+    busiest = expert_loads(moe_mod, tokens, moe_cfg.num_experts)
     dense = models.random_model(dense_cfg, seed=0, dtype=args.dtype)
     dense_mod = nnx.merge(dense.graphdef, dense.params)
     impls = [default_impl(), "tiled", "dense"] if default_impl() == "loop" else [default_impl(), "dense"]

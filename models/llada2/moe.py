@@ -110,16 +110,19 @@ def _swiglu(gu: jax.Array) -> jax.Array:
     return jax.nn.silu(gu[..., :i]) * gu[..., i:]
 
 
-def _batched_down(h: jax.Array, w_down: jax.Array, precision: Any) -> jax.Array:
-    """h [G, C, I] x w_down [G, I, D] -> [G, C, D]: each group's rows times its own down projection.
+def _batched_experts(xb: jax.Array, w_gu: jax.Array, w_down: jax.Array, precision: Any) -> jax.Array:
+    """xb [G, C, D] -> [G, C, D]: each group's rows through its own expert's SwiGLU (w_gu [G, D, 2I],
+    w_down [G, I, D]).
 
-    ``h`` reaches the product transposed ([G, I, C], written out behind an optimization barrier so
-    that XLA cannot fold the transpose back into the product). XLA:CPU then runs the batched
-    product with its Eigen kernels on all cores; its default YNNPACK kernels ran a batch with
-    I < 256 on one core. Measured on 2 cores: 1.3x-1.8x faster for this product, about 0.1 off the
-    whole forward's ratio to the dense model (benchmarks/llada2_moe.py); the same float32 sums."""
-    ht = jax.lax.optimization_barrier(jnp.swapaxes(h, 1, 2))
-    return jax.lax.dot_general(ht, w_down.astype(h.dtype), (((1,), (1,)), ((0,), (0,))), precision=precision)
+    The down projection gets its rows transposed ([G, I, C], written out behind an optimization
+    barrier so that XLA cannot fold the transpose back into the product). XLA:CPU then runs that
+    batched product with its Eigen kernels on all cores; its default YNNPACK kernels ran a batch
+    with I < 256 on one core. Measured on 2 cores: 1.3x-1.8x faster for this product, about 0.1 off
+    the whole forward's ratio to the dense model (benchmarks/llada2_moe.py); the same float32 sums."""
+    dt = xb.dtype
+    gu = jnp.einsum("gcd,gdi->gci", xb, w_gu.astype(dt), precision=precision)
+    ht = jax.lax.optimization_barrier(jnp.swapaxes(_swiglu(gu), 1, 2))
+    return jax.lax.dot_general(ht, w_down.astype(dt), (((1,), (1,)), ((0,), (0,))), precision=precision)
 
 
 def capacity(rows: int, experts: int) -> int:
@@ -178,8 +181,7 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     dot = functools.partial(jnp.dot, precision=precision)
 
     head_tok = jnp.take(s.tok, jnp.minimum(s.start[:, None] + jnp.arange(cap, dtype=jnp.int32), r0 - 1), axis=0)
-    gu = jnp.einsum("ecd,edi->eci", jnp.take(x, head_tok, axis=0), w_gu.astype(dt), precision=precision)
-    y_head = _batched_down(_swiglu(gu), w_down, precision)
+    y_head = _batched_experts(jnp.take(x, head_tok, axis=0), w_gu, w_down, precision)
 
     # the overflow: experts with more than cap rows, in ascending order; tok padded so that a tile
     # never reads past the end (dynamic_slice would move it back instead)
@@ -236,10 +238,8 @@ def _tiled_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     n_tiles = slots // tile
     tile_expert = jnp.clip(jnp.searchsorted(pend, jnp.arange(n_tiles, dtype=jnp.int32) * tile, side="right"),
                            0, el - 1)
-    dt = x.dtype
     xb = jnp.take(x, slot_tok, axis=0).reshape(n_tiles, tile, -1)
-    gu = jnp.einsum("ntd,ndi->nti", xb, w_gu[tile_expert].astype(dt), precision=precision)
-    y = _batched_down(_swiglu(gu), w_down[tile_expert], precision)
+    y = _batched_experts(xb, w_gu[tile_expert], w_down[tile_expert], precision)
     return jnp.take(y.reshape(slots, -1), jnp.clip(dest, 0, slots - 1)[s.inv], axis=0)
 
 
