@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import time
@@ -55,6 +56,7 @@ def run(args) -> dict:
     from srsmc_jax.models.llada2 import LLaDA2Config
     from srsmc_jax.models.llada2.moe import default_impl
 
+    from benchmarks.vs_reference import cpu_features, cpu_model
     from srsmc_jax import models
 
     common = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -124,6 +126,7 @@ def run(args) -> dict:
     same = all(np.allclose(outs[i], outs[impls[0]], rtol=1e-3, atol=1e-3) for i in impls)
     return {
         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpu": cpu_features(),
         "preset": args.preset, "dtype": args.dtype,
         "busiest_expert_over_mean_rows": busiest,
         "shape": {"batch": args.batch, "length": args.length, "hidden": args.hidden, "layers": args.layers,

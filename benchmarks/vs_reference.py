@@ -459,6 +459,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> dict:
+    """What tells two CPUs of one model name apart for a kernel-bound benchmark: the widest vector
+    and matrix extensions, the clock and the cache sizes (Linux; {} elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        fields.setdefault(key.strip(), val.strip())
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    caches = {}
+    for idx in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (idx / "level").read_text().strip(), (idx / "type").read_text().strip()
+            caches[f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''}"] = (
+                (idx / "size").read_text().strip())
+        except OSError:
+            pass
+    return {"isa": [f for f in wanted if f in flags], "mhz": fields.get("cpu MHz"), "cache_per_core": caches}
+
+
 def library_versions() -> dict:
     import jax
     import jaxlib
