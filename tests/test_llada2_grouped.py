@@ -146,3 +146,29 @@ def test_tiled_is_batch_invariant_bit_for_bit():
     for j in range(4):
         alone = np.asarray(f(xs[j][None], idxs[j][None], ws[j][None]))[0]
         np.testing.assert_array_equal(batch[j], alone)
+
+
+def test_moe_benchmark_runs_tiny_and_records_its_cpu(tmp_path):
+    """benchmarks/llada2_moe.py at a toy shape: every MoE implementation gives the dense-over-all-experts
+    logits, the ratios carry quartiles, and the record says which CPU measured it (ratios differ
+    between CPUs of one model name)."""
+    import json
+    import os
+
+    from benchmarks import llada2_moe
+
+    out = tmp_path / "moe.json"
+    assert llada2_moe.main(["--length", "32", "--batch", "2", "--layers", "1", "--hidden", "64", "--heads", "2",
+                            "--vocab", "128", "--experts", "8", "--groups", "2", "--expert-width", "32",
+                            "--repeats", "2", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["same_logits"] is True
+    assert set(rec["seconds"]) == {"moe_loop", "moe_tiled", "moe_dense", "moe_ragged", "dense_active_width"}
+    lo, hi = rec["moe_over_dense_active"]["quartiles"]
+    assert lo <= rec["moe_over_dense_active"]["median"] <= hi
+    assert rec["cpu_count"] == os.cpu_count() and rec["cpu_model"]
+    if os.path.exists("/proc/cpuinfo"):
+        assert rec["cpu"]["cache_per_core"] and isinstance(rec["cpu"]["isa"], list)
+    (busiest,) = rec["busiest_expert_over_mean_rows"]  # one MoE layer
+    # at least the mean; at most every token (a token picks k = 4 distinct of E = 8 experts): E / k
+    assert 1.0 <= busiest <= 8 / 4
