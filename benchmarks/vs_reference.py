@@ -449,19 +449,8 @@ def render_table(rows: list[dict], settings: list[str]) -> str:
     return "\n".join(out)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_features() -> dict:
-    """What tells two CPUs of one model name apart for a kernel-bound benchmark: the widest vector
-    and matrix extensions, the clock and the cache sizes (Linux; {} elsewhere)."""
+def _cpuinfo() -> dict:
+    """The first CPU's fields of /proc/cpuinfo ({} where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -470,6 +459,19 @@ def cpu_features() -> dict:
     for line in text.splitlines():
         key, _, val = line.partition(":")
         fields.setdefault(key.strip(), val.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_features() -> dict:
+    """What tells two CPUs of one model name apart for a kernel-bound benchmark: the widest vector
+    and matrix extensions, the clock and the cache sizes (Linux; {} elsewhere)."""
+    fields = _cpuinfo()
+    if not fields:
+        return {}
     flags = set(fields.get("flags", "").split())
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
     caches = {}

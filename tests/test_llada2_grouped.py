@@ -168,7 +168,9 @@ def test_moe_benchmark_runs_tiny_and_records_its_cpu(tmp_path):
     assert lo <= rec["moe_over_dense_active"]["median"] <= hi
     assert rec["cpu_count"] == os.cpu_count() and rec["cpu_model"]
     if os.path.exists("/proc/cpuinfo"):
-        assert rec["cpu"]["cache_per_core"] and isinstance(rec["cpu"]["isa"], list)
+        assert isinstance(rec["cpu"]["isa"], list)
+    if os.path.isdir("/sys/devices/system/cpu/cpu0/cache"):
+        assert rec["cpu"]["cache_per_core"]
     (busiest,) = rec["busiest_expert_over_mean_rows"]  # one MoE layer
     # at least the mean; at most every token (a token picks k = 4 distinct of E = 8 experts): E / k
     assert 1.0 <= busiest <= 8 / 4
