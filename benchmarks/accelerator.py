@@ -59,7 +59,10 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from srsmc_jax.app.results_file import write_json
+from benchmarks.output import check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.accelerator"
 
 # dense bf16 peak TFLOP/s by device kind (substring of jax's ``device_kind``, lower case)
 PEAK_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l4": 121.0, "tpu v4": 275.0, "tpu v5 lite": 197.0,
@@ -519,8 +522,7 @@ def main(argv=None) -> dict:
                     help="llada: LLaDA-8B's shape (default); llada2: LLaDA2.0-mini's MoE shape, exact block cache")
     args = ap.parse_args(argv)
     if args.family == "llada2":
-        if args.json and not Path(args.json).absolute().parent.is_dir():
-            ap.error(f"--json: folder {Path(args.json).absolute().parent} does not exist")
+        check_out(args.json, module=MODULE)
         try:
             layers = 2 if args.layers == "auto" and args.tiny else (4 if args.layers == "auto" else int(args.layers))
         except ValueError:
@@ -535,7 +537,7 @@ def main(argv=None) -> dict:
         r = run_llada2(layers=layers, tiny=args.tiny, dtype=args.dtype, repeats=args.repeats, **dims)
         print(render_llada2(r))
         if args.json:
-            write_json(args.json, r)
+            save(args.json, r, module=MODULE)
         return r
     base = TINY if args.tiny else Shape()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Shape)
@@ -556,15 +558,14 @@ def main(argv=None) -> dict:
         ap.error(f"--gen-length {s.gen_length} is not a multiple of --block-length {s.block_length}")
     if args.repeats < 1:
         ap.error("--repeats: must be >= 1")
-    if args.json and not Path(args.json).absolute().parent.is_dir():
-        ap.error(f"--json: folder {Path(args.json).absolute().parent} does not exist")
+    check_out(args.json, module=MODULE)
     r = run(s, cache=None if args.cache == "none" else args.cache, select=args.select, dtype=args.dtype,
             repeats=args.repeats, peak_tflops=args.peak_tflops, layers_auto=layers_auto)
     print(render(r))
     if args.json:
-        write_json(args.json, r)
+        save(args.json, r, module=MODULE)
     return r
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 
 
@@ -102,4 +101,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.output import run as run_benchmark
+
+    run_benchmark("benchmarks.bd3lm_cache", main)

@@ -2,7 +2,7 @@
 random LLaDA (whatever backend JAX picks; this repo measured it on a 2-core CPU), a FLOP count that
 explains the measured times, and the extrapolation of that count to LLaDA-8B and Dream-7B.
 
-    srsmc eval.throughput [--json benchmarks/results/eval_throughput.json]
+    python -m benchmarks.eval_throughput [--json benchmarks/results/eval_throughput.json]
 
 FLOP model (forward only, per particle and step; the denoiser's matmuls plus attention):
 ``2 · body_params · rows + 4 · layers · rows · keys · q_width + 2 · d · V · head_rows``, where
@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Optional
+
+from benchmarks.output import check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.eval_throughput"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the measurement and the estimate here")
     p.add_argument("--data", type=Path, default=None, help="data folder (for the prompt lengths)")
     args = p.parse_args(argv)
+    check_out(args.json, module=MODULE)
     import jax
 
     rate = matmul_rate()
@@ -217,11 +221,11 @@ def main(argv=None) -> int:
         print(f"| {r['family']} | {r['task']} | {r['documents']} | {r['prompt_tokens']} | {r['N']} | "
               f"{r['pflop_per_doc']:.2f} | " + " | ".join(f"{r[a]:.2f}" for a in accs) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"device": jax.devices()[0].platform, "matmul_gflop_per_s": rate / 1e9,
-                                         "measured": rows, "prompt_tokens_gpt2": lengths, "utilisation": UTILISATION,
-                                         "steps_per_256": STEPS_PER_256, "estimate": est}, indent=2) + "\n")
+        save(args.json, {"device": jax.devices()[0].platform, "matmul_gflop_per_s": rate / 1e9, "measured": rows,
+                         "prompt_tokens_gpt2": lengths, "utilisation": UTILISATION, "steps_per_256": STEPS_PER_256,
+                         "estimate": est}, module=MODULE)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(MODULE, main)

@@ -30,7 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
+MODULE = "benchmarks.forward_profile"
 
 FLAG_SETS = {
     "default": "",  # jaxlib 0.10: dots run as YNNPACK fusions (``__ynn_fusion``), the rest XLA's own loops
@@ -112,6 +116,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", nargs=2, metavar=("CONV", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    check_out(args.json, module=MODULE)
     if args.worker:
         Path(args.worker[1]).write_text(json.dumps(worker(args.worker[0], args.repeats), indent=2))
         return {}
@@ -127,13 +132,14 @@ def main(argv=None) -> dict:
         hf = write_llada_checkpoint(Path(tmp) / "hf", LLaDAShape(), seed=0, lm_head_gain=2.0)
         conv = Path(tmp) / "conv"
         subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv)], cwd=ROOT, check=True,
-                       capture_output=True)
+                       capture_output=True, preexec_fn=CHILD)
         for _cycle in range(args.cycles):
           for name, flags in sets.items():
             env = dict(os.environ, XLA_FLAGS=flags)
             out = Path(tmp) / "out.json"
             p = subprocess.run([sys.executable, "-m", "benchmarks.forward_profile", "--repeats", str(args.repeats),
-                                "--worker", str(conv), str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+                                "--worker", str(conv), str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                               preexec_fn=CHILD)
             if p.returncode != 0:
                 res["runs"][name] = {"xla_flags": flags, "error": (p.stderr or p.stdout).strip().splitlines()[-1:]}
                 print(f"{name}: failed: {res['runs'][name]['error']}", file=sys.stderr, flush=True)
@@ -164,9 +170,9 @@ def main(argv=None) -> dict:
         print("\ngreedy forward (batch 1), optimised HLO ops: " + ", ".join(f"{k} {v}" for k, v in ops.items()))
     res["load_average_after"] = list(os.getloadavg())
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        save(args.json, res, module=MODULE)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)

@@ -28,9 +28,12 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import time
 
+from benchmarks.output import check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.llada2_moe"
 BURST = 3  # calls per turn of a variant (the first untimed)
 
 
@@ -162,10 +165,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", default="benchmarks/results/llada2_moe.json")
     args = p.parse_args(argv)
+    check_out(args.out, module=MODULE, flag="--out")
     res = run(args)
-    from srsmc_jax.app.results_file import write_json
-
-    write_json(args.out, res, indent=2)
+    save(args.out, res, module=MODULE, flag="--out")
     for k, v in res["seconds"].items():
         print(f"{k:24s} {v * 1e3:9.2f} ms")
     if res["moe_tiled_over_dense_active"] is not None:
@@ -176,4 +178,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(MODULE, main)

@@ -46,7 +46,10 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from srsmc_jax.app.results_file import write_json
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.memory"
 
 DTYPE_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "s8": 1, "u8": 1, "s64": 8, "u64": 8,
                "f64": 8}
@@ -227,10 +230,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--cases", default=";".join(CASES),
                     help="case names separated by semicolons (the names contain commas)")
     args = ap.parse_args(argv)
+    check_out(args.json, module=MODULE)
     if args.large_n:
         rows = large_n()
         if args.json:
-            write_json(args.json, rows)
+            save(args.json, rows, module=MODULE)
         return rows
     import numpy as np
 
@@ -249,7 +253,7 @@ def main(argv=None) -> dict:
             write_llada_checkpoint(hf, shape, seed=0)
         if not (conv / "srsmc_checkpoint.json").is_file():
             p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv), "--force"], cwd=ROOT,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, preexec_fn=CHILD)
             if p.returncode:
                 raise SystemExit(f"convert failed: {p.stderr.strip()}")
         np.save(work / "prompts.npy", np.random.default_rng(1).integers(0, shape.mask_token_id, (16, 32)))
@@ -260,7 +264,7 @@ def main(argv=None) -> dict:
                         gen_length=128, block_length=32)
             out = work / "memory_case.json"
             p = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--one", json.dumps(spec), str(out)],
-                               cwd=ROOT, capture_output=True, text=True)
+                               cwd=ROOT, capture_output=True, text=True, preexec_fn=CHILD)
             if p.returncode:
                 raise SystemExit(f"case {name!r} failed: {p.stderr.strip()[-2000:]}")
             res = json.loads(out.read_text())
@@ -277,7 +281,7 @@ def main(argv=None) -> dict:
                   f"{res['loop_copies_total_bytes'] * mb:.2f} MiB per iteration set, of loop-carried buffers: "
                   f"{len(res['loop_carried_copies'])}", flush=True)
     if args.json:
-        write_json(args.json, rows)
+        save(args.json, rows, module=MODULE)
     return rows
 
 
@@ -285,4 +289,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--one":
         Path(sys.argv[3]).write_text(json.dumps(measure_one(json.loads(sys.argv[2]))))
     else:
-        main()
+        run_benchmark(MODULE, main)

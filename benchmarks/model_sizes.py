@@ -96,4 +96,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.output import run as run_benchmark
+
+    run_benchmark("benchmarks.model_sizes", main)

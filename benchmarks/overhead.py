@@ -17,7 +17,6 @@ forward pass); ``engine_share`` = its time / the SR-SMC call's time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,10 @@ import time
 import jax
 
 import srsmc_jax as sr
+from benchmarks.output import check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.overhead"
 
 ENGINE = "engine alone: SR-SMC, reference setting, table-lookup denoiser (no model)"
 
@@ -65,6 +68,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args(argv)
+    check_out(args.json, module=MODULE)
 
     m = small_llada(args.d_model, args.layers, args.vocab, args.prompt_length + args.gen_length)
     base = sr.SMCConfig(num_particles=args.particles, gen_length=args.gen_length,
@@ -118,10 +122,9 @@ def main(argv=None) -> dict:
         print(f"| {r['variant']} | {r['median_s']:.3f} | {100 * r['overhead']:+.1f}% | {r['tokens_per_s']:.0f} |")
     print(f"engine's own share of the SR-SMC call (table-lookup denoiser / model): {100 * engine_share:.1f}%")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        save(args.json, result, module=MODULE)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)

@@ -33,10 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import srsmc_jax as sr
+from benchmarks.output import check_out, check_png, save, save_png
+from benchmarks.output import run as run_benchmark
 from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
 from srsmc_jax.app.methods import METHODS as DECODING_METHODS
 from srsmc_jax.app.methods import apply_method
-from srsmc_jax.app.results_file import write_json
+
+MODULE = "benchmarks.reasoning"
 
 METHODS = tuple(DECODING_METHODS)  # the one registry: greedy, sampling, best_of_n, srsmc
 # this benchmark's SR-SMC setting (each method then fixes its own knobs): self-reward weights,
@@ -215,7 +218,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"6×6 Sudoku, {result['num_problems']} held-out minimal puzzles")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, module=MODULE, flag="--plot", dpi=110)
     plt.close(fig)
 
 
@@ -238,6 +241,8 @@ def parse_args(argv=None):
     for m in args.methods:
         if m not in METHODS:
             ap.error(f"--methods: unknown method {m!r}; expected a comma list of {', '.join(METHODS)}")
+    check_out(args.json, module=MODULE)
+    check_png(args.plot, module=MODULE, flag="--plot")
     return args
 
 
@@ -248,11 +253,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if result["training_overlap"]:
         print(f"WARNING: {result['training_overlap']} problems come from the training split")
     if args.json:
-        write_json(args.json, result)
+        save(args.json, result, module=MODULE)
     if args.plot:
         plot(result, args.plot)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)

@@ -29,6 +29,10 @@ What it writes (``--out``, committed):
 
 ``--all DIR`` also writes every document's line (not committed) for a one-off comparison of all prompts.
 
+Both folders are written only if they are absent, empty, or hold a ``meta.json`` of this script
+(``"written_by": "benchmarks.record_lm_eval_fixtures"``); anything else is refused before lm-eval
+loads, and left as it is.
+
 How lm-eval is made to read local files (the hub is not reachable): one include-path YAML per task
 that includes the installed original YAML and overrides only ``task`` (a new name: a built-in task
 of the same name would win), ``dataset_path: json``, ``dataset_name: null`` and ``dataset_kwargs``;
@@ -74,6 +78,26 @@ def _write_jsonl(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=True) + "\n")
+
+
+WRITTEN_BY = "benchmarks.record_lm_eval_fixtures"
+
+
+def _folder_error(flag: str, folder: Path):
+    """None if ``folder`` may be (re)written: absent, empty, or holding this script's ``meta.json``."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return f"{flag}: {folder} is not a folder"
+    if not any(folder.iterdir()):
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        meta = None
+    if isinstance(meta, dict) and meta.get("written_by") == WRITTEN_BY:
+        return None
+    return f"{flag}: {folder} holds files this script did not write (no meta.json of it); left as it is"
 
 
 def _sha256(path: Path) -> str:
@@ -233,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="fixture folder to (re)write")
     parser.add_argument("--all", type=Path, default=None, help="also write every document here")
     args = parser.parse_args(argv)
+    for flag, folder in (("--out", args.out), ("--all", args.all)):
+        if folder is not None and (why := _folder_error(flag, folder)):
+            parser.error(why)
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[var] = "1"
 
@@ -267,6 +294,7 @@ def main(argv=None) -> int:
             _write_jsonl(args.out / f"{name}.jsonl", [line(instances[i]) for i in doc_ids])
             if args.all:
                 _write_jsonl(args.all / f"{name}.jsonl", [line(inst) for inst in instances])
+                (args.all / "meta.json").write_text(json.dumps({"written_by": WRITTEN_BY}) + "\n")
             score_rows += _scores(task, name, instances, doc_ids)
             print(f"{name}: {len(instances)} documents, {len(doc_ids)} in the fixture", flush=True)
         _write_jsonl(args.out / "scores.jsonl", score_rows)
@@ -276,6 +304,7 @@ def main(argv=None) -> int:
         sources = ["gsm8k/test.jsonl", "gsm8k/train.jsonl", "humaneval/HumanEval.jsonl", "mbpp/mbpp.jsonl",
                    "math/test.jsonl", "math/train.jsonl", "math/math500.jsonl"]
         meta = {
+            "written_by": WRITTEN_BY,
             "lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else version("lm_eval"),
             "python": platform.python_version(),
             "packages": {p: version(p) for p in ("transformers", "datasets", "math-verify",

@@ -23,10 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from srsmc_jax.app.results_file import write_json
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
+MODULE = "benchmarks.scale"
 PUZZLE = "..4..1 ..2... ...5.2 3..... ..6... 5..6.."
 
 
@@ -53,7 +55,7 @@ def _child(args: list[str], devices: int = 1, timeout: int = 1800, env: dict | N
     env = dict(os.environ, **(env or {}))
     env["SRSMC_SCALE_DEVICES"] = str(devices)
     r = subprocess.run([sys.executable, "-m", "benchmarks.scale", *args, "--json"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)
+                       capture_output=True, text=True, timeout=timeout, preexec_fn=CHILD)
     if r.returncode != 0:
         raise RuntimeError(f"benchmarks.scale {' '.join(args)} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -274,7 +276,8 @@ def load_table(layers: int = 2) -> list[dict]:
         env = dict(os.environ, SRSMC_SCALE_DEVICES="4")
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "load-child", str(path), "--mesh", "1,8",
                                    "--coordinator", f"127.0.0.1:{port}", "--process-id", str(i), "--json"],
-                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=CHILD)
                  for i in (0, 1)]
         for p in procs:
             out, err = p.communicate(timeout=1800)
@@ -289,7 +292,7 @@ def load_table(layers: int = 2) -> list[dict]:
 def _record(key: str, value) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     data[key] = value
-    write_json(RESULTS, data)
+    save(RESULTS, data, module=MODULE, flag="results file")
 
 
 def main(argv=None) -> int:
@@ -321,6 +324,8 @@ def main(argv=None) -> int:
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", help="print the result as one JSON line on stdout")
     args = ap.parse_args(argv)
+    if args.command in ("memory", "scaling", "load"):
+        check_out(RESULTS, module=MODULE, flag="results file")
     _init_devices()
     if getattr(args, "coordinator", None) is not None:
         import jax
@@ -350,4 +355,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_benchmark(MODULE, main)

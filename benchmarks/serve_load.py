@@ -40,6 +40,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.serve_load"
+
 REPO = Path(__file__).resolve().parents[1]
 NAME = "srsmc-sudoku6"
 BLOCK = 12
@@ -65,7 +70,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "srsmc_jax", "serve", "--port", str(self.port), "--slots", str(slots),
              "--max-queue", str(queue), "-n", str(particles), "--block-length", str(BLOCK), "--warmup"],
-            cwd=REPO, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            cwd=REPO, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=CHILD)
         self.lines: list[str] = []
         ready = threading.Event()
 
@@ -161,6 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--disconnect", type=float, default=0.1, help="fraction closed after the first chunk")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    check_out(args.json, module=MODULE)
 
     from srsmc_jax.models.embedded import task_for
 
@@ -263,10 +270,10 @@ def main(argv=None) -> int:
     result["server_log_tail"] = [line.rstrip() for line in server.lines[-3:]]
     print(json.dumps(result["load"]), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        save(args.json, result, module=MODULE)
     ok = not lost and not malformed and not unequal and not mismatched and code == 0
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(MODULE, main)

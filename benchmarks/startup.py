@@ -31,7 +31,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from srsmc_jax.app.results_file import write_json
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.startup"
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "models" / "embedded" / "checkpoint"
@@ -76,7 +79,8 @@ def run_once(argv: Sequence[str], cache: Path, *, python: str = sys.executable) 
     """Wall seconds of ``python -m srsmc_jax ARGV`` in a new process with this cache; fails on a non-zero exit."""
     env = dict(os.environ, SRSMC_COMPILE_CACHE=str(cache))
     start = time.perf_counter()
-    r = subprocess.run([python, "-m", "srsmc_jax", *argv], cwd=REPO, env=env, capture_output=True, text=True)
+    r = subprocess.run([python, "-m", "srsmc_jax", *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                       preexec_fn=CHILD)
     seconds = time.perf_counter() - start
     if r.returncode != 0:
         raise RuntimeError(f"srsmc {' '.join(argv)}: exit status {r.returncode}: {r.stderr.strip()[-2000:]}")
@@ -105,7 +109,7 @@ def measure(name: str, work: Path, repeats: int = 1,
 
 def import_seconds(python: str = sys.executable) -> float:
     start = time.perf_counter()
-    subprocess.run([python, "-c", "import srsmc_jax.app.cli"], cwd=REPO, check=True)
+    subprocess.run([python, "-c", "import srsmc_jax.app.cli"], cwd=REPO, check=True, preexec_fn=CHILD)
     return round(time.perf_counter() - start, 2)
 
 
@@ -119,6 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for n in names:
         if n not in COMMANDS:
             ap.error(f"--commands: unknown command {n!r} (one of {', '.join(COMMANDS)})")
+    check_out(args.json, module=MODULE)
     import jax
 
     rows = {}
@@ -138,11 +143,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                        "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
                        "backend": jax.default_backend()}}
     if args.json:
-        write_json(args.json, out)
+        save(args.json, out, module=MODULE)
     else:
         print(json.dumps(out, indent=2))
     return out
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)

@@ -62,6 +62,7 @@ from srsmc_jax.app.methods import apply_method
 from srsmc_jax.plotting import ancestry
 
 RESULTS = Path(__file__).resolve().parent / "results" / "study"
+MODULE = "benchmarks.study"
 FORMAT = 2  # runs.jsonl record format: canonical SMCConfig keyword arguments under "config"
 
 
@@ -793,7 +794,37 @@ def parse_args(argv=None):
         method_spec("srsmc", {}, args.base_overrides, task=task)
     except (TypeError, ValueError) as e:
         ap.error(f"--base: {e}")
+    if why := study_folder_error(args.out):
+        ap.error(why)
     return args
+
+
+def study_folder_error(out: Path) -> Optional[str]:
+    """None if ``out`` may take the study's files: absent, empty, or a study folder (its ``runs.jsonl``
+    holds only records of this script: JSON objects with a "key" and a "task"; a truncated last line
+    is allowed, as :func:`load_runs` skips it)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"--out: {out} is not a folder"
+    if not any(out.iterdir()):
+        return None
+    runs = out / "runs.jsonl"
+    if not runs.is_file():
+        return f"--out: {out} holds files and no runs.jsonl of {MODULE}; left as it is (choose another folder)"
+    try:
+        lines = runs.read_bytes().decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        lines = None
+    def ours_line(i: int, text: str) -> bool:
+        try:
+            r = json.loads(text)
+        except ValueError:
+            return i == len(lines) - 1  # the truncated last line of an interrupted append
+        return isinstance(r, dict) and {"key", "task"} <= set(r)
+
+    ours = lines is not None and all(ours_line(i, x) for i, x in enumerate(lines) if x)
+    return None if ours else f"--out: {runs} is not a runs file of {MODULE}; left as it is (choose another folder)"
 
 
 def main(argv=None) -> int:
@@ -808,4 +839,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.output import run as run_benchmark
+
+    run_benchmark(MODULE, main)

@@ -23,8 +23,11 @@ import numpy as np
 import optax
 
 import srsmc_jax as sr
+from benchmarks.output import check_out, save
+from benchmarks.output import run as run_benchmark
 from srsmc_jax.app.eval.stats import mcnemar_exact, wilson_interval
-from srsmc_jax.app.results_file import write_json
+
+MODULE = "benchmarks.tune_weights"
 
 
 def sudoku_reward(particles: jax.Array, prompts: jax.Array) -> jax.Array:
@@ -58,6 +61,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    check_out(args.json, module=MODULE)
 
     from srsmc_jax.models.embedded import SudokuTask, sudoku
 
@@ -117,9 +121,9 @@ def main(argv=None) -> dict:
     }
     print(json.dumps({k: result[k] for k in ("before", "after", "mcnemar_p", "only_after", "only_before")}, indent=2))
     if args.json:
-        write_json(args.json, result)
+        save(args.json, result, module=MODULE)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)

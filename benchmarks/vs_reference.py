@@ -69,7 +69,10 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
-from srsmc_jax.app.results_file import write_json
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.vs_reference"
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_WORKER = Path(__file__).resolve().with_name("vs_reference_torch.py")
@@ -243,8 +246,7 @@ def parse_args(argv=None):
             ap.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     if args.gen_length % args.block_length:
         ap.error(f"--gen-length {args.gen_length} is not a multiple of --block-length {args.block_length}")
-    if args.json and not Path(args.json).absolute().parent.is_dir():
-        ap.error(f"--json: folder {Path(args.json).absolute().parent} does not exist")
+    check_out(args.json, module=MODULE)
     args.shape = LLaDAShape(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                             mlp_hidden_size=args.mlp, vocab_size=args.vocab,
                             max_sequence_length=max(512, args.prompt_length + args.gen_length))
@@ -259,7 +261,8 @@ def _run_worker(cmd: list[str], spec: dict, name: str, workdir: Path, env: dict)
     spec_f, out_f = workdir / f"{name}.spec.json", workdir / f"{name}.out.json"
     spec_f.write_text(json.dumps(spec, indent=2))
     out_f.unlink(missing_ok=True)
-    p = subprocess.run(cmd + [str(spec_f), str(out_f)], cwd=ROOT, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd + [str(spec_f), str(out_f)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       preexec_fn=CHILD)
     if p.returncode != 0 or not out_f.is_file():
         tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"worker {name} failed (exit {p.returncode}):\n{tail}")
@@ -284,7 +287,7 @@ def prepare(args, workdir: Path) -> dict:
         write_llada_checkpoint(hf, args.shape, seed=args.seed, lm_head_gain=args.lm_head_gain)
     if not (conv / "srsmc_checkpoint.json").is_file():
         p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv), "--force"], cwd=ROOT,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, preexec_fn=CHILD)
         if p.returncode != 0:
             raise RuntimeError(f"srsmc convert failed: {(p.stderr or p.stdout).strip()}")
     rng = np.random.default_rng(args.seed + 1)
@@ -567,13 +570,18 @@ def main(argv=None) -> dict:
         "raw": {"reference": ref_res, "ours": ours_res},
     }
     if args.json:
-        write_json(args.json, result)
+        save(args.json, result, module=MODULE)
     return result
 
 
-if __name__ == "__main__":
+def _cli(argv=None) -> int:
     try:
-        main()
+        main(argv)
     except RuntimeError as e:  # a worker or the converter failed: say which, without a traceback
         print(f"vs_reference: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_benchmark(MODULE, _cli)

@@ -41,7 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.llada_checkpoint import LLaDAShape, write_llada_checkpoint
-from srsmc_jax.app.results_file import write_json
+from benchmarks.output import CHILD, check_out, save
+from benchmarks.output import run as run_benchmark
+
+MODULE = "benchmarks.vs_reference_breakdown"
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +209,8 @@ def reference_pieces(args, threads: int, hf: Path, prompts_file: Path, workdir: 
     spec_f.write_text(json.dumps(spec))
     env = dict(os.environ, TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS=str(threads))
     p = subprocess.run([args.torch_python, str(Path(__file__).with_name("vs_reference_torch.py")),
-                        str(spec_f), str(out_f)], cwd=ROOT, env=env, capture_output=True, text=True)
+                        str(spec_f), str(out_f)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       preexec_fn=CHILD)
     if p.returncode != 0:
         raise RuntimeError(f"reference pieces failed: {(p.stderr or p.stdout)[-2000:]}")
     return json.loads(out_f.read_text())
@@ -286,6 +290,7 @@ def main(argv=None) -> dict:
         ap.error(f"--reference: {args.reference}/llada/generate_smc.py not found")
     if args.gen_length % args.block_length:
         ap.error("--gen-length must be a multiple of --block-length")
+    check_out(args.json, module=MODULE)
     shape = LLaDAShape(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, mlp_hidden_size=args.mlp,
                        vocab_size=args.vocab, max_sequence_length=max(512, args.prompt_length + args.gen_length))
     try:
@@ -297,7 +302,7 @@ def main(argv=None) -> dict:
         hf = write_llada_checkpoint(work / "hf", shape, seed=args.seed)
         conv = work / "conv"
         p = subprocess.run([sys.executable, "-m", "srsmc_jax.convert", str(hf), str(conv)], cwd=ROOT,
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, preexec_fn=CHILD)
         if p.returncode != 0:
             raise RuntimeError(f"srsmc convert failed: {p.stderr.strip()}")
         prompts = np.random.default_rng(args.seed + 1).integers(
@@ -314,9 +319,9 @@ def main(argv=None) -> dict:
     print(text)
     res["report_markdown"] = text
     if args.json:
-        write_json(args.json, res, default=str)
+        save(args.json, res, module=MODULE, default=str)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(MODULE, main)
