@@ -104,6 +104,12 @@ def route(h: jax.Array, weight: jax.Array, expert_bias: jax.Array, *, n_group: i
     return idx.astype(jnp.int32), w * jnp.float32(scaling)
 
 
+def _rows(a: jax.Array, idx: jax.Array) -> jax.Array:
+    """``a[idx]`` along axis 0 for indices known to be in bounds: XLA's gather as it is (jnp.take's
+    default "fill" mode adds a select over the whole result to mark out-of-bounds rows)."""
+    return jnp.take(a, idx, axis=0, mode="clip")
+
+
 def _swiglu(gu: jax.Array) -> jax.Array:
     """gu [..., 2I] (gate columns, then up columns) -> silu(gate) * up [..., I]."""
     i = gu.shape[-1] // 2
@@ -168,36 +174,46 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
 
     The first ``cap`` rows of every expert (:func:`capacity`) go through ONE batched product
     ``[E_l, cap, D] x [E_l, D, 2I]``, ``[E_l, cap, I] x [E_l, I, D]`` (the weights used in place; an
-    expert with fewer rows pads them; the rows are gathered straight from x). The rows past an
-    expert's ``cap`` run in a loop over just the experts that have some: tiles of ``cap`` rows, then
-    tiles of TAIL_TILE rows for the rest (dynamic trip counts: the work follows the rows, plus
-    < TAIL_TILE rows of spill per expert). A tile's spill past its expert's last row lands on sorted
-    positions of a later expert: rewritten when that expert runs (the loop goes up), or read from
-    the batched part."""
+    expert with fewer rows pads them; the rows are gathered straight from x). Its results, laid out
+    in sorted order, are the buffer the rest is written into: the rows past an expert's ``cap`` run
+    in a loop over just the experts that have some, tiles of ``cap`` rows, then tiles of TAIL_TILE
+    rows for the rest (dynamic trip counts: the work follows the rows, plus < TAIL_TILE rows of
+    spill per expert; a tile writes only its own expert's rows). The buffer is not zero-filled and
+    not copied into the loop: at 64 x 32 tokens a zeroed [R, D] buffer and its copy cost about 0.25
+    of the forward's ratio to the dense model (benchmarks/llada2_moe.py)."""
     r0 = s.order.shape[0]
     el = w_gu.shape[0]
     dt = x.dtype
     cap = capacity(rows_here, el)
+    pad = max(cap, TAIL_TILE)  # rows past the end, so that a tile never reads or writes out of bounds
     dot = functools.partial(jnp.dot, precision=precision)
 
-    head_tok = jnp.take(s.tok, jnp.minimum(s.start[:, None] + jnp.arange(cap, dtype=jnp.int32), r0 - 1), axis=0)
-    y_head = _batched_experts(jnp.take(x, head_tok, axis=0), w_gu, w_down, precision)
+    head_tok = _rows(s.tok, jnp.minimum(s.start[:, None] + jnp.arange(cap, dtype=jnp.int32), r0 - 1))
+    y_head = _batched_experts(_rows(x, head_tok), w_gu, w_down, precision)
+    # sorted position r's row of the batched part (positions past their expert's cap, and the
+    # padding, hold another row until the loop writes them)
+    e_r = jnp.minimum(jnp.concatenate([s.key[s.order], jnp.full((pad,), el, jnp.int32)]), el - 1)
+    p_r = jnp.arange(r0 + pad, dtype=jnp.int32) - s.start[e_r]
+    rows = _rows(y_head.reshape(el * cap, -1), e_r * cap + jnp.clip(p_r, 0, cap - 1))
 
-    # the overflow: experts with more than cap rows, in ascending order; tok padded so that a tile
-    # never reads past the end (dynamic_slice would move it back instead)
+    # the overflow: experts with more than cap rows, in ascending order
     over = jnp.maximum(s.sizes - cap, 0)
     which = jnp.argsort(jnp.where(over > 0, jnp.arange(el), el + jnp.arange(el))).astype(jnp.int32)
-    tok = jnp.concatenate([s.tok, jnp.zeros((max(cap, TAIL_TILE),), jnp.int32)])
+    tok = jnp.concatenate([s.tok, jnp.zeros((pad,), jnp.int32)])
 
     def per_expert(j, out):
         e = which[j]
         wgu, wd = w_gu[e].astype(dt), w_down[e].astype(dt)
+        end = s.start[e] + s.sizes[e]
 
         def tiles(first, count, size, out):
             def body(i, out):
                 r = first + i * size
-                xb = jnp.take(x, jax.lax.dynamic_slice_in_dim(tok, r, size), axis=0)
-                return jax.lax.dynamic_update_slice_in_dim(out, dot(_swiglu(dot(xb, wgu)), wd).astype(dt), r, 0)
+                xb = _rows(x, jax.lax.dynamic_slice_in_dim(tok, r, size))
+                y = dot(_swiglu(dot(xb, wgu)), wd).astype(dt)
+                mine = (r + jnp.arange(size, dtype=jnp.int32) < end)[:, None]
+                y = jnp.where(mine, y, jax.lax.dynamic_slice_in_dim(out, r, size))
+                return jax.lax.dynamic_update_slice_in_dim(out, y, r, 0)
 
             return jax.lax.fori_loop(0, count, body, out)
 
@@ -208,13 +224,8 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
         first, rest = first + rest // cap * cap, rest % cap
         return tiles(first, (rest + TAIL_TILE - 1) // TAIL_TILE, TAIL_TILE, out)
 
-    y_over = jax.lax.fori_loop(0, jnp.sum(over > 0), per_expert,
-                               jnp.zeros((r0 + max(cap, TAIL_TILE), x.shape[-1]), dt))
-    # each assignment from where it was computed: the batched part for an expert's first cap rows
-    e_of = jnp.minimum(s.key, el - 1)
-    p = s.inv - s.start[e_of]
-    from_head = jnp.take(y_head.reshape(el * cap, -1), e_of * cap + jnp.clip(p, 0, cap - 1), axis=0)
-    return jnp.where((p < cap)[:, None], from_head, jnp.take(y_over, s.inv, axis=0))
+    rows = jax.lax.fori_loop(0, jnp.sum(over > 0), per_expert, rows)
+    return _rows(rows, s.inv)
 
 
 def _tiled_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
@@ -238,16 +249,16 @@ def _tiled_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     n_tiles = slots // tile
     tile_expert = jnp.clip(jnp.searchsorted(pend, jnp.arange(n_tiles, dtype=jnp.int32) * tile, side="right"),
                            0, el - 1)
-    xb = jnp.take(x, slot_tok, axis=0).reshape(n_tiles, tile, -1)
+    xb = _rows(x, slot_tok).reshape(n_tiles, tile, -1)
     y = _batched_experts(xb, w_gu[tile_expert], w_down[tile_expert], precision)
-    return jnp.take(y.reshape(slots, -1), jnp.clip(dest, 0, slots - 1)[s.inv], axis=0)
+    return _rows(y.reshape(slots, -1), jnp.clip(dest, 0, slots - 1)[s.inv])
 
 
 def _ragged_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     dt = x.dtype
-    gu = jax.lax.ragged_dot(jnp.take(x, s.tok, axis=0), w_gu.astype(dt), s.sizes, precision=precision)
+    gu = jax.lax.ragged_dot(_rows(x, s.tok), w_gu.astype(dt), s.sizes, precision=precision)
     y = jax.lax.ragged_dot(_swiglu(gu), w_down.astype(dt), s.sizes, precision=precision)
-    return jnp.take(y, s.inv, axis=0)
+    return _rows(y, s.inv)
 
 
 def dense_ffn(x, idx, weights, w_gu, w_down, *, expert_offset=0, precision=None):
