@@ -274,9 +274,11 @@ def main(argv=None) -> int:
         from lm_eval.tasks import TaskManager, get_task_dict
 
         manager = TaskManager(include_path=str(tmp / "yaml"))
-        args.out.mkdir(parents=True, exist_ok=True)
-        if args.all:
-            args.all.mkdir(parents=True, exist_ok=True)
+        for folder in filter(None, (args.out, args.all)):
+            folder.mkdir(parents=True, exist_ok=True)
+            # marked ours first, so that a rerun after an interruption may write here again
+            if not (folder / "meta.json").is_file():
+                (folder / "meta.json").write_text(json.dumps({"written_by": WRITTEN_BY}) + "\n")
         score_rows = []
         for name, local in names.items():
             task = get_task_dict([local], manager)[local]
@@ -294,7 +296,6 @@ def main(argv=None) -> int:
             _write_jsonl(args.out / f"{name}.jsonl", [line(instances[i]) for i in doc_ids])
             if args.all:
                 _write_jsonl(args.all / f"{name}.jsonl", [line(inst) for inst in instances])
-                (args.all / "meta.json").write_text(json.dumps({"written_by": WRITTEN_BY}) + "\n")
             score_rows += _scores(task, name, instances, doc_ids)
             print(f"{name}: {len(instances)} documents, {len(doc_ids)} in the fixture", flush=True)
         _write_jsonl(args.out / "scores.jsonl", score_rows)

@@ -814,17 +814,20 @@ def study_folder_error(out: Path) -> Optional[str]:
         return f"--out: {out} holds files and no runs.jsonl of {MODULE}; left as it is (choose another folder)"
     try:
         lines = runs.read_bytes().decode("utf-8").split("\n")
+        ours = all(_is_run_line(x, last=i == len(lines) - 1) for i, x in enumerate(lines) if x)
     except (OSError, UnicodeDecodeError):
-        lines = None
-    def ours_line(i: int, text: str) -> bool:
-        try:
-            r = json.loads(text)
-        except ValueError:
-            return i == len(lines) - 1  # the truncated last line of an interrupted append
-        return isinstance(r, dict) and {"key", "task"} <= set(r)
-
-    ours = lines is not None and all(ours_line(i, x) for i, x in enumerate(lines) if x)
+        ours = False
     return None if ours else f"--out: {runs} is not a runs file of {MODULE}; left as it is (choose another folder)"
+
+
+def _is_run_line(text: str, *, last: bool) -> bool:
+    """Whether a line of runs.jsonl is a record of this script (the last line may be cut by an
+    interrupted append)."""
+    try:
+        r = json.loads(text)
+    except ValueError:
+        return last
+    return isinstance(r, dict) and {"key", "task"} <= set(r)
 
 
 def main(argv=None) -> int:

@@ -105,8 +105,8 @@ def route(h: jax.Array, weight: jax.Array, expert_bias: jax.Array, *, n_group: i
 
 
 def _rows(a: jax.Array, idx: jax.Array) -> jax.Array:
-    """``a[idx]`` along axis 0 for indices known to be in bounds: XLA's gather as it is (jnp.take's
-    default "fill" mode adds a select over the whole result to mark out-of-bounds rows)."""
+    """``a[idx]`` along axis 0, an index past either end taking the row at that end: XLA's gather as it
+    is (jnp.take's default "fill" mode adds a select over the whole result to mark such rows)."""
     return jnp.take(a, idx, axis=0, mode="clip")
 
 
@@ -188,7 +188,7 @@ def _loop_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
     pad = max(cap, TAIL_TILE)  # rows past the end, so that a tile never reads or writes out of bounds
     dot = functools.partial(jnp.dot, precision=precision)
 
-    head_tok = _rows(s.tok, jnp.minimum(s.start[:, None] + jnp.arange(cap, dtype=jnp.int32), r0 - 1))
+    head_tok = _rows(s.tok, s.start[:, None] + jnp.arange(cap, dtype=jnp.int32))  # rows past the end: padding
     y_head = _batched_experts(_rows(x, head_tok), w_gu, w_down, precision)
     # sorted position r's row of the batched part (positions past their expert's cap, and the
     # padding, hold another row until the loop writes them)
@@ -251,7 +251,7 @@ def _tiled_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
                            0, el - 1)
     xb = _rows(x, slot_tok).reshape(n_tiles, tile, -1)
     y = _batched_experts(xb, w_gu[tile_expert], w_down[tile_expert], precision)
-    return _rows(y.reshape(slots, -1), jnp.clip(dest, 0, slots - 1)[s.inv])
+    return _rows(y.reshape(slots, -1), dest[s.inv])  # slots (held elsewhere): some row
 
 
 def _ragged_rows(x, s: _Sorted, w_gu, w_down, precision, rows_here):
