@@ -63,7 +63,7 @@ def test_estimate_holds_at_larger_n_with_every_n_growing_term():
 
 
 def test_cli_refuses_a_configuration_that_cannot_fit_in_one_line():
-    r = subprocess.run([sys.executable, "-m", "srsmc_jax", "sample", PUZZLE, "-n", "1000000"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "srsmc_jax", "sample", PUZZLE, "-n", "1000000", "--quiet"], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and r.stdout == "", r.stderr
