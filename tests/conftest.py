@@ -1,5 +1,5 @@
-"""Test setup: 8 virtual CPU devices (must happen before any JAX computation), the shared fixture
-folder, and the converted reference checkpoints.
+"""Test setup: 8 virtual CPU devices (must happen before any JAX computation), the persistent
+compilation cache, the shared fixture folder, and the converted reference checkpoints.
 
 Fixtures: ``shared`` (Path of the shared folder, ``$SRSMC_SHARED`` or ``../shared``);
 ``reference_checkpoint(family)`` / ``reference_model(family)`` (the reference checkpoint
@@ -15,6 +15,13 @@ from pathlib import Path
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+# JAX's persistent compilation cache, as every srsmc command uses it (~/.cache/srsmc-jax/xla;
+# $SRSMC_COMPILE_CACHE moves it or turns it off): the suite's time is mostly XLA compiling, and a
+# rerun loads the programs (the same computations run; a new jax or XLA flag is a new key).
+# The tests that check the cache itself give their commands folders of their own.
+from srsmc_jax.app import compile_cache  # noqa: E402
+
+compile_cache.enable()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -30,12 +30,10 @@ from srsmc_jax.models.embedded import task_for
 
 import srsmc_jax as sr
 from srsmc_jax import models
-from srsmc_jax.app import compile_cache
 from srsmc_jax.app.generate import generate
 
 PUZZLE = "..4..1 ..2... ...5.2 3..... ..6... 5..6.."
 OTHER = "1.3... ...2.5 ..1..6 6.2... .4..3. ....1."
-compile_cache.enable()  # the twins' programs, like the server's, load from the persistent cache on a rerun
 MODEL = models.load()
 TASK = task_for(MODEL.path)
 NAME = "srsmc-sudoku6"
