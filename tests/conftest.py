@@ -30,18 +30,17 @@ from shared_files import REPO, reference_dir, shared_dir  # noqa: E402
 
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker per usable core, at most 4, and at most one per
-    6 GiB of available memory. The suite's wall time is mostly XLA compiling, one core per worker;
-    each worker is a JAX process with 8 virtual devices (up to 4 GiB at peak, with the processes
-    its tests start: 10 GiB for two workers on 2 cores). ``-n 0`` runs everything in this process."""
+    6 GiB of available memory (``srsmc_jax.memory.available_bytes``: MemAvailable, or the cgroup's
+    limit when lower). The suite's wall time is mostly XLA compiling, one core per worker; each worker
+    is a JAX process with 8 virtual devices (up to 4 GiB at peak, with the processes its tests start:
+    10 GiB for two workers on 2 cores). ``-n 0`` runs everything in this process."""
     import os
 
+    from srsmc_jax.memory import available_bytes
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        by_memory = kib // (6 << 20)
-    except (OSError, StopIteration, ValueError):
-        by_memory = 2
+    free, _ = available_bytes(jax.devices("cpu")[0])
+    by_memory = 2 if free is None else free // (6 << 30)
     return max(1, min(cores, 4, by_memory))
 
 
