@@ -45,9 +45,13 @@ def dataclasses_replace(cfg, **kw):
 
 def expert_loads(mod, tokens, num_experts: int) -> list:
     """Per MoE layer: the rows of its busiest expert over the mean rows per expert, on ``tokens``."""
+    import jax
     import numpy as np
+    from flax import nnx
 
-    chosen = np.asarray(mod.routing(tokens, block_length=32))  # [MoE layers, B, L, k]
+    gd, params = nnx.split(mod)
+    routing = jax.jit(lambda p, t: nnx.merge(gd, p).routing(t, block_length=32))  # one program, not one per op
+    chosen = np.asarray(routing(params, tokens))  # [MoE layers, B, L, k]
     return [round(float(np.bincount(c.ravel()).max() * num_experts / c.size), 2) for c in chosen]
 
 

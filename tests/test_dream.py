@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from shared_files import missing, reference_dir
-from srsmc_jax.models.attention import CacheWindow
-from srsmc_jax.models.transformer import AttentionInputs, CachedKV
+from toys import raw_cached_logits
 from toys import seq_info as _seq
 
 FAMILY = "dream"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
@@ -70,18 +69,6 @@ def test_denoiser_applies_shift(model, cases):
         model.as_denoiser(cfg_scale=1.0)
 
 
-def _raw_cached(model, tokens, cache, window_start, lo, hi):
-    m = model.model
-    L = cache["k"].shape[1]
-    pos = jnp.arange(L)[None]
-    q_len = tokens.shape[0]
-    window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
-    h, _ = m.hidden(jnp.asarray(tokens)[None],
-                    AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
-                    CachedKV(cache["k"][None], cache["v"][None], window))
-    return np.asarray(m.head(h[0]))
-
-
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_cache_paths_match_official(model, cases, mode):
     bs, be = int(cases["cache_block_start"]), int(cases["cache_block_end"])
@@ -92,16 +79,16 @@ def test_cache_paths_match_official(model, cases, mode):
     for b in range(first.shape[0]):
         seq = _seq(np.ones(L, bool), bs)
         den = model.as_denoiser(cache=mode)
-        c0 = den.init(model.params, jnp.asarray(first[b]), seq)
+        c0 = jax.jit(den.init)(model.params, jnp.asarray(first[b]), seq)
         l1, cache = jax.jit(den.refresh, static_argnums=5)(model.params, jnp.asarray(first[b]), seq, c0,
                                                            jnp.int32(bs), bl)
         # refresh rows are the shifted full-forward rows of the block
         np.testing.assert_allclose(np.asarray(l1), _shift(cases["cache_logits_first"][b])[bs:be], **TOL)
         # raw cached rows exactly as the official cached call returns them
         if mode == "prefix":
-            got = _raw_cached(model, second[b, bs:], cache, bs, bs, L)
+            got = raw_cached_logits(model, second[b, bs:], cache, bs, bs, L)
         else:
-            got = _raw_cached(model, second[b, bs:be], cache, bs, bs, be)
+            got = raw_cached_logits(model, second[b, bs:be], cache, bs, bs, be)
         np.testing.assert_allclose(got, want[b], **TOL)
         # denoiser step: rows bs+1.. are the shifted official rows (row bs comes from the query at
         # bs-1, which the official call does not compute; the official samplers reveal bs at refresh)

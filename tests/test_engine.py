@@ -52,7 +52,8 @@ def llada_generate(logits_fn, prompt, gen_length, block_length, steps_per_block,
 @pytest.mark.parametrize("gen,block,steps", [(8, 4, 4), (8, 8, 3), (12, 12, 5), (12, 4, 2), (6, 6, 6)])
 def test_greedy_top_k_equals_python_llada_loop(gen, block, steps):
     prompt = np.array([3, 1, 4, 1, 5], np.int32)
-    want = llada_generate(lambda x: DEN(PARAMS, x), prompt, gen, block, steps, MASK)
+    den = jax.jit(DEN)  # one program per length, not one per op
+    want = llada_generate(lambda x: den(PARAMS, x), prompt, gen, block, steps, MASK)
     sample = sr.make_sampler(DEN, cfg(num_particles=1, temperature=0.0, gen_length=gen,
                                        block_length=block, steps=steps))
     res = sample(jax.random.key(0), PARAMS, jnp.asarray(prompt))

@@ -131,9 +131,10 @@ def test_prefix_step_windows_equal_the_full_window(family):
             shrink = m.as_denoiser(cache="prefix", gen_length=g, cfg_scale=cfg)
             whole = m.as_denoiser(cache="prefix", cfg_scale=cfg)
         step_s, step_w = jax.jit(shrink.step, static_argnums=5), jax.jit(whole.step, static_argnums=5)
+        refresh, init = jax.jit(shrink.refresh, static_argnums=5), jax.jit(shrink.init)
         for b in range(g // lb):
             bs = jnp.int32(plen + b * lb)
-            _, cache = shrink.refresh(m.params, tok, seq, shrink.init(m.params, tok, seq), bs, lb)
+            _, cache = refresh(m.params, tok, seq, init(m.params, tok, seq), bs, lb)
             later = tok.at[plen + b * lb].set(int(tok[0]))  # the step sees a changed block
             got, _ = step_s(m.params, later, seq, cache, bs, lb)
             want, _ = step_w(m.params, later, seq, cache, bs, lb)

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from shared_files import missing, reference_dir
-from srsmc_jax.models.attention import CacheWindow
-from srsmc_jax.models.transformer import AttentionInputs, CachedKV
+from toys import raw_cached_logits
 from toys import seq_info as _seq
 
 FAMILY = "llada"  # the conftest fixtures `reference`, `cases`, `converted`, `model` serve this family
@@ -71,19 +70,6 @@ def test_cfg_denoiser(model, cases):
     np.testing.assert_allclose(got, un + 2.5 * (cond - un), rtol=1e-5, atol=1e-4)
 
 
-def _raw_cached(model, tokens, cache, window_start, lo, hi):
-    """Raw logits of the query window through the module's cached path (all window rows)."""
-    m = model.model
-    L = cache["k"].shape[1]
-    q_len = tokens.shape[0]
-    pos = jnp.arange(L)[None]
-    window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
-    h, _ = m.hidden(jnp.asarray(tokens)[None],
-                    AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos),
-                    CachedKV(cache["k"][None], cache["v"][None], window))
-    return np.asarray(m.head(h[0]))
-
-
 @pytest.mark.parametrize("mode", ["prefix", "dual"])
 def test_cache_paths_match_official(model, cases, mode):
     bs, be = int(cases["cache_block_start"]), int(cases["cache_block_end"])
@@ -95,24 +81,26 @@ def test_cache_paths_match_official(model, cases, mode):
         den = model.as_denoiser(cache=mode, gen_length=gen_length)
         refresh = jax.jit(den.refresh, static_argnums=5)
         step = jax.jit(den.step, static_argnums=5)
+        init = jax.jit(den.init)
         for b in range(first.shape[0]):
             seq = _seq(np.ones(L, bool), bs)
-            c0 = den.init(model.params, jnp.asarray(first[b]), seq)
+            c0 = init(model.params, jnp.asarray(first[b]), seq)
             l1, cache = refresh(model.params, jnp.asarray(first[b]), seq, c0, jnp.int32(bs), bl)
             np.testing.assert_allclose(np.asarray(l1), cases["cache_logits_first"][b, bs:be], **TOL)
             l2, cache2 = step(model.params, jnp.asarray(second[b]), seq, cache, jnp.int32(bs), bl)
             np.testing.assert_allclose(np.asarray(l2), want[b, :bl], **TOL)
             assert jax.tree.all(jax.tree.map(lambda a, c: bool(jnp.array_equal(a, c)), cache, cache2))
     # every row the official cached call returns (prefix: the block and all later positions)
+    den = model.as_denoiser(cache=mode)
+    init, refresh = jax.jit(den.init), jax.jit(den.refresh, static_argnums=5)
     for b in range(first.shape[0]):
         seq = _seq(np.ones(L, bool), bs)
-        den = model.as_denoiser(cache=mode)
-        _, cache = den.refresh(model.params, jnp.asarray(first[b]), seq,
-                               den.init(model.params, jnp.asarray(first[b]), seq), jnp.int32(bs), bl)
+        _, cache = refresh(model.params, jnp.asarray(first[b]), seq, init(model.params, jnp.asarray(first[b]), seq),
+                           jnp.int32(bs), bl)
         if mode == "prefix":
-            got = _raw_cached(model, second[b, bs:], cache, bs, bs, L)
+            got = raw_cached_logits(model, second[b, bs:], cache, bs, bs, L)
         else:
-            got = _raw_cached(model, second[b, bs:be], cache, bs, bs, be)
+            got = raw_cached_logits(model, second[b, bs:be], cache, bs, bs, be)
         np.testing.assert_allclose(got, want[b], **TOL)
 
 
@@ -166,9 +154,10 @@ def test_bf16_path(converted, cases):
     seq = _seq(np.ones(first.shape[0], bool), bs)
     for mode, key in (("prefix", "prefix_cache_logits"), ("dual", "dual_cache_logits")):
         d = m16.as_denoiser(cache=mode)
-        _, cache = d.refresh(m16.params, first, seq, d.init(m16.params, first, seq), jnp.int32(bs), be - bs)
+        refresh, step = (jax.jit(f, static_argnums=5) for f in (d.refresh, d.step))
+        _, cache = refresh(m16.params, first, seq, jax.jit(d.init)(m16.params, first, seq), jnp.int32(bs), be - bs)
         assert cache["k"].dtype == jnp.bfloat16
-        got, _ = d.step(m16.params, second, seq, cache, jnp.int32(bs), be - bs)
+        got, _ = step(m16.params, second, seq, cache, jnp.int32(bs), be - bs)
         want = cases[key][0, : be - bs]
         assert got.dtype == jnp.float32
         assert np.abs(np.asarray(got) - want).max() <= 0.03 * np.abs(want).max()

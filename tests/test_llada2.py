@@ -115,7 +115,9 @@ def test_grouped_matmul_implementations_agree(loaded):
         for layer in mod.layers:
             if layer.is_moe:
                 layer.mlp.impl = impl
-        outs[impl] = np.asarray(mod(jnp.asarray(c["tokens"]), block_length=4))
+        gd, params = nnx.split(mod)
+        forward = jax.jit(lambda p, t, gd=gd: nnx.merge(gd, p)(t, block_length=4))  # one program, not one per op
+        outs[impl] = np.asarray(forward(params, jnp.asarray(c["tokens"])))
     for impl, got in outs.items():
         np.testing.assert_allclose(got, c["logits_block4"], **TOL, err_msg=impl)
 
@@ -667,9 +669,10 @@ def test_left_padding_is_hidden(loaded, cache, tails):
     den = as_denoiser(m, block_length=4)
     seq = lambda valid: SequenceInfo(valid=valid, prompt=jnp.arange(valid.shape[0]) < valid.shape[0] - 8)  # noqa: E731
     toks = jnp.concatenate([prompt, jnp.full((8,), m.mask_id, jnp.int32)])
-    want, _ = den.refresh(m.params, toks, seq(jnp.ones(16, bool)), (), 8, 4)
+    refresh = jax.jit(den.refresh, static_argnums=5)  # one program per shape, not one per op
+    want, _ = refresh(m.params, toks, seq(jnp.ones(16, bool)), (), 8, 4)
     ptoks, pvalid = _padded(toks, 4, 7)
-    got, _ = den.refresh(m.params, ptoks, seq(pvalid), (), 12, 4)
+    got, _ = refresh(m.params, ptoks, seq(pvalid), (), 12, 4)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
 
 

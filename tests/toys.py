@@ -175,3 +175,26 @@ def seq_info(valid, prompt_len: int = 0):
 
     valid = jnp.ones((valid,), bool) if isinstance(valid, int) else jnp.asarray(valid, bool)
     return SequenceInfo(valid=valid, prompt=jnp.arange(valid.shape[0]) < prompt_len)
+
+
+def raw_cached_logits(model, tokens, cache, window_start: int, lo: int, hi: int) -> np.ndarray:
+    """float32[Q, V]: the raw logits of a query window (``tokens`` int[Q] at ``window_start``) through a
+    LLaDA / Dream module's cached path, every window row (the official cached call's output), with
+    the cache ``{"k", "v"}`` of ``model.as_denoiser(cache=...)``; one jitted program."""
+    from flax import nnx
+    from srsmc_jax.models.attention import CacheWindow
+    from srsmc_jax.models.transformer import AttentionInputs, CachedKV
+
+    gd, params = nnx.split(model.model)
+    pos = jnp.arange(cache["k"].shape[1])[None]
+    q_len = tokens.shape[0]
+    window = CacheWindow(start=jnp.int32(window_start), lo=jnp.int32(lo), hi=jnp.int32(hi))
+
+    @jax.jit
+    def raw(params, tokens, k, v, window):
+        mod = nnx.merge(gd, params)
+        inputs = AttentionInputs(q_pos=pos[:, window_start:window_start + q_len], k_pos=pos)
+        h, _ = mod.hidden(tokens[None], inputs, CachedKV(k[None], v[None], window))
+        return mod.head(h[0])
+
+    return np.asarray(raw(params, jnp.asarray(tokens), cache["k"], cache["v"], window))
