@@ -5,7 +5,8 @@ Sources: ``model.safetensors``, sharded ``*.safetensors`` with ``model.safetenso
 or ``pytorch_model*.bin`` (with or without ``pytorch_model.bin.index.json``), or a Lightning
 ``.ckpt`` (MDLM / BD3-LM training checkpoints: the EMA ``shadow_params`` by default). Safetensors are
 read with the ``safetensors`` numpy API (bfloat16 arrives as ``ml_dtypes.bfloat16``), one tensor
-at a time, so peak host memory is about one copy of the weights. Pickles need torch and are loaded
+at a time, so reading holds one tensor beside the converted weights (a whole conversion, writing
+included, peaks at about twice the weights: ``benchmarks/convert_memory.py``). Pickles need torch and are loaded
 with ``weights_only=True`` (and ``mmap=True``) only.
 """
 

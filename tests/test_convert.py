@@ -242,3 +242,21 @@ def test_load_error_paths(tmp_path, refs):
         models.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="srsmc convert"):
         models.load(refs / "llada")  # a Hugging Face folder, not converted
+
+
+def test_read_back_compares_bit_patterns_slice_by_slice():
+    """The staged checkpoint's read-back check (models.checkpoint._same_bits) compares bit patterns
+    (a NaN equals itself, -0.0 differs from 0.0), in slices along the first axis, for any strides."""
+    from srsmc_jax.models.checkpoint import _same_bits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3000, 4000)).astype(np.float32)  # 12M elements: several slices
+    a[5, 7] = np.nan
+    b = a.copy()
+    assert _same_bits(a, b) and _same_bits(a.T, np.ascontiguousarray(b.T))
+    b[-1, -1] = np.nextafter(b[-1, -1], np.inf)  # one bit in the last slice
+    assert not _same_bits(a, b)
+    assert not _same_bits(np.zeros(4, np.float32), np.array([0.0, 0.0, -0.0, 0.0], np.float32))
+    h = a[:8, :8].astype(ml_dtypes.bfloat16)
+    assert _same_bits(h, h.copy()) and _same_bits(np.float32(np.nan)[()], np.float32(np.nan)[()])
+    assert _same_bits(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))

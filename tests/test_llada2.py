@@ -442,6 +442,25 @@ def test_converter_round_trip(converted, loaded):
         assert meta["family"] == "llada2" and meta["n_params"] == sum(v.size for v in src.values())
 
 
+def test_convert_memory_benchmark_runs_tiny(tmp_path):
+    """benchmarks/convert_memory.py on a small random LLaDA2 in the official layout: the folder it
+    writes holds exactly the model's weights (bf16), the conversion succeeds in a child process, and
+    both peaks are measured."""
+    from benchmarks import convert_memory
+
+    out = tmp_path / "r.json"
+    r = convert_memory.main(["--tiny", "--json", str(out), "--workdir", str(tmp_path)])
+    assert json.loads(out.read_text()) == {"written_by": "benchmarks.convert_memory", **r}
+    c = r["config"]
+    cfg = LLaDA2Config(vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"],
+                       num_attention_heads=4, num_key_value_heads=2, num_experts=c["experts"], num_experts_per_tok=4,
+                       n_group=4, topk_group=2, moe_intermediate_size=c["expert_width"], intermediate_size=128,
+                       first_k_dense_replace=1, mask_token_id=511, eos_token_id=510, pad_token_id=510)
+    assert r["weight_bytes"] == 2 * models.param_count("llada2", cfg)
+    assert r["convert_peak_bytes"] >= r["import_peak_bytes"] > 0 and r["converted_folder_bytes"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # its work folder is gone
+
+
 def test_converter_bad_folder_is_one_line_error(tmp_path):
     from safetensors.numpy import load_file, save_file
 
