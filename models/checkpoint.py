@@ -421,7 +421,7 @@ def _save_params(params_dir: Path, flat: Mapping[str, Any]) -> None:
     host array (so that a caller may change it during an asynchronous save), one more copy of all
     the weights in host memory at once. This save is synchronous and nothing changes the arrays.
     Measured on a 2.8 GiB bf16 LLaDA2 conversion (benchmarks/convert_memory.py): peak host memory
-    8.7 GiB (3.1x the weights) before, 5.6 GiB (2.0x) with this, :func:`_same_bits` and
+    8.7 GiB (3.1x the weights) before, 5.3-5.6 GiB (1.9-2.0x) with this, :func:`_same_bits` and
     :func:`_trim_heap`; what is left above the converted weights is tensorstore's write buffers
     (compressed chunks, held until the commit)."""
     import jax
@@ -433,7 +433,9 @@ def _save_params(params_dir: Path, flat: Mapping[str, Any]) -> None:
         (jax.Array, handlers.get_type_handler(jax.Array)))
     ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
     # stored in chunks of at most _CHUNK_BYTES, so a sharded restore reads only the chunks of its own
-    # shards instead of decoding every whole array (models.load(path, mesh=...))
+    # shards instead of decoding every whole array (models.load(path, mesh=...)). Chunking LLaDA2's
+    # stacked experts one expert per chunk (the axis expert parallelism splits) loaded 10-20% slower
+    # onto 8 devices of one host, with a higher peak: not done (docs/benchmarks.md, host memory).
     save_args = {k: ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES) for k in flat}
     try:
         ckptr.save(params_dir, args=ocp.args.PyTreeSave(dict(flat), save_args=save_args))

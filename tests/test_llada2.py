@@ -446,11 +446,13 @@ def test_convert_memory_benchmark_runs_tiny(tmp_path):
     """benchmarks/convert_memory.py on a small random LLaDA2 in the official layout: the folder it
     writes holds exactly the model's weights (bf16), the conversion succeeds in a child process, and
     both peaks are measured."""
-    from benchmarks import convert_memory
-
     out = tmp_path / "r.json"
-    r = convert_memory.main(["--tiny", "--json", str(out), "--workdir", str(tmp_path)])
-    assert json.loads(out.read_text()) == {"written_by": "benchmarks.convert_memory", **r}
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "benchmarks.convert_memory", "--tiny", "--json", str(out), "--workdir",
+                        str(tmp_path)], cwd=root, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert r["written_by"] == "benchmarks.convert_memory" and "x the weights" in p.stdout
     c = r["config"]
     cfg = LLaDA2Config(vocab_size=c["vocab"], hidden_size=c["hidden"], num_hidden_layers=c["layers"],
                        num_attention_heads=4, num_key_value_heads=2, num_experts=c["experts"], num_experts_per_tok=4,
