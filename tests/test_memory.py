@@ -73,6 +73,33 @@ def test_cli_refuses_a_configuration_that_cannot_fit_in_one_line():
     assert "GiB" in lines[0] and "RESOURCE_EXHAUSTED" not in r.stderr and "Traceback" not in r.stderr
 
 
+def test_load_refuses_parameters_that_cannot_fit_before_reading_them(monkeypatch, capsys):
+    """models.load checks the parameters' bytes (in the dtype asked for, on this process's devices)
+    against the memory available before restoring anything: one line naming the folder, both sizes
+    and what to change. A host with too little memory is simulated through the one reader of it."""
+    model = models.load()
+    need = sum(x.nbytes for x in jax.tree.leaves(model.params))  # float32
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: (need - 1, "a test limit"))
+    with pytest.raises(ValueError) as e:
+        models.load()
+    msg = str(e.value)
+    n = sum(x.size for x in jax.tree.leaves(model.params))
+    assert "\n" not in msg and msg.startswith(f"{model.path}: its {n:,} parameters need about "), msg
+    assert "as float32, more than the" in msg and "(a test limit)" in msg and "--dtype bfloat16" in msg
+    from srsmc_jax.app import cli
+
+    assert cli.main(["sample", PUZZLE, "--quiet"]) == 2  # the command line: the same line, exit status 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [f"srsmc: error: {msg}"]
+    half = models.load(dtype="bfloat16")  # half the bytes: fits
+    assert all(x.dtype == np.dtype("bfloat16") for x in jax.tree.leaves(half.params))
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: (need, "a test limit"))
+    models.load()  # exactly enough
+    if len(jax.devices()) >= 8:  # CPU devices share the host: a replicated array counts once per device
+        with pytest.raises(ValueError, match="on 8 devices sharing this host's memory"):
+            models.load(mesh=(8, 1))
+
+
 def test_estimate_terms_follow_the_configuration():
     model = models.load()
     den = model.as_denoiser()
