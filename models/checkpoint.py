@@ -44,6 +44,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -450,9 +451,15 @@ def _trim_heap() -> None:
     read-back check's arrays, allocated by this thread, cannot reuse it: the conversion's peak was
     2.6x the weights instead of 2.0x."""
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    """The C library (OSError where it cannot be loaded)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -514,8 +521,7 @@ _AT_FDCWD = -100
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unavailable."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        renameat2 = libc.renameat2
+        renameat2 = _libc().renameat2
     except (OSError, AttributeError):
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]

@@ -301,43 +301,15 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
         shardings = {k: jax.sharding.NamedSharding(mesh, s) for k, s in specs.items()}
     elif rules is not None:
         raise ValueError("rules: partition rules need a mesh (pass mesh=...)")
-    _check_params_fit(path, stored, pdtype, shardings)
+    from srsmc_jax.memory import check_params_fit
+
+    # refuse, before reading anything, parameters that cannot fit (LLaDA2.0-mini in float32: 60.6 GiB)
+    check_params_fit({k: jax.ShapeDtypeStruct(s.shape, pdtype, sharding=None if shardings is None else shardings[k])
+                      for k, s in stored.items()}, what=str(path))
     flat = checkpoint.restore_params(path, stored, shardings)
     flat = {k: (v if v.dtype == jnp.dtype(pdtype) else v.astype(pdtype)) for k, v in flat.items()}
     graphdef, state = flat_to_state(abstract, flat, what=str(path))
     return LoadedModel(meta.family, cfg, graphdef, state, path=path, dtype=cdtype)
-
-
-def _check_params_fit(path: Path, stored: dict, pdtype: Any, shardings: Optional[dict]) -> None:
-    """A one-line ValueError, before anything is read, when the parameters alone (as ``pdtype``, on
-    this process's devices) need more memory than is available: CPU devices share the host's
-    memory (``srsmc_jax.memory.available_bytes``), an accelerator is checked per device. Restoring
-    in a dtype other than the stored one briefly needs both copies of one array at a time, and the
-    sampler needs more on top (its own check, ``srsmc_jax.memory.require``); this check only stops a
-    load that cannot succeed (LLaDA2.0-mini in float32: 65 GB), which would otherwise end in the
-    kernel killing the process or an allocator error part-way."""
-    from srsmc_jax.memory import available_bytes, format_bytes
-
-    item = jnp.dtype(pdtype).itemsize
-    if shardings is None:
-        device, copies = jax.local_devices()[0], 1
-        per_device = sum(math.prod(s.shape) for s in stored.values()) * item
-    else:
-        first = next(iter(shardings.values()))
-        local = [d for d in first.mesh.devices.flat if d.process_index == jax.process_index()]
-        device = local[0]
-        copies = len(local) if device.platform == "cpu" else 1
-        per_device = sum(math.prod(shardings[k].shard_shape(tuple(s.shape))) for k, s in stored.items()) * item
-    need = per_device * copies
-    free, source = available_bytes(device)
-    if free is None or need <= free:
-        return
-    n = sum(math.prod(s.shape) for s in stored.values())
-    where = "" if copies == 1 else f" on {copies} devices sharing this host's memory"
-    hint = ("load them as bfloat16 (--dtype bfloat16; dtype=\"bfloat16\"), or " if item > 2 else "") + \
-        "split them over more devices or hosts (a mesh with a larger 'model' axis)"
-    raise ValueError(f"{path}: its {n:,} parameters need about {format_bytes(need)} as {jnp.dtype(pdtype).name}"
-                     f"{where}, more than the {format_bytes(free)} available ({source}); {hint}")
 
 
 def _as_mesh(mesh: Any) -> Any:

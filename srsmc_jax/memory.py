@@ -55,8 +55,8 @@ import numpy as np
 from .config import SMCConfig
 from .denoiser import SequenceInfo, as_cached
 
-__all__ = ["MemoryEstimate", "InsufficientMemory", "estimate", "available_bytes", "check", "require",
-           "format_bytes"]
+__all__ = ["MemoryEstimate", "InsufficientMemory", "estimate", "available_bytes", "check", "check_params_fit",
+           "require", "format_bytes"]
 
 STATE_COPIES = 3
 FORWARD_INSTANCES = 2
@@ -135,6 +135,40 @@ def _param_bytes_per_device(params: Any) -> int:
         shape = sharding.shard_shape(x.shape) if sharding is not None and hasattr(sharding, "shard_shape") else x.shape
         total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
     return int(total)
+
+
+def _host_devices(mesh: Optional[jax.sharding.Mesh]) -> int:
+    """The devices of ``mesh`` this process drives (1 without a mesh)."""
+    return 1 if mesh is None else sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+
+
+def check_params_fit(params: Any, *, what: str) -> None:
+    """A one-line :class:`InsufficientMemory` when the parameters alone need more memory than is
+    available on this process's devices, so that a load can refuse before it reads anything.
+
+    params: the arrays or ``jax.ShapeDtypeStruct`` s about to be restored (with their ``sharding``
+    when placed on a mesh). CPU devices share the host's memory (a replicated array counts once per
+    device); an accelerator is checked per device. Nothing is refused when the available memory
+    is unknown. what: the name the message starts with (the checkpoint folder)."""
+    leaves = jax.tree.leaves(params)
+    placed = [x.sharding for x in leaves if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)]
+    sharding = placed[0] if placed else None
+    mesh = None if sharding is None else sharding.mesh
+    device = jax.local_devices()[0] if mesh is None else next(
+        d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    copies = _host_devices(mesh) if device.platform == "cpu" else 1
+    need = _param_bytes_per_device(params) * copies
+    free, source = available_bytes(device)
+    if free is None or need <= free:
+        return
+    dtypes = sorted({jnp.dtype(x.dtype).name for x in leaves})
+    where = "" if copies == 1 else f" on {copies} devices sharing this host's memory"
+    smaller = any(jnp.dtype(x.dtype).itemsize > 2 for x in leaves)
+    hint = ("load them as bfloat16 (--dtype bfloat16; dtype=\"bfloat16\"), or " if smaller else "") + \
+        "split them over more devices or hosts (a mesh with a larger 'model' axis)"
+    raise InsufficientMemory(f"{what}: its {sum(math.prod(x.shape) for x in leaves):,} parameters need about "
+                             f"{format_bytes(need)} as {'/'.join(dtypes)}{where}, more than the "
+                             f"{format_bytes(free)} available ({source}); {hint}")
 
 
 def _abstract(tree: Any) -> Any:
@@ -217,7 +251,7 @@ def estimate(denoiser: Any, config: SMCConfig, *, params: Any, prompt_length: in
     platform = (jax.local_devices()[0].platform if mesh is None else mesh.devices.flat[0].platform)
     forward = FORWARD_INSTANCES * RUNTIME_OVERHEAD.get(platform, 1.0) * forward_temp_bytes(
         den, params, length=length, prompt_length=prompt_length, rows=rows, batch=prompts * chunk) / model
-    host_devices = 1 if mesh is None else sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+    host_devices = _host_devices(mesh)
     # a resampling (and the genealogy it writes) covers every particle of a prompt, spread or not
     diagnostics = prompts * n * (GENEALOGY_COPIES * 4 * config.max_steps + 8 * g + STEP_VECTOR_BYTES_PER_PARTICLE)
     resample_temps = prompts * resampling_temp_bytes(config, n)
