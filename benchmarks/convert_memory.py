@@ -36,6 +36,7 @@ from typing import Optional
 
 from benchmarks.output import CHILD, check_out, save
 from benchmarks.output import run as run_benchmark
+from srsmc_jax.app.interrupts import at_interrupt, wait_if_interrupted
 
 MODULE = "benchmarks.convert_memory"
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +98,8 @@ def peak_of(argv: list) -> tuple[int, float]:
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
+    if p.returncode < 0 or p.returncode == 130:  # a signal, maybe our own Ctrl-C: then that ends this run
+        wait_if_interrupted()
     if p.returncode:
         last = out.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{' '.join(map(str, argv[:4]))} ... failed ({p.returncode}): {last[0]}")
@@ -114,6 +117,7 @@ def measure(args) -> dict:
     else:
         cfg = dataclasses.replace(LLADA2_MINI, num_hidden_layers=args.layers)
     work = Path(tempfile.mkdtemp(prefix="srsmc-convert-memory-", dir=args.workdir))
+    forget = at_interrupt(lambda: shutil.rmtree(work, ignore_errors=True))  # gigabytes: gone on Ctrl-C too
     try:
         weights = official_folder(work / "src", cfg)
         python = sys.executable
@@ -121,6 +125,7 @@ def measure(args) -> dict:
         peak, seconds = peak_of([python, "-m", "srsmc_jax.convert", str(work / "src"), str(work / "dst")])
         stored = sum(f.stat().st_size for f in (work / "dst").rglob("*") if f.is_file())
     finally:
+        forget()
         shutil.rmtree(work, ignore_errors=True)
     return {
         "config": {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "experts": cfg.num_experts,

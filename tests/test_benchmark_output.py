@@ -155,6 +155,26 @@ def test_ctrl_c_is_one_line_and_exit_130_and_writes_nothing(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_removes_a_benchmarks_scratch_folder(tmp_path):
+    """benchmarks.convert_memory writes a checkpoint folder of gigabytes to convert: Ctrl-C (to the
+    whole process group, as a terminal sends it, its conversion child included) still ends it with
+    one line and exit 130, and the folder is gone (srsmc_jax.app.interrupts.at_interrupt)."""
+    work, out = tmp_path / "work", tmp_path / "r.json"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.convert_memory", "--tiny", "--workdir", str(work),
+                             "--json", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(work.glob("*/src/config.json")):  # the source folder is written; the children run next
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "python -m benchmarks.convert_memory: interrupted", stderr
+    assert list(work.iterdir()) == [] and not out.exists()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
 def test_child_processes_get_sigint_unblocked():
     """A tool blocks SIGINT in its threads (the mask survives exec): a child started with

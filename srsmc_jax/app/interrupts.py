@@ -25,11 +25,41 @@ from typing import Callable, Optional, Sequence
 
 EXIT_INTERRUPTED = 130
 _installed = False
+_cleanups: list[Callable[[], None]] = []
+_stopping = threading.Event()  # set by the Ctrl-C handler before its cleanups; os._exit(130) follows
+
+
+def at_interrupt(cleanup: Callable[[], None]) -> Callable[[], None]:
+    """Run ``cleanup`` (best effort: errors are ignored) if Ctrl-C ends the process, e.g. to delete a
+    scratch folder of gigabytes that only this run uses; returns the function that unregisters it
+    (call it once the run removes the folder itself). Nothing else runs on Ctrl-C (``os._exit``)."""
+    _cleanups.append(cleanup)
+
+    def forget() -> None:
+        if cleanup in _cleanups:
+            _cleanups.remove(cleanup)
+
+    return forget
+
+
+def wait_if_interrupted(timeout: float = 5.0) -> None:
+    """Block for good if Ctrl-C is ending this process (or does within ``timeout`` s), else return.
+    For the main thread after a child process died of the same Ctrl-C (a terminal sends it to the
+    whole process group): without it the main thread goes on, reports the child's failure and
+    exits with another status while the handler runs its cleanups."""
+    if _stopping.wait(timeout):
+        threading.Event().wait()
 
 
 def _die(prog: str) -> None:
+    _stopping.set()
     try:
         os.write(2, f"{prog}: interrupted\n".encode())
+        for cleanup in list(_cleanups):
+            try:
+                cleanup()
+            except BaseException:
+                pass
     finally:
         os._exit(EXIT_INTERRUPTED)
 
@@ -75,6 +105,8 @@ def run(prog: str, main: Callable[[Optional[Sequence[str]]], Optional[int]],
 
         traceback.print_exc()
         code = 1
+    if _stopping.is_set():  # Ctrl-C came as main returned: the handler ends the process (status 130)
+        threading.Event().wait()
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message")
