@@ -166,6 +166,27 @@ def test_runs_in_its_own_session_directory_and_network_namespace(clean):
     assert not os.path.exists(cwd)
 
 
+def test_started_without_python_in_the_child_and_with_sigint_unblocked(clean):
+    """The tools block SIGINT in their threads (srsmc_jax.app.interrupts) and a child inherits the
+    mask: the guard unblocks it, so no preexec_fn runs Python between fork and exec (in a process
+    with XLA's threads that is unsafe, and JAX warns about it at every run)."""
+    import signal
+    import warnings
+
+    jax = pytest.importorskip("jax")
+    jax.devices()  # XLA's threads running: JAX's at-fork hook warns on a fork from here
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            program = "import signal\nprint(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+            result = run_program(program, FAST)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert result.passed and result.stdout.split() == ["False"], (result.status, result.stdout, result.stderr)
+    assert not [w for w in caught if "fork" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_file_removal_through_os_and_shutil_is_refused(tmp_path, clean):
     victim = tmp_path / "keep.txt"
     victim.write_text("x")

@@ -24,7 +24,9 @@ globals the tests use (``math.isclose``, a global named like a builtin) are not 
 What each run gets (each layer is exercised by ``tests/test_eval_sandbox.py``):
 
 - its own ``python -I -B`` interpreter (isolated: no ``PYTHON*`` variables, no user site, no cwd on
-  ``sys.path``, no ``.pyc`` written), a new session and process group, a minimal environment (no
+  ``sys.path``, no ``.pyc`` written), started without a ``preexec_fn`` (no Python runs between fork
+  and exec in the harness, a process with XLA's threads; the guard unblocks SIGINT, which the tools
+  block in their threads), a new session and process group, a minimal environment (no
   variable of the harness's), stdin from ``/dev/null``, stdout/stderr to pipes of which the parent
   keeps the tails and stops the run (status ``"output"``) past ``Limits.output_bytes`` in total;
 - a temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards with everything in it;
@@ -100,8 +102,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from srsmc_jax.app.interrupts import unblocked_child
-
 TEMP_PREFIX = "srsmc-sandbox-"
 _TAIL_BYTES = 2048
 
@@ -110,7 +110,8 @@ _TAIL_BYTES = 2048
 # (root only), the sources read and compiled, the unprivileged uid, the parent-death signal (after the
 # uid change, which clears it), the seccomp filter, the Python guard, then the program and its tests.
 _GUARD = r"""
-import sys, json, os
+import sys, json, os, signal as _sig
+_sig.pthread_sigmask(_sig.SIG_UNBLOCK, {_sig.SIGINT})  # blocked in the tools' threads; the mask is inherited
 _c = json.loads(sys.argv[1])
 del sys.argv[1:]
 import ast as _ast, builtins, ctypes as _ct, linecache as _lc, opcode as _opcode, re as _re
@@ -349,7 +350,7 @@ def _run(_program_code=_program_code, _tests_code=_tests_code, _token=_token, _v
     # Only here, after the program and every assertion ran: the token the harness checks.
     _write(_vfd, _token + b"\n")
     return True
-del _r, _ct, _libc, _kind, _soft, _hard, _name, _mod, _filter, _token, _sources, _c
+del _r, _ct, _libc, _kind, _soft, _hard, _name, _mod, _filter, _token, _sources, _c, _sig
 if not _run():
     sys.stdout.flush()
     sys.exit(1)
@@ -687,7 +688,7 @@ def run_program(program: str | Program, limits: Limits = DEFAULT_LIMITS) -> Exec
         start = time.monotonic()
         proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
                                 stderr=err_w, pass_fds=(token_r, verdict_w), start_new_session=True,
-                                close_fds=True, preexec_fn=unblocked_child)  # SIGINT: not blocked as in the tools
+                                close_fds=True)  # no preexec_fn: no Python runs between fork and exec
         for fd in (token_r, token_w, verdict_w, out_w, err_w):
             os.close(fd)
             fds.remove(fd)
