@@ -534,3 +534,29 @@ def test_the_program_dies_with_a_killed_harness(clean):
             scorer.wait()
         if run_dir and os.path.basename(run_dir).startswith(TEMP_PREFIX):
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_ctrl_c_of_a_tool_kills_the_program_and_removes_its_folder(tmp_path):
+    """Ctrl-C of a command that is scoring (``srsmc eval``: srsmc_jax.app.interrupts ends it with
+    ``os._exit(130)``, which skips run_program's own clean-up): one line, exit status 130, the
+    sandboxed program killed and its temporary folder gone."""
+    import signal
+    import subprocess
+
+    harness = ("import sys\nsys.path.insert(0, {repo!r})\nfrom srsmc_jax.app import interrupts\n"
+               "from srsmc_jax.app.eval.sandbox import Limits, run_program\n"
+               "interrupts.run('scorer', lambda argv: print(run_program('import time\\ntime.sleep(60)\\n', "
+               "Limits(timeout_s=60)).status))\n").format(repo=REPO_ROOT)
+    scorer = subprocess.Popen([sys.executable, "-c", harness], env={**os.environ, "TMPDIR": str(tmp_path)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, kids = time.monotonic() + 30, []
+    while not kids:  # the program is running
+        assert scorer.poll() is None and time.monotonic() < deadline, scorer.communicate()
+        kids = [p for p in _children(scorer.pid) if p in _sandbox_processes()]
+        time.sleep(0.05)
+    assert [p.name for p in tmp_path.iterdir()][0].startswith(TEMP_PREFIX)
+    scorer.send_signal(signal.SIGINT)
+    stdout, stderr = scorer.communicate(timeout=30)
+    assert scorer.returncode == 130 and stderr.strip() == "scorer: interrupted" and not stdout, (stdout, stderr)
+    assert list(tmp_path.iterdir()) == []
+    assert _state(kids[0]) in (None, "Z"), f"program {kids[0]} outlived the Ctrl-C"

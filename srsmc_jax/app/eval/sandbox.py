@@ -34,7 +34,7 @@ What each run gets (each layer is exercised by ``tests/test_eval_sandbox.py``):
   (``RLIMIT_FSIZE``), CPU seconds, open files, no core dumps, and ``RLIMIT_NPROC``;
 - a wall-clock limit: on expiry every process of the run is killed (``SIGKILL`` to the process group,
   then to every remaining member of the session, found in ``/proc``, and reaped); the same on every
-  other way out of :func:`run_program` (an exception, ``KeyboardInterrupt``);
+  other way out of :func:`run_program` (an exception, ``KeyboardInterrupt``, the tools' Ctrl-C);
 - a parent-death signal (``PR_SET_PDEATHSIG`` = ``SIGKILL``, Linux): if the harness dies, even by
   ``kill -9``, the program is killed by the kernel (a guard that starts after its harness died exits);
 - as root on Linux, where the kernel allows: a private mount namespace in which every mount is
@@ -101,6 +101,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
+
+from srsmc_jax.app.interrupts import at_interrupt
 
 TEMP_PREFIX = "srsmc-sandbox-"
 _TAIL_BYTES = 2048
@@ -590,6 +592,14 @@ def _kill_session(proc: subprocess.Popen) -> None:
     raise RuntimeError(f"sandbox: processes of session {sid} survive SIGKILL")
 
 
+def _abandon(run_dir: Path, started: list[subprocess.Popen]) -> None:
+    """On the tools' Ctrl-C (``srsmc_jax.app.interrupts``, which ends the process with ``os._exit``):
+    the run's processes killed and its folder removed, as :func:`run_program` does on its way out."""
+    for proc in started:
+        _kill_session(proc)
+    _remove_tree(run_dir)
+
+
 def _remove_tree(path: Path) -> None:
     def make_writable_and_retry(function, failed_path, exc_info):
         os.chmod(os.path.dirname(failed_path), 0o700)
@@ -658,6 +668,8 @@ def run_program(program: str | Program, limits: Limits = DEFAULT_LIMITS) -> Exec
         _READ_ALL = _needs_read_all()
     run_dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     fds: list[int] = []
+    started: list[subprocess.Popen] = []
+    forget = at_interrupt(lambda: _abandon(run_dir, started))  # the tools' Ctrl-C skips the finally below
     try:
         work = run_dir / "work"
         work.mkdir()
@@ -689,6 +701,7 @@ def run_program(program: str | Program, limits: Limits = DEFAULT_LIMITS) -> Exec
         proc = subprocess.Popen(argv, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out_w,
                                 stderr=err_w, pass_fds=(token_r, verdict_w), start_new_session=True,
                                 close_fds=True)  # no preexec_fn: no Python runs between fork and exec
+        started.append(proc)
         for fd in (token_r, token_w, verdict_w, out_w, err_w):
             os.close(fd)
             fds.remove(fd)
@@ -741,9 +754,12 @@ def run_program(program: str | Program, limits: Limits = DEFAULT_LIMITS) -> Exec
                           stderr=stderr.decode("utf-8", errors="replace") + notes, max_processes_seen=seen,
                           protections=protections)
     finally:
-        for fd in fds:
-            os.close(fd)
-        _remove_tree(run_dir)
+        try:
+            for fd in fds:
+                os.close(fd)
+            _remove_tree(run_dir)
+        finally:
+            forget()
 
 
 def run_programs(programs: Sequence[str | Program], limits: Limits = DEFAULT_LIMITS, *,
