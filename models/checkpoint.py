@@ -4,6 +4,10 @@ A converted checkpoint (``srsmc convert``, ``python -m srsmc_jax.models.embedded
 
     params/               an orbax PyTree checkpoint (StandardCheckpointer's layout): a flat
                           {"blocks.0.q_proj.kernel": array} dict
+    params-1/ ...         more of them when the weights exceed 512 MiB (format ``srsmc-jax/3``:
+                          ``param_parts`` in srsmc_checkpoint.json lists the folders; each array is
+                          in exactly one). Saving them one after another bounds the writer's
+                          transient memory by one part instead of all the weights.
     config.json           the model's own config.json (every size is read from it)
     srsmc_checkpoint.json format, family, param_dtype, source, n_params, and ``files``: the size and
                           sha256 of every other file of the folder, recorded when it was written,
@@ -56,11 +60,14 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["FORMAT", "META_FILE", "PARAMS_DIR", "CONFIG_FILE", "TOKENIZER_FILES", "FileRecord", "CheckpointMeta",
-           "is_checkpoint", "read_meta", "read_config", "verify_files", "param_metadata", "restore_params",
-           "check_destination", "write_checkpoint", "hash_files"]
+__all__ = ["FORMAT", "FORMAT_PARTS", "META_FILE", "PARAMS_DIR", "CONFIG_FILE", "TOKENIZER_FILES", "FileRecord",
+           "CheckpointMeta", "is_checkpoint", "read_meta", "read_config", "verify_files", "param_metadata",
+           "restore_params", "check_destination", "write_checkpoint", "hash_files"]
 
 FORMAT = "srsmc-jax/2"
+# srsmc-jax/2 plus ``param_parts`` (the parameters in several orbax checkpoints); a checkpoint whose
+# parameters fit one part is written as srsmc-jax/2 (the same layout), which older versions read.
+FORMAT_PARTS = "srsmc-jax/3"
 _LEGACY_FORMATS = ("srsmc-jax/1",)  # no file records: shapes are checked, bytes cannot be
 META_FILE = "srsmc_checkpoint.json"
 PARAMS_DIR = "params"
@@ -77,9 +84,14 @@ _READ = 8 << 20
 # the weights into one) is verified on every core rather than one.
 _PIECE = 256 << 20
 # Arrays restored together when a staged checkpoint is read back (bounds the extra host memory).
-_VERIFY_GROUP_BYTES = 1 << 30
+_VERIFY_GROUP_BYTES = 256 << 20
 # Largest stored chunk of an array (orbax SaveArgs.chunk_byte_size): what a sharded restore reads at least.
 _CHUNK_BYTES = 64 << 20
+# Parameters saved per orbax checkpoint (the last array of a part may take it past this). orbax holds
+# a transient copy of everything one save writes: one save of 2.8 GiB of bf16 weights peaked 2.3 GiB
+# above them; saved in parts of 512 MiB, no save went above the conversion's reading phase
+# (benchmarks/convert_memory.py).
+_PART_BYTES = 512 << 20
 
 
 class FileRecord(NamedTuple):
@@ -103,6 +115,7 @@ class CheckpointMeta:
     source: str
     n_params: int
     files: Optional[Mapping[str, FileRecord]]
+    parts: tuple[str, ...] = (PARAMS_DIR,)
 
 
 def _first_line(e: BaseException) -> str:
@@ -240,13 +253,18 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     if not isinstance(meta, dict):
         raise ValueError(f"{f}: the checkpoint metadata is not a JSON object")
     fmt = meta.get("format")
-    if fmt != FORMAT and fmt not in _LEGACY_FORMATS:
-        raise ValueError(f"{f}: unknown checkpoint format {fmt!r} (this version reads {FORMAT})")
+    if fmt not in (FORMAT, FORMAT_PARTS) and fmt not in _LEGACY_FORMATS:
+        raise ValueError(f"{f}: unknown checkpoint format {fmt!r} (this version reads {FORMAT} and {FORMAT_PARTS})")
     for key, typ in (("family", str), ("param_dtype", str), ("n_params", int)):
         if not isinstance(meta.get(key), typ):
             raise ValueError(f"{f}: the checkpoint metadata has no valid {key!r}")
-    files = None
-    if fmt == FORMAT:
+    files, parts = None, (PARAMS_DIR,)
+    if fmt == FORMAT_PARTS:
+        raw = meta.get("param_parts")
+        if (not isinstance(raw, list) or not raw or raw != _part_names(len(raw))):
+            raise ValueError(f"{f}: the checkpoint metadata has no valid 'param_parts'")
+        parts = tuple(raw)
+    if fmt in (FORMAT, FORMAT_PARTS):
         if meta.get("sha256") != _meta_digest(meta):
             raise ValueError(f"{f}: corrupt (its content does not match the checksum recorded in it)")
         raw = meta.get("files")
@@ -256,7 +274,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         except (AttributeError, KeyError, TypeError, ValueError):
             raise ValueError(f"{f}: the checkpoint metadata has no valid 'files' record") from None
     return CheckpointMeta(path=path, format=fmt, family=meta["family"], param_dtype=meta["param_dtype"],
-                          source=str(meta.get("source", "")), n_params=meta["n_params"], files=files)
+                          source=str(meta.get("source", "")), n_params=meta["n_params"], files=files, parts=parts)
 
 
 def read_config(path: str | Path) -> dict:
@@ -297,25 +315,48 @@ def verify_files(meta: CheckpointMeta, *, hashes: bool = True) -> None:
         _check_digests(path, meta.files, todo)
 
 
-def param_metadata(path: str | Path) -> dict[str, Any]:
-    """``{name: jax.ShapeDtypeStruct}`` of the stored arrays, from orbax's metadata (ValueError
-    naming the params folder when it cannot be read)."""
+def _part_names(count: int) -> list[str]:
+    """The folders of ``count`` parameter parts: ``params``, ``params-1``, ..."""
+    return [PARAMS_DIR] + [f"{PARAMS_DIR}-{i}" for i in range(1, count)]
+
+
+def _parts_metadata(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``{part folder: {name: jax.ShapeDtypeStruct}}`` for every parameter part of the checkpoint
+    (one, ``params``, unless its metadata lists more), from orbax's metadata; ValueError naming the
+    folder when one cannot be read or two hold the same array."""
     import jax
     import orbax.checkpoint as ocp
 
-    params_dir = Path(path).absolute() / PARAMS_DIR
-    if not (params_dir / "_METADATA").is_file():
-        raise ValueError(f"{params_dir / '_METADATA'}: missing (the orbax metadata of the parameters)")
+    path = Path(path).absolute()
+    parts = read_meta(path).parts if (path / META_FILE).is_file() else (PARAMS_DIR,)
+    out: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     ckptr = ocp.StandardCheckpointer()
     try:
-        meta = ckptr.metadata(params_dir)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        return {str(k): jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for k, m in dict(tree).items()}
-    except Exception as e:  # orbax / tensorstore raise many types
-        raise ValueError(f"{params_dir}: orbax cannot read the parameter metadata ({_first_line(e)})") from None
+        for part in parts:
+            params_dir = path / part
+            if not (params_dir / "_METADATA").is_file():
+                raise ValueError(f"{params_dir / '_METADATA'}: missing (the orbax metadata of the parameters)")
+            try:
+                meta = ckptr.metadata(params_dir)
+                tree = getattr(meta, "item_metadata", meta)
+                tree = getattr(tree, "tree", tree)
+                out[part] = {str(k): jax.ShapeDtypeStruct(tuple(m.shape), m.dtype) for k, m in dict(tree).items()}
+            except Exception as e:  # orbax / tensorstore raise many types
+                raise ValueError(f"{params_dir}: orbax cannot read the parameter metadata ({_first_line(e)})") from None
+            twice = seen & set(out[part])
+            if twice:
+                raise ValueError(f"{params_dir}: parameter {sorted(twice)[0]} is also in another part")
+            seen |= set(out[part])
     finally:
         ckptr.close()
+    return out
+
+
+def param_metadata(path: str | Path) -> dict[str, Any]:
+    """``{name: jax.ShapeDtypeStruct}`` of the stored arrays (of every part), from orbax's metadata
+    (ValueError naming the params folder when it cannot be read)."""
+    return {k: v for part in _parts_metadata(path).values() for k, v in part.items()}
 
 
 def restore_params(path: str | Path, stored: Mapping[str, Any],
@@ -328,18 +369,29 @@ def restore_params(path: str | Path, stored: Mapping[str, Any],
     import jax
     import orbax.checkpoint as ocp
 
-    params_dir = Path(path).absolute() / PARAMS_DIR
+    path = Path(path).absolute()
     first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=first if shardings is None else shardings[k])
               for k, s in stored.items()}
+    parts = _parts_metadata(path)
+    missing = set(target) - {k for names in parts.values() for k in names}
+    if missing:
+        raise ValueError(f"{path / PARAMS_DIR}: no stored parameter {sorted(missing)[0]}")
+    out: dict[str, Any] = {}
     ckptr = ocp.StandardCheckpointer()
     try:
-        return dict(ckptr.restore(params_dir, target))
-    except Exception as e:
-        raise ValueError(f"{params_dir}: orbax cannot read the parameters ({_first_line(e)}); the checkpoint is "
-                         "damaged: load it with verify=True to name the file, or convert it again") from None
+        for part, names in parts.items():
+            want = {k: target[k] for k in names if k in target}
+            if not want:
+                continue
+            try:
+                out.update(ckptr.restore(path / part, want))
+            except Exception as e:
+                raise ValueError(f"{path / part}: orbax cannot read the parameters ({_first_line(e)}); the checkpoint "
+                                 "is damaged: load it with verify=True to name the file, or convert it again") from None
     finally:
         ckptr.close()
+    return out
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -416,6 +468,28 @@ def _make_parents(folder: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def _split_parts(flat: Mapping[str, Any]) -> list[list[str]]:
+    """The names of ``flat`` (sorted) in consecutive parts of about ``_PART_BYTES`` each."""
+    parts, part, size = [], [], 0
+    for name in sorted(flat):
+        part.append(name)
+        size += int(np.prod(np.shape(flat[name]))) * np.dtype(flat[name].dtype).itemsize
+        if size >= _PART_BYTES:
+            parts.append(part)
+            part, size = [], 0
+    return parts + [part] if part or not parts else parts
+
+
+def _save_parts(folder: Path, flat: Mapping[str, Any]) -> list[str]:
+    """Save ``flat`` as parameter parts in ``folder`` (``params``, ``params-1``, ...), one orbax save
+    after another, each part's transient memory freed before the next. Returns the part folders."""
+    groups = _split_parts(flat)
+    names = _part_names(len(groups))
+    for name, group in zip(names, groups):
+        _save_params(folder / name, {k: flat[k] for k in group})
+    return names
+
+
 def _save_params(params_dir: Path, flat: Mapping[str, Any]) -> None:
     """Save ``flat`` with orbax's PyTree handler (StandardCheckpointer's layout; it reads it back),
     numpy arrays written from where they are: orbax's default numpy handler first deep-copies every
@@ -475,13 +549,14 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _check_staged(staging: Path, flat: Mapping[str, Any]) -> None:
     """Read the staged checkpoint back: the metadata, every file record, every array's name,
-    shape and dtype, and every array's value (restored in groups of ~1 GiB), against ``flat``."""
+    shape and dtype, and every array's value (restored in groups of ~256 MiB), against ``flat``."""
     import jax
     import orbax.checkpoint as ocp
 
     meta = read_meta(staging)
     verify_files(meta, hashes=False)
-    stored = param_metadata(staging)
+    parts = _parts_metadata(staging)
+    stored = {k: v for names in parts.values() for k, v in names.items()}
     if set(stored) != set(flat):
         diff = sorted(set(stored) ^ set(flat))
         raise RuntimeError(f"{staging}: the written parameters differ from the converted ones ({', '.join(diff[:3])})")
@@ -490,21 +565,23 @@ def _check_staged(staging: Path, flat: Mapping[str, Any]) -> None:
         if tuple(s.shape) != tuple(a.shape) or np.dtype(s.dtype) != np.dtype(a.dtype):
             raise RuntimeError(f"{staging}: parameter {name} was written as {s.dtype}{list(s.shape)}, "
                                f"not {np.dtype(a.dtype)}{list(a.shape)}")
-    groups, group, size = [], [], 0
-    for name in sorted(stored):
-        group.append(name)
-        size += int(np.prod(stored[name].shape)) * np.dtype(stored[name].dtype).itemsize
-        if size >= _VERIFY_GROUP_BYTES:
-            groups.append(group)
-            group, size = [], 0
-    if group:
-        groups.append(group)
+    groups = []  # (part, names) restored together: at most about _VERIFY_GROUP_BYTES (or one array)
+    for part, names in parts.items():
+        group, size = [], 0
+        for name in sorted(names):
+            group.append(name)
+            size += int(np.prod(stored[name].shape)) * np.dtype(stored[name].dtype).itemsize
+            if size >= _VERIFY_GROUP_BYTES:
+                groups.append((part, group))
+                group, size = [], 0
+        if group:
+            groups.append((part, group))
     ckptr = ocp.PyTreeCheckpointer()
     try:
-        for group in groups:
+        for part, group in groups:
             item = {n: jax.ShapeDtypeStruct(stored[n].shape, stored[n].dtype) for n in group}
             args = {n: ocp.RestoreArgs(restore_type=np.ndarray) for n in group}
-            back = ckptr.restore(staging / PARAMS_DIR, args=ocp.args.PyTreeRestore(
+            back = ckptr.restore(staging / part, args=ocp.args.PyTreeRestore(
                 item=item, restore_args=args, partial_restore=True))
             for n in group:
                 if not _same_bits(np.asarray(back[n]), np.asarray(flat[n])):
@@ -567,7 +644,7 @@ def write_checkpoint(dst: str | Path, flat_params: Mapping[str, Any], *, family:
     created = _make_parents(dst.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.staging-", dir=dst.parent))
     try:
-        _save_params(staging / PARAMS_DIR, flat_params)
+        parts = _save_parts(staging, flat_params)
         if isinstance(config, (str, Path)):
             shutil.copyfile(config, staging / CONFIG_FILE)
         else:
@@ -575,7 +652,9 @@ def write_checkpoint(dst: str | Path, flat_params: Mapping[str, Any], *, family:
         for name, src in (files or {}).items():
             shutil.copyfile(src, staging / name)
         records = hash_files(staging)
-        meta = {"format": FORMAT, "family": family, "param_dtype": param_dtype, "source": source,
+        meta = {"format": FORMAT if len(parts) == 1 else FORMAT_PARTS, "family": family,
+                "param_dtype": param_dtype, "source": source,
+                **({"param_parts": parts} if len(parts) > 1 else {}),
                 "n_params": int(sum(int(np.prod(np.shape(a))) for a in flat_params.values())),
                 "files": {rel: {"size": r.size, "sha256": r.sha256, **({"pieces": list(r.pieces)} if r.pieces else {})}
                           for rel, r in records.items()}}

@@ -260,3 +260,37 @@ def test_read_back_compares_bit_patterns_slice_by_slice():
     h = a[:8, :8].astype(ml_dtypes.bfloat16)
     assert _same_bits(h, h.copy()) and _same_bits(np.float32(np.nan)[()], np.float32(np.nan)[()])
     assert _same_bits(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
+
+
+def test_weights_above_one_part_are_saved_in_parts_and_load_the_same(tmp_path, refs, monkeypatch):
+    """Weights above ``_PART_BYTES`` are saved as several orbax checkpoints, one after another (the
+    writer's transient memory is then one part's, not all the weights'): format srsmc-jax/3 lists
+    them; loading (onto one device or a mesh) gives the arrays of the one-part checkpoint bit for
+    bit; a damaged later part is named; a checkpoint that fits one part keeps format srsmc-jax/2."""
+    from srsmc_jax.convert import convert_checkpoint
+    from srsmc_jax.models import checkpoint
+
+    from srsmc_jax import models
+
+    one = convert_checkpoint(refs / "llada", tmp_path / "one")
+    assert json.loads((one / checkpoint.META_FILE).read_text())["format"] == "srsmc-jax/2"
+    monkeypatch.setattr(checkpoint, "_PART_BYTES", 64 << 10)
+    dst = convert_checkpoint(refs / "llada", tmp_path / "parts")
+    meta = json.loads((dst / checkpoint.META_FILE).read_text())
+    parts = meta["param_parts"]
+    assert meta["format"] == "srsmc-jax/3" and len(parts) >= 3 and parts[:2] == ["params", "params-1"]
+    per_part = checkpoint._parts_metadata(dst)
+    assert list(per_part) == parts and all(per_part.values())
+    assert sum(len(v) for v in per_part.values()) == len(checkpoint.param_metadata(one))
+    chex.assert_trees_all_equal(models.load(dst).params, models.load(one).params)
+    mesh = jax.make_mesh((2, 4), ("data", "model"))
+    chex.assert_trees_all_equal(jax.device_get(models.load(dst, mesh=mesh).params), models.load(one).params)
+    meta["param_parts"] = parts[:1]  # an edited part list: refused by the file's own checksum
+    (tmp_path / "edited.json").write_text(json.dumps(meta))
+    shutil.copytree(dst, tmp_path / "edited")
+    shutil.copyfile(tmp_path / "edited.json", tmp_path / "edited" / checkpoint.META_FILE)
+    with pytest.raises(ValueError, match="corrupt"):
+        models.load(tmp_path / "edited")
+    shutil.rmtree(dst / parts[-1])
+    with pytest.raises(ValueError, match=f"{parts[-1]}.*missing"):
+        models.load(dst)
