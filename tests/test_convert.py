@@ -285,6 +285,7 @@ def test_weights_above_one_part_are_saved_in_parts_and_load_the_same(tmp_path, r
     chex.assert_trees_all_equal(models.load(dst).params, models.load(one).params)
     mesh = jax.make_mesh((2, 4), ("data", "model"))
     chex.assert_trees_all_equal(jax.device_get(models.load(dst, mesh=mesh).params), models.load(one).params)
+    assert convert_checkpoint(refs / "llada", dst, force=True) == dst  # --force replaces it (its parts are its own)
     meta["param_parts"] = parts[:1]  # an edited part list: refused by the file's own checksum
     (tmp_path / "edited.json").write_text(json.dumps(meta))
     shutil.copytree(dst, tmp_path / "edited")
