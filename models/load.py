@@ -256,7 +256,8 @@ def _dtypes(dtype: Any, param_dtype: Any) -> tuple[Any, Any]:
 
 
 def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dtype: Any = None,
-         precision: Any = None, verify: bool = True, mesh: Any = None, rules: Any = None) -> LoadedModel:
+         precision: Any = None, verify: bool = True, mesh: Any = None, rules: Any = None,
+         weights: bool = True) -> LoadedModel:
     """Load a converted checkpoint folder (``models/checkpoint.py``), verified before use.
 
     dtype: compute dtype (``"float32"`` default, ``"bfloat16"``); param_dtype: storage dtype of
@@ -271,6 +272,10 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
     each process reads only the pieces its devices hold and no full host copy of the weights is
     made. rules: the partition rules (default: the family's ``FamilySpec.partition_rules``);
     checked against every parameter before anything is read.
+
+    weights=False: the model without its parameters (``params`` and ``graphdef`` None): its family,
+    config, mask id, context length and tokenizer, from the small files only (their sizes checked,
+    not their hashes), so that settings can be checked against the model before the weights are read.
     """
     if path is None:
         from srsmc_jax.models.embedded import CHECKPOINT, missing_checkpoint_message
@@ -287,8 +292,10 @@ def load(path: Optional[str | Path] = None, *, dtype: Any = "float32", param_dty
         spec = family_spec(meta.family)
     except ValueError as e:
         raise ValueError(f"{path / checkpoint.META_FILE}: {e}") from None
-    checkpoint.verify_files(meta, hashes=verify)
+    checkpoint.verify_files(meta, hashes=verify and weights)
     cfg = spec.config_from_dict(checkpoint.read_config(path), what=str(path / checkpoint.CONFIG_FILE))
+    if not weights:
+        return LoadedModel(meta.family, cfg, None, None, path=path, dtype=cdtype)
     abstract = abstract_model(meta.family, cfg, dtype=cdtype, param_dtype=pdtype, precision=precision)
     stored = checkpoint.param_metadata(path)
     _check_stored(stored, flat_abstract_params(abstract), what=path / checkpoint.PARAMS_DIR)

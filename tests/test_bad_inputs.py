@@ -648,6 +648,14 @@ def _embedded_base() -> Path:
     return CHECKPOINT
 
 
+def _damaged_weights(ws: Workspace) -> Path:
+    """A copy of the embedded checkpoint with one bit of its biggest weights file flipped (same size:
+    only the sha256 check on load finds it)."""
+    ckpt = ws.ckpt("damaged", base=_embedded_base())
+    flip_bit(biggest_param_file(ckpt))
+    return ckpt
+
+
 def _read_only_dir(ws: Workspace) -> Path:
     d = unwritable_dir(ws)
     return d / "g.png"
@@ -698,6 +706,12 @@ SAMPLE_CLI = [
          OneLineError(("--cache", "llada"))),
     Case("nan-weights", lambda ws: ["sample", PUZZLE, "--model", _nan_weights_checkpoint(ws)],
          OneLineError("NaN logits")),
+    # every flag is checked against the model's config before its weights are read: with a damaged
+    # weights file, a bad flag is still what is reported (and with good flags, the damage)
+    Case("flags-before-the-weights", lambda ws: ["sample", PUZZLE, "--steps", "99", "--model", _damaged_weights(ws)],
+         OneLineError(("--steps", "99"))),
+    Case("damaged-weights", lambda ws: ["sample", PUZZLE, "--model", _damaged_weights(ws)],
+         OneLineError(("params", "corrupt"))),
     Case("corrupt-tokenizer", lambda ws: ["sample", PUZZLE, "--model",
                                           truncate(ws.ckpt("emb", base=_embedded_base()) / "tokenizer.json").parent],
          OneLineError("tokenizer.json"), needs=lambda: None if (LLADA / "model.safetensors").is_file()
@@ -729,7 +743,8 @@ def test_sample_cli(case: Case, tmp_path, request, capsys):
 
 
 def _uses_workspace_files(case: Case) -> bool:
-    return case.id in {"model-is-hf-folder", "model-no-tokenizer", "prompt-ids-outside-vocab", "corrupt-tokenizer"}
+    return case.id in {"model-is-hf-folder", "model-no-tokenizer", "prompt-ids-outside-vocab", "corrupt-tokenizer",
+                       "flags-before-the-weights", "damaged-weights"}
 
 
 # ---- surface 5: the Python API of the engine ------------------------------------------------------

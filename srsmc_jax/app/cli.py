@@ -165,22 +165,24 @@ def _sample(args) -> int:
         raise CLIError("--chat needs a text PROMPT, not --prompt-ids")
     if args.prompt is None and args.prompt_ids is None:
         raise CLIError("prompt: missing; give the PROMPT text or --prompt-ids 1,2,3")
-    with progress.phase("loading the model"):
-        model, task = load_model(args)
-    kinds = model.spec.cache_kinds
+    # every setting is checked against the model's config and tokenizer before its weights are read
+    info, task = load_model(args, weights=False)
+    kinds = info.spec.cache_kinds
     if args.cache not in kinds:
-        raise CLIError(f"--cache {args.cache}: the {model.family} family supports {', '.join(kinds)}")
-    encoder = PromptEncoder.for_model(model, task, chat=args.chat, **encoder_options(args))
+        raise CLIError(f"--cache {args.cache}: the {info.family} family supports {', '.join(kinds)}")
+    encoder = PromptEncoder.for_model(info, task, chat=args.chat, **encoder_options(args))
     if args.prompt_ids is not None:
         prompt = encoder.check(args.prompt_ids, where="--prompt-ids")
         record = PromptRecord(id=0, prompt_ids=tuple(prompt), where="--prompt-ids")
     else:
         if not encoder.can_encode_text:
-            raise CLIError(f"--model {model.path}: the checkpoint has no tokenizer files to encode the prompt; "
+            raise CLIError(f"--model {info.path}: the checkpoint has no tokenizer files to encode the prompt; "
                            "give token ids with --prompt-ids (or a tokenizer with --tokenizer FILE)")
         prompt = encoder.encode(args.prompt)
         record = PromptRecord(id=0, prompt=args.prompt, where="prompt")
-    config = config_for_model(args, model, task, longest_prompt=len(prompt))
+    config = config_for_model(args, info, task, longest_prompt=len(prompt))
+    with progress.phase("loading the model"):
+        model, task = load_model(args)
     gen = Generator(model, config, task=task, cache=None if args.cache == "none" else args.cache, batch_size=1,
                     num_devices=1, encoder=encoder)
     prepared = gen.prepare([record])

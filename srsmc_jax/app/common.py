@@ -65,8 +65,10 @@ def add_model_flags(parser: argparse.ArgumentParser, *, required: bool = False) 
                         help="skip the sha256 check of the checkpoint's files (sizes and shapes are still checked)")
 
 
-def load_model(args):
-    """(LoadedModel, embedded task or None) for ``--model`` / ``--tokenizer`` / ``--dtype`` / ``--no-verify``."""
+def load_model(args, *, weights: bool = True):
+    """(LoadedModel, embedded task or None) for ``--model`` / ``--tokenizer`` / ``--dtype`` / ``--no-verify``.
+    weights=False: without the parameters (``models.load(weights=False)``), to check every setting
+    against the model's config and tokenizer before the weights are read."""
     from srsmc_jax import models
     from srsmc_jax.models.embedded import task_for
 
@@ -81,7 +83,8 @@ def load_model(args):
         hint = " (a Hugging Face folder: convert it first with `srsmc convert SRC DST`)" \
             if (p / "config.json").is_file() else ""
         raise CLIError(f"--model {p}: not a converted checkpoint folder{hint}")
-    model = models.load(path, dtype=getattr(args, "dtype", "float32"), verify=not getattr(args, "no_verify", False))
+    model = models.load(path, dtype=getattr(args, "dtype", "float32"), verify=not getattr(args, "no_verify", False),
+                        weights=weights)
     task = task_for(model.path)
     if tokenizer is not None:
         if task is not None:

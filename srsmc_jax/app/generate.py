@@ -743,14 +743,16 @@ def run_command(args) -> int:
     from srsmc_jax.app.compile_cache import CompileStats
 
     stats = CompileStats()  # every program of the run: compiled, or loaded from the persistent cache
-    model, task = load_model(args)
+    # every setting is checked against the model's config and tokenizer before its weights are read
+    info, task = load_model(args, weights=False)
     try:
-        encoder = PromptEncoder.for_model(model, task, chat=args.chat, **encoder_options(args))
+        encoder = PromptEncoder.for_model(info, task, chat=args.chat, **encoder_options(args))
     except EncodeError as e:
         raise GenerateError(str(e)) from None
     longest = max((len(encoder.encode(r.prompt, where=r.where)) if r.prompt is not None and encoder.can_encode_text
                    else len(r.prompt_ids or ())) for r in records)
-    config = config_for_model(args, model, task, longest_prompt=longest)
+    config = config_for_model(args, info, task, longest_prompt=longest)
+    model, task = load_model(args)
     results, report, gen = run_generation(
         model, records, config, output=args.output, seed=args.seed, overwrite=args.overwrite, task=task,
         cache=None if args.cache == "none" else args.cache, batch_size=args.batch_size, buckets=args.buckets,
