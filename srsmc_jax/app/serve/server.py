@@ -80,17 +80,19 @@ class Server:
 
         self.quiet = args.quiet
         parse_buckets(args.buckets)
-        self.model, self.task = load_model(args)
-        kinds = self.model.spec.cache_kinds
+        # every setting is checked against the model's config and tokenizer before its weights are read
+        info, self.task = load_model(args, weights=False)
+        kinds = info.spec.cache_kinds
         if args.cache not in kinds:
-            raise CLIError(f"--cache {args.cache}: the {self.model.family} family supports {', '.join(kinds)}")
+            raise CLIError(f"--cache {args.cache}: the {info.family} family supports {', '.join(kinds)}")
         self.cache = None if args.cache == "none" else args.cache
         try:
-            self.encoder = PromptEncoder.for_model(self.model, self.task)
+            self.encoder = PromptEncoder.for_model(info, self.task)
         except EncodeError as e:
             raise CLIError(str(e)) from None
         self.defaults = flags.given_knobs(args)  # the requests' defaults (checked now, below)
-        self.default_config = config_for_model(args, self.model, self.task, longest_prompt=1)
+        self.default_config = config_for_model(args, info, self.task, longest_prompt=1)
+        self.model, self.task = load_model(args)
         if self.model.path is None or self.task is not None:
             self.model_name = args.served_model_name or f"srsmc-{self.task.name if self.task else 'model'}"
         else:
