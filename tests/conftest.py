@@ -5,7 +5,8 @@ Fixtures: ``shared`` (Path of the shared folder, ``$SRSMC_SHARED`` or ``../share
 ``reference_checkpoint(family)`` / ``reference_model(family)`` (the reference checkpoint
 converted with ``srsmc convert`` once per session, and loaded); and, for a test module that
 sets ``FAMILY = "llada"`` (or parametrises ``family`` indirectly): ``family``, ``reference``
-(its folder), ``cases`` (``cases.npz``), ``converted`` and ``model``.
+(its folder), ``cases`` (``cases.npz``), ``converted`` and ``model``; ``damaged_embedded`` (a copy
+of the embedded checkpoint whose weights only the sha256 check finds damaged).
 """
 
 import subprocess
@@ -118,3 +119,20 @@ def converted(reference_checkpoint, family) -> Path:
 @pytest.fixture(scope="module")
 def model(reference_model, family):
     return reference_model(family)
+
+
+@pytest.fixture
+def damaged_embedded(tmp_path) -> Path:
+    """A copy of the embedded checkpoint with one bit of its biggest weights file flipped: the same
+    size, so only the sha256 check of a load (not its checks of the small files) finds it."""
+    import shutil
+
+    from srsmc_jax.models.embedded import CHECKPOINT
+
+    ckpt = tmp_path / "damaged"
+    shutil.copytree(CHECKPOINT, ckpt)
+    weights = max((p for p in (ckpt / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    weights.write_bytes(bytes(data))
+    return ckpt

@@ -8,7 +8,6 @@ whatever the model makes of them).
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -250,15 +249,10 @@ def test_bad_input_is_a_one_line_error_before_any_model_work(tmp_path):
         assert "compiling" not in r.stderr and not (tmp_path / "out.jsonl").exists()
 
 
-def test_flags_are_checked_against_the_model_before_its_weights_are_read(tmp_path):
+def test_flags_are_checked_against_the_model_before_its_weights_are_read(tmp_path, damaged_embedded):
     """A bad flag is reported before the weights are read: with one bit of the weights flipped (only
     the sha256 check on load can find it), --steps 99 is still the error; with good flags, the damage."""
-    ckpt = tmp_path / "damaged"
-    shutil.copytree(models.embedded.CHECKPOINT, ckpt)
-    weights = max((p for p in (ckpt / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x04
-    weights.write_bytes(bytes(data))
+    ckpt = damaged_embedded
     inp = _write(tmp_path / "in.jsonl", ['{"id": 1, "prompt": "..4..1..2......5.23.......6...5..6.."}'])
     for extra, message in ((["--steps", "99"], "--steps (99) exceeds block_length (36)"), ([], "corrupt")):
         r = _cli("--input", inp, "--output", tmp_path / "out.jsonl", "--model", ckpt, *extra)

@@ -380,18 +380,11 @@ def test_chat_uses_the_family_template_and_equals_generate_chat(chat_server):
     assert e.value.body["param"] == "messages"
 
 
-def test_startup_flags_are_checked_before_the_weights_are_read(tmp_path):
+def test_startup_flags_are_checked_before_the_weights_are_read(damaged_embedded):
     """``srsmc serve`` checks its request defaults against the model's config before it reads the
     weights: with one bit of the weights flipped (only the sha256 check on load finds it), --steps 99
     is the one-line error; with good flags, the damage is."""
-    import shutil
-
-    ckpt = tmp_path / "damaged"
-    shutil.copytree(models.embedded.CHECKPOINT, ckpt)
-    weights = max((p for p in (ckpt / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x04
-    weights.write_bytes(bytes(data))
+    ckpt = damaged_embedded
     for extra, message in ((["--steps", "99"], "--steps (99) exceeds block_length (36)"), ([], "corrupt")):
         r = subprocess.run([sys.executable, "-m", "srsmc_jax", "serve", "--port", str(_free_port()), "--model",
                             str(ckpt), *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
