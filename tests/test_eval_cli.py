@@ -61,3 +61,15 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path):
 def test_unknown_task_is_rejected_by_the_parser():
     r = _run("--task", "gsm9k", "--write-prompts", "x.jsonl")
     assert r.returncode == 2 and "--task" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_settings_are_checked_against_the_model_before_its_weights_are_read(damaged_embedded, tmp_path):
+    """With one bit of the weights flipped (only the sha256 check on load finds it), a setting the
+    model refuses (--gen-length 72 for the 36-cell Sudoku task) is still the one-line error; with
+    good settings, the damage is."""
+    out = tmp_path / "run"
+    for extra, message in ((["--gen-length", "72", "--block-length", "36"], "exactly 36 tokens, got 72"),
+                           ([], "corrupt")):
+        r = _run("--model", damaged_embedded, "--task", "sudoku6", "--limit", "1", "--out", out, "--quiet", *extra)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not out.exists()

@@ -161,8 +161,9 @@ def _evaluate_mode(args) -> int:
     from srsmc_jax.app.compile_cache import CompileStats
 
     stats = CompileStats()  # every program of the run: compiled, or loaded from the persistent cache
+    info, task_model = load_model(args, weights=False)  # the settings against the model's config, first
+    config, cache = method_config(args, model=info, task=task_model)
     model, task_model = load_model(args)
-    config, cache = method_config(args, model=model, task=task_model)
     out = args.out or Path("eval_runs") / args.task / (
         f"{args.method}-n{config.num_particles}-L{config.gen_length}-seed{args.seed}")
     result = evaluate(model, task, config, method=args.method, out_dir=out, cache=cache, seed=args.seed,
