@@ -210,3 +210,19 @@ def test_load_accepts_a_relative_path(monkeypatch):
     monkeypatch.chdir(CHECKPOINT.parent)
     m = models.load("checkpoint")
     assert m.path == CHECKPOINT and m.mask_id == vocab.MASK_ID
+
+
+def test_load_without_weights_reads_only_the_small_files(damaged_embedded):
+    """``models.load(path, weights=False)``: the model's config, mask id, context length and tokenizer
+    without its parameters, and without hashing the weights (a flipped bit in them is found only by
+    the full load)."""
+    from srsmc_jax import models
+
+    info = models.load(damaged_embedded, weights=False)
+    full = models.load(CHECKPOINT)
+    assert info.params is None and info.graphdef is None and info.config == full.config
+    assert (info.family, info.mask_id, info.max_length, info.vocab_size) == (full.family, full.mask_id,
+                                                                              full.max_length, full.vocab_size)
+    assert info.tokenizer.encode("1 2").ids == full.tokenizer.encode("1 2").ids
+    with pytest.raises(ValueError, match="corrupt"):
+        models.load(damaged_embedded)
