@@ -1,7 +1,8 @@
 """Two real JAX processes on this machine (CPU backend, gloo collectives, ``jax.distributed``) run
 one prompt file as one program over 4 devices: each process writes only its own rows, and the
-merged results are byte-identical to one process with the same 4 devices; the tokens equal a plain
-single-device run."""
+merged results are byte-identical to one process with the same 4 devices (the two processes load the
+embedded model rewritten as a checkpoint of several parameter parts, each restored into its shards
+across the processes); the tokens equal a plain single-device run."""
 
 import json
 import socket
@@ -33,14 +34,36 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_processes_equal_one_process(tmp_path):
+def _in_parts(dst, monkeypatch):
+    """The embedded checkpoint written again with its parameters in several parts (format srsmc-jax/3)."""
+    import jax
+    from flax import nnx
+    from srsmc_jax.models import checkpoint
+    from srsmc_jax.models.common import flat_name
+    from srsmc_jax.models.embedded import CHECKPOINT
+
+    from srsmc_jax import models
+
+    params = nnx.to_pure_dict(models.load().params)
+    flat = {flat_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    monkeypatch.setattr(checkpoint, "_PART_BYTES", 256 << 10)
+    files = {f.name: f for f in CHECKPOINT.iterdir() if f.is_file() and f.name not in (checkpoint.META_FILE,
+                                                                                       checkpoint.CONFIG_FILE)}
+    checkpoint.write_checkpoint(dst, flat, family="llada", param_dtype="float32", config=CHECKPOINT / "config.json",
+                                source="test", files=files)
+    assert len(json.loads((dst / checkpoint.META_FILE).read_text())["param_parts"]) > 2
+    return dst
+
+
+def test_two_processes_equal_one_process(tmp_path, monkeypatch):
+    parts = _in_parts(tmp_path / "parts", monkeypatch)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PUZZLES) + "\n")
     one, two = tmp_path / "one", tmp_path / "two"
     port = _free_port()
     procs = [subprocess.Popen(_driver("--prompts", str(prompts), "--out", str(two), "--local-devices", "2",
                                       "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                      "--process-id", str(i)),
+                                      "--process-id", str(i), "--model", str(parts)),
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
     single = subprocess.run(_driver("--prompts", str(prompts), "--out", str(one), "--local-devices", "4"),
                             cwd=REPO, capture_output=True, text=True, timeout=900)
