@@ -164,7 +164,8 @@ def test_moe_benchmark_runs_tiny_and_records_its_cpu(tmp_path):
                             "--repeats", "2", "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["same_logits"] is True
-    assert set(rec["seconds"]) == {"moe_loop", "moe_tiled", "moe_dense", "moe_ragged", "dense_active_width"}
+    assert set(rec["seconds"]) == {"moe_loop", "moe_tiled", "moe_dense", "moe_ragged", "moe_loop_fitted_bias",
+                                   "dense_active_width"}
     lo, hi = rec["moe_over_dense_active"]["quartiles"]
     assert lo <= rec["moe_over_dense_active"]["median"] <= hi
     assert rec["cpu_count"] == os.cpu_count() and rec["cpu_model"]
@@ -175,3 +176,8 @@ def test_moe_benchmark_runs_tiny_and_records_its_cpu(tmp_path):
     (busiest,) = rec["busiest_expert_over_mean_rows"]  # one MoE layer
     # at least the mean; at most every token (a token picks k = 4 distinct of E = 8 experts): E / k
     assert 1.0 <= busiest <= 8 / 4
+    # the expert_bias fitted on these tokens evens their load (64 tokens x 4 picks over 8 experts)
+    (fitted,) = rec["busiest_expert_over_mean_rows_fitted_bias"]
+    assert 1.0 <= fitted <= min(busiest, 1.25)
+    lo, hi = rec["moe_fitted_bias_over_dense_active"]["quartiles"]
+    assert lo <= rec["moe_fitted_bias_over_dense_active"]["median"] <= hi
