@@ -40,6 +40,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from .conditional import run_if
 from .registry import Registry
 
 ACCEPT_STREAM = 0x4000_0000  # the accept draw's key; re-simulated steps use fold_in(key, i), i < steps per block
@@ -202,7 +203,7 @@ class RewindMove:
                 logits = jnp.zeros(shape.shape, shape.dtype)
             return MoveOutput(parts, logits, inp.psi, jnp.zeros((n,), bool), jnp.zeros((), jnp.int32))
 
-        return jax.lax.cond(rewind > 0, run, skip, None)
+        return run_if(rewind > 0, run, skip(None))  # not lax.cond: the weights stay unbatched under vmap
 
 
 MOVES: Registry[Optional[Callable]] = Registry("move")

@@ -43,6 +43,7 @@ from jax.scipy.special import logsumexp
 from . import edit as edit_lib
 from . import resampling
 from .answer import AnswerInput
+from .conditional import run_if
 from .config import SMCConfig
 from .denoiser import CachedDenoiser, SequenceInfo, as_cached, check_cached_output
 from .move import MoveHistory, MoveInput, MoveOps
@@ -725,7 +726,8 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
 
     def body(state, b):
         if extra:  # the last block runs only for a prompt with a tail (its rows are asked for then)
-            state = jax.lax.cond(_block_needed(ctx, b), lambda s: _run_block(ctx, s, b), lambda s: s, state)
+            state = run_if(_block_needed(ctx, b), lambda s: _run_block(ctx, s, b), state,
+                           differentiable=config.differentiable)
         else:
             state = _run_block(ctx, state, b)
         if progress is not None:
@@ -886,7 +888,7 @@ def _complete(ctx: _Context, state: SMCState, psi, block_start, last_step, *, at
             st, lg, ps = _move(ctx, st, lg, ps, block_start, last_step, at_block_end)
         return st, lg, ps
 
-    state, logits, psi = jax.lax.cond(trigger, resample, lambda c: c, (state, logits, psi))
+    state, logits, psi = run_if(trigger, resample, (state, logits, psi), differentiable=config.differentiable)
     state = state._replace(error=state.error | jnp.where(degenerate, ERROR_DEGENERATE_WEIGHTS, 0))
     return state, logits, psi
 
