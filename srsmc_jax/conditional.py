@@ -1,13 +1,20 @@
 """``run_if``: a conditional that keeps the model's weights unbatched under ``vmap``.
 
-``lax.cond`` with a predicate that ``vmap`` batches (one per prompt in the batch path, e.g. "this
-prompt resamples now") turns into both branches and a select, and its batching rule first
-broadcasts EVERY operand along the batch axis, the constants the branches close over included. The
-sampler's branches close over the model's weights, so a batch of B prompts held B copies of them
-(and on CPU a float32 copy of each bfloat16 one): measured on an LLaDA2.0-mini-shaped model with 2
-layers (2.8 GiB of weights), the batch path's temporaries went from 0.6 to 40 GiB for 4 prompts.
-A ``lax.while_loop`` of at most one trip computes the same thing; its batching rule leaves
-unbatched operands as they are.
+``lax.cond`` with a predicate that ``vmap`` batches (one per prompt in the batch path: "this prompt
+resamples now", LLaDA2's extra block for a prompt's tail) becomes both branches and a select, and
+its batching rule first broadcasts EVERY operand along the batch axis, the values the branches
+close over included, and selects each of them once per branch. The sampler's branches close over
+the model's weights, so a batch of B prompts held about 2 B copies of them: on a 2-layer
+LLaDA2.0-mini-shaped model (5.6 GiB of float32 weights) the batch path's temporaries were 40 GiB
+for 4 prompts.
+
+``run_if`` is ``lax.cond`` with its own batching rule (``jax.custom_batching.custom_vmap``): with
+one predicate for the whole batch it stays a conditional; with a batched predicate it runs the
+branch on every element (as ``lax.cond`` does then) and selects per element, leaving the unbatched
+operands (the weights) unbatched. It reduces nothing over the batch (a mesh that splits the batch
+over devices sees no collective) and adds no loop. Differentiation
+(a ``custom_jvp``) computes the branch on every element and selects, with zero tangents into
+the branch where it is not taken, so that no cotangent reaches it (as ``lax.cond`` under ``vmap``).
 """
 
 from __future__ import annotations
@@ -20,17 +27,58 @@ import jax.numpy as jnp
 __all__ = ["run_if"]
 
 
-def run_if(pred: Any, fn: Callable[[Any], Any], operand: Any, *, differentiable: bool = False) -> Any:
+def run_if(pred: Any, fn: Callable[[Any], Any], operand: Any) -> Any:
     """``fn(operand)`` where ``pred`` (bool[]), else ``operand`` (``fn`` returns the operand's
-    structure, shapes and dtypes).
+    structure, shapes and dtypes)."""
+    # every value fn closes over (the weights, traced indices) becomes an explicit argument, so that
+    # the batching rule sees which of them are batched
+    closed = jax.make_jaxpr(fn)(operand)
+    tree = jax.tree.structure(operand)
 
-    A while loop of at most one trip, so that under ``vmap`` the weights ``fn`` closes over stay
-    unbatched (see the module docstring); ``differentiable=True`` uses ``lax.cond`` instead, which
-    reverse-mode differentiation needs (a while loop has no transpose)."""
-    if differentiable:
-        return jax.lax.cond(pred, fn, lambda x: x, operand)
+    def branch(op, consts):
+        return jax.tree.unflatten(tree, jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(op)))
 
-    def body(carry):
-        return jnp.zeros_like(carry[0]), fn(carry[1])
+    def plain(p, op, consts):
+        return jax.lax.cond(p, branch, lambda o, _: o, op, consts)
 
-    return jax.lax.while_loop(lambda carry: carry[0], body, (jnp.asarray(pred, bool), operand))[1]
+    @jax.custom_batching.custom_vmap
+    def batchable(p, op, consts):
+        return plain(p, op, consts)
+
+    @batchable.def_vmap
+    def _rule(axis_size, in_batched, p, op, consts):
+        p_b, op_b, c_b = in_batched
+        axes = (jax.tree.map(lambda b: 0 if b else None, op_b), [0 if b else None for b in c_b])
+        if not p_b:  # one decision for the whole batch: lax.cond's own rule keeps it a conditional
+            out = jax.vmap(lambda o, c: plain(p, o, c), in_axes=axes)(op, consts)
+        else:
+            new = jax.vmap(branch, in_axes=axes)(op, consts)
+
+            def pick(x, old, old_b):
+                old = old if old_b else jnp.broadcast_to(old, (axis_size,) + old.shape)
+                return jnp.where(p.reshape((axis_size,) + (1,) * (x.ndim - 1)), x, old)
+
+            out = jax.tree.map(pick, new, op, op_b)
+        return out, jax.tree.map(lambda _: True, out)
+
+    @jax.custom_jvp
+    def run(p, op, consts):
+        return batchable(p, op, consts)
+
+    @run.defjvp
+    def _jvp(primals, tangents):
+        # custom_vmap has no reverse mode, and lax.cond's rule would broadcast the weights again
+        # under vmap: the branch is linearised on every element (as lax.cond does under vmap) and
+        # its result and tangent selected. Where the branch is not taken it gets zero tangents, so
+        # no cotangent reaches it (its coefficients may be inf there: the masked step was refused)
+        p, op, consts = primals
+        _, t_op, t_consts = tangents
+
+        def gate(t):
+            return t if t.dtype == jax.dtypes.float0 else jnp.where(p, t, jnp.zeros_like(t))
+
+        y, t_y = jax.jvp(branch, (op, consts), jax.tree.map(gate, (t_op, t_consts)))
+        pick = lambda a, b: a if a.dtype == jax.dtypes.float0 else jnp.where(p, a, b)  # noqa: E731
+        return jax.tree.map(pick, y, op), jax.tree.map(pick, t_y, t_op)
+
+    return run(jnp.asarray(pred, bool), operand, list(closed.consts))

@@ -726,8 +726,7 @@ def _sample_one(den: CachedDenoiser, config: SMCConfig, key, prompt, prompt_vali
 
     def body(state, b):
         if extra:  # the last block runs only for a prompt with a tail (its rows are asked for then)
-            state = run_if(_block_needed(ctx, b), lambda s: _run_block(ctx, s, b), state,
-                           differentiable=config.differentiable)
+            state = run_if(_block_needed(ctx, b), lambda s: _run_block(ctx, s, b), state)
         else:
             state = _run_block(ctx, state, b)
         if progress is not None:
@@ -888,7 +887,7 @@ def _complete(ctx: _Context, state: SMCState, psi, block_start, last_step, *, at
             st, lg, ps = _move(ctx, st, lg, ps, block_start, last_step, at_block_end)
         return st, lg, ps
 
-    state, logits, psi = run_if(trigger, resample, (state, logits, psi), differentiable=config.differentiable)
+    state, logits, psi = run_if(trigger, resample, (state, logits, psi))
     state = state._replace(error=state.error | jnp.where(degenerate, ERROR_DEGENERATE_WEIGHTS, 0))
     return state, logits, psi
 
