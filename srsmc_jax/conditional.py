@@ -11,8 +11,9 @@ for 4 prompts.
 ``run_if`` is ``lax.cond`` with its own batching rule (``jax.custom_batching.custom_vmap``): with
 one predicate for the whole batch it stays a conditional; with a batched predicate it runs the
 branch on every element (as ``lax.cond`` does then) and selects per element, leaving the unbatched
-operands (the weights) unbatched. It reduces nothing over the batch (a mesh that splits the batch
-over devices sees no collective) and adds no loop. Differentiation
+operands (the weights) unbatched, and skips the branch when no element takes it. That skip is a
+reduction over the batch, so it is left out under a mesh with an axis other than "model" (which
+may split the batch over devices: nothing then crosses them). It adds no loop. Differentiation
 (a ``custom_jvp``) computes the branch on every element and selects, with zero tangents into
 the branch where it is not taken, so that no cotangent reaches it (as ``lax.cond`` under ``vmap``).
 """
@@ -25,6 +26,14 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["run_if"]
+
+
+def _batch_is_local() -> bool:
+    """True unless the context mesh (``jax.set_mesh``) has an axis of size > 1 other than "model":
+    such an axis may split the batch over devices, and a reduction over the batch would then be a
+    collective across them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or all(size == 1 or name == "model" for name, size in mesh.shape.items())
 
 
 def run_if(pred: Any, fn: Callable[[Any], Any], operand: Any) -> Any:
@@ -52,13 +61,19 @@ def run_if(pred: Any, fn: Callable[[Any], Any], operand: Any) -> Any:
         if not p_b:  # one decision for the whole batch: lax.cond's own rule keeps it a conditional
             out = jax.vmap(lambda o, c: plain(p, o, c), in_axes=axes)(op, consts)
         else:
-            new = jax.vmap(branch, in_axes=axes)(op, consts)
+            def whole(o, b):  # an operand leaf with the batch axis in front
+                return o if b else jnp.broadcast_to(o, (axis_size,) + o.shape)
 
-            def pick(x, old, old_b):
-                old = old if old_b else jnp.broadcast_to(old, (axis_size,) + old.shape)
-                return jnp.where(p.reshape((axis_size,) + (1,) * (x.ndim - 1)), x, old)
+            def taken(_):
+                new = jax.vmap(branch, in_axes=axes)(op, consts)
+                return jax.tree.map(lambda x, o, b: jnp.where(p.reshape((axis_size,) + (1,) * (x.ndim - 1)), x,
+                                                              whole(o, b)), new, op, op_b)
 
-            out = jax.tree.map(pick, new, op, op_b)
+            if _batch_is_local():  # skip the branch when no element takes it (a reduction over the batch)
+                # run_if again, not lax.cond: under an outer vmap jnp.any(p) is batched in its turn
+                out = run_if(jnp.any(p), taken, jax.tree.map(whole, op, op_b))
+            else:
+                out = taken(None)
         return out, jax.tree.map(lambda _: True, out)
 
     @jax.custom_jvp

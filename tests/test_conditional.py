@@ -57,3 +57,15 @@ def test_under_vmap_the_weights_stay_unbatched_with_no_loop():
     assert "f32[4,3,3]" not in jaxpr and "while" not in jaxpr  # lax.cond broadcasts w to [4, 3, 3]
     plain = str(jax.make_jaxpr(lambda w, xs, ps: jax.vmap(PLAIN, in_axes=(None, 0, 0, None))(w, xs, ps, 2))(W, XS, PS))
     assert "f32[4,3,3]" in plain
+
+
+def test_nested_vmaps_and_a_batch_that_takes_no_branch():
+    ks = jnp.int32(2)
+    xs = jnp.stack([XS, -XS])
+    ps = jnp.stack([PS, jnp.zeros_like(PS)])  # the second outer row takes no branch at all
+    nested = jax.vmap(jax.vmap(OURS, in_axes=(None, 0, 0, None)), in_axes=(None, 0, 0, None))
+    want = jax.vmap(jax.vmap(PLAIN, in_axes=(None, 0, 0, None)), in_axes=(None, 0, 0, None))(W, xs, ps, ks)
+    for a, b in zip(jax.jit(nested)(W, xs, ps, ks), want):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    jaxpr = str(jax.make_jaxpr(nested)(W, xs, ps, ks))
+    assert "f32[2,3,3]" not in jaxpr and "f32[2,4,3,3]" not in jaxpr and "f32[4,3,3]" not in jaxpr
