@@ -25,6 +25,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from .sharding import MODEL
+
 __all__ = ["run_if"]
 
 
@@ -33,7 +35,7 @@ def _batch_is_local() -> bool:
     such an axis may split the batch over devices, and a reduction over the batch would then be a
     collective across them."""
     mesh = jax.sharding.get_abstract_mesh()
-    return mesh.empty or all(size == 1 or name == "model" for name, size in mesh.shape.items())
+    return mesh.empty or all(size == 1 or name == MODEL for name, size in mesh.shape.items())
 
 
 def run_if(pred: Any, fn: Callable[[Any], Any], operand: Any) -> Any:
@@ -82,18 +84,18 @@ def run_if(pred: Any, fn: Callable[[Any], Any], operand: Any) -> Any:
 
     @run.defjvp
     def _jvp(primals, tangents):
-        # custom_vmap has no reverse mode, and lax.cond's rule would broadcast the weights again
-        # under vmap: the branch is linearised on every element (as lax.cond does under vmap) and
-        # its result and tangent selected. Where the branch is not taken it gets zero tangents, so
-        # no cotangent reaches it (its coefficients may be inf there: the masked step was refused)
+        # custom_vmap has no reverse mode, and lax.cond's jvp would broadcast the weights again under
+        # vmap: the branch is linearised everywhere and its value and tangent selected. Where it is
+        # not taken it gets zero tangents, so no cotangent flows through it (its derivatives may be
+        # inf or NaN there, e.g. a resampling of degenerate weights that the predicate refused)
         p, op, consts = primals
         _, t_op, t_consts = tangents
 
-        def gate(t):
-            return t if t.dtype == jax.dtypes.float0 else jnp.where(p, t, jnp.zeros_like(t))
+        def pick(a, b):  # float0: the tangent of an integer value, nothing to select
+            return a if a.dtype == jax.dtypes.float0 else jnp.where(p, a, b)
 
-        y, t_y = jax.jvp(branch, (op, consts), jax.tree.map(gate, (t_op, t_consts)))
-        pick = lambda a, b: a if a.dtype == jax.dtypes.float0 else jnp.where(p, a, b)  # noqa: E731
+        zero_where_not_taken = jax.tree.map(lambda t: pick(t, jnp.zeros_like(t)), (t_op, t_consts))
+        y, t_y = jax.jvp(branch, (op, consts), zero_where_not_taken)
         return jax.tree.map(pick, y, op), jax.tree.map(pick, t_y, t_op)
 
     return run(jnp.asarray(pred, bool), operand, list(closed.consts))
