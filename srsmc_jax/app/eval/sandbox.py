@@ -52,7 +52,9 @@ What each run gets (each layer is exercised by ``tests/test_eval_sandbox.py``):
   setting rlimits, and file removal / renaming / truncation / ``chmod`` / ``chown`` fail with
   ``EPERM``; threads still work;
 - a process count: while the program runs the parent counts its session's processes and kills the
-  run (status ``"forked"``) past ``max_processes``; with the filter this never triggers;
+  run (status ``"forked"``) past ``max_processes``, and counts once more when the program exits (its
+  forks outlive it: a program that forks and exits between two checks is still ``"forked"``); with
+  the filter this never triggers;
 - no network: the namespace above; the filter refuses ``socket()``; and ``socket.socket`` and friends
   raise ``PermissionError`` in Python;
 - disabled in the interpreter, as human-eval's ``reliability_guard`` does and more: ``os.fork``, the
@@ -717,6 +719,14 @@ def run_program(program: str | Program, limits: Limits = DEFAULT_LIMITS) -> Exec
                         status = OUTPUT
                         break
                     if proc.poll() is not None:
+                        # forks that no check saw (the program forked and exited between two polls,
+                        # as on a loaded machine) outlive it: each survivor was forked by a member of
+                        # the session alive at that moment, so the session had at least one more
+                        left = sum(1 for m in session_processes(proc.pid) if m[1] != "Z")
+                        if left:
+                            seen = max(seen, left + 1)
+                        if seen > limits.max_processes:
+                            status = FORKED
                         break
                     seen = max(seen, sum(1 for m in session_processes(proc.pid) if m[1] != "Z"))
                     if seen > limits.max_processes:
