@@ -77,13 +77,56 @@ def fit_expert_bias(mod, tokens, num_experts: int, *, steps: int = 300, rate: fl
             gate.expert_bias[...] = gate.expert_bias[...] - step
 
 
+def expert_products(*, experts: int, rows_per_expert: int, hidden: int, width: int, repeats: int) -> dict:
+    """What XLA's kernels charge on this machine for batching: the experts' gate / up and down
+    products as ONE batched product (``[E, C, D] x [E, D, 2I]``, ``[E, C, I] x [E, I, D]``, each
+    expert its own weights; plain einsums, the MoE's down projection runs transposed) against one
+    product over the same rows with one weight matrix (``[E * C, D] x [D, 2I]``: what a dense model
+    of the same FLOPs runs). Same FLOPs, same shapes per row; the ratio is what the batching alone
+    costs. Taking turns as the forwards do: the median
+    over turns of the ratio and its quartiles, per product."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    e, c, d, i = experts, rows_per_expert, hidden, width
+    arrays = {
+        "gate_up": (rng.standard_normal((e, c, d)), rng.standard_normal((e, d, 2 * i))),
+        "down": (rng.standard_normal((e, c, i)), rng.standard_normal((e, i, d))),
+    }
+    batched = jax.jit(lambda x, w: jnp.einsum("gck,gkn->gcn", x, w))
+    flat = jax.jit(lambda x, w: x.reshape(-1, x.shape[-1]) @ w[0])
+    out = {}
+    for name, (x, w) in arrays.items():
+        x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+        fns = {"batched": functools.partial(batched, x, w), "flat": functools.partial(flat, x, w)}
+        times = {k: [] for k in fns}
+        for f in fns.values():
+            f().block_until_ready()
+        for _ in range(repeats):
+            for k, f in fns.items():
+                turn = []
+                for call in range(BURST):
+                    t0 = time.perf_counter()
+                    f().block_until_ready()
+                    if call:
+                        turn.append(time.perf_counter() - t0)
+                times[k].append(statistics.median(turn))
+        r = sorted(a / b for a, b in zip(times["batched"], times["flat"]))
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        out[name] = {"median": round(q[1], 3), "quartiles": [round(q[0], 3), round(q[2], 3)],
+                     "seconds": {k: statistics.median(v) for k, v in times.items()}}
+    return {"experts": e, "rows_per_expert": c, **out}
+
+
 def run(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
     from srsmc_jax.models.llada2 import LLaDA2Config
-    from srsmc_jax.models.llada2.moe import default_impl
+    from srsmc_jax.models.llada2.moe import capacity, default_impl
 
     from benchmarks.vs_reference import cpu_features, cpu_model
     from srsmc_jax import models
@@ -177,6 +220,12 @@ def run(args) -> dict:
         "moe_tiled_over_dense_active": ratio("moe_tiled", "dense_active_width") if "moe_tiled" in rows else None,
         "moe_over_moe_dense_all_experts": ratio(f"moe_{default_impl()}", "moe_dense") if "moe_dense" in rows else None,
         "same_logits": bool(same),
+        # each expert's products batched vs one product over as many rows, at the "loop" capacity of
+        # this shape (the rows every expert runs in its batched part)
+        "expert_product_batched_over_flat": expert_products(
+            experts=moe_cfg.num_experts, hidden=common["hidden_size"], width=int(moe_cfg.moe_intermediate_size),
+            rows_per_expert=capacity(args.batch * args.length * moe_cfg.num_experts_per_tok, moe_cfg.num_experts),
+            repeats=args.repeats),
     }
 
 
@@ -208,6 +257,9 @@ def main(argv=None) -> int:
     print(f"MoE ({res['moe_impl']}), expert_bias fitted on these tokens (busiest expert / mean rows "
           f"{res['busiest_expert_over_mean_rows_fitted_bias']}) / dense of the active width: "
           f"{res['moe_fitted_bias_over_dense_active']}")
+    floor = res["expert_product_batched_over_flat"]
+    print(f"an expert product batched / one product over as many rows ({floor['rows_per_expert']} rows per "
+          f"expert): gate/up {floor['gate_up']['median']}, down {floor['down']['median']}")
     print(f"MoE ({res['moe_impl']}) / dense of the active width: {res['moe_over_dense_active']}; "
           f"/ MoE over all experts: {res['moe_over_moe_dense_all_experts']}; same logits: {res['same_logits']}")
     return 0

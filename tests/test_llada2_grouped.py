@@ -181,3 +181,9 @@ def test_moe_benchmark_runs_tiny_and_records_its_cpu(tmp_path):
     assert 1.0 <= fitted <= min(busiest, 1.25)
     lo, hi = rec["moe_fitted_bias_over_dense_active"]["quartiles"]
     assert lo <= rec["moe_fitted_bias_over_dense_active"]["median"] <= hi
+    floor = rec["expert_product_batched_over_flat"]
+    # the batched part's rows per expert at this shape: 2 x 32 tokens x 4 picks over 8 experts, x 1.125
+    assert floor["experts"] == 8 and floor["rows_per_expert"] == capacity(2 * 32 * 4, 8) == 40
+    for product in ("gate_up", "down"):
+        lo, hi = floor[product]["quartiles"]
+        assert lo <= floor[product]["median"] <= hi and set(floor[product]["seconds"]) == {"batched", "flat"}
