@@ -46,29 +46,59 @@ def dataclasses_replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
+def _routing(mod):
+    """A jitted ``(state, tokens) -> int32[MoE layers, B, L, k]`` of ``mod``'s graph: the experts each
+    MoE layer picks (one program, not one per op)."""
+    import jax
+    from flax import nnx
+
+    gd = nnx.graphdef(mod)
+    return jax.jit(lambda p, t: nnx.merge(gd, p).routing(t, block_length=32))
+
+
 def expert_loads(mod, tokens, num_experts: int) -> list:
     """Per MoE layer: the rows of its busiest expert over the mean rows per expert, on ``tokens``."""
-    import jax
     import numpy as np
     from flax import nnx
 
-    gd, params = nnx.split(mod)
-    routing = jax.jit(lambda p, t: nnx.merge(gd, p).routing(t, block_length=32))  # one program, not one per op
-    chosen = np.asarray(routing(params, tokens))  # [MoE layers, B, L, k]
+    chosen = np.asarray(_routing(mod)(nnx.state(mod), tokens))  # [MoE layers, B, L, k]
     return [round(float(np.bincount(c.ravel()).max() * num_experts / c.size), 2) for c in chosen]
+
+
+def take_turns(fns: dict, repeats: int) -> dict:
+    """name -> seconds per turn: the calls ``fns[name]()`` take turns (a neighbour's load on a shared
+    machine slows each alike); each turn is BURST calls, the first one untimed (it finds the caches
+    full of the previous variant's data), its median recorded."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, f in fns.items():
+            turn = []
+            for call in range(BURST):
+                t0 = time.perf_counter()
+                f().block_until_ready()
+                if call:
+                    turn.append(time.perf_counter() - t0)
+            times[name].append(statistics.median(turn))
+    return times
+
+
+def turn_ratio(a: list, b: list) -> dict:
+    """The median over turns of a turn's a / b (neighbouring in time, so a slow spell of the machine
+    cancels) and its quartiles."""
+    r = sorted(x / y for x, y in zip(a, b))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return {"median": round(q[1], 3), "quartiles": [round(q[0], 3), round(q[2], 3)]}
 
 
 def fit_expert_bias(mod, tokens, num_experts: int, *, steps: int = 300, rate: float = 0.002) -> None:
     """Fit every MoE layer's ``gate.expert_bias`` of ``mod`` (in place) on ``tokens`` by the
     auxiliary-loss-free update (DeepSeek-V3): ``bias -= rate * sign(load - mean load)``, all layers at
     once (a layer's bias changes the next layer's input)."""
-    import jax
     import numpy as np
     from flax import nnx
 
     gates = [layer.mlp.gate for layer in mod.layers if layer.is_moe]
-    gd, _ = nnx.split(mod)
-    routing = jax.jit(lambda p, t: nnx.merge(gd, p).routing(t, block_length=32))
+    routing = _routing(mod)
     for _ in range(steps):
         chosen = np.asarray(routing(nnx.state(mod), tokens))  # [MoE layers, B, L, k]
         for gate, c in zip(gates, chosen):
@@ -83,8 +113,7 @@ def expert_products(*, experts: int, rows_per_expert: int, hidden: int, width: i
     expert its own weights; plain einsums, the MoE's down projection runs transposed) against one
     product over the same rows with one weight matrix (``[E * C, D] x [D, 2I]``: what a dense model
     of the same FLOPs runs). Same FLOPs, same shapes per row; the ratio is what the batching alone
-    costs. Taking turns as the forwards do: the median
-    over turns of the ratio and its quartiles, per product."""
+    costs. Timed in turns as the forwards (:func:`take_turns`, :func:`turn_ratio`), per product."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -101,21 +130,10 @@ def expert_products(*, experts: int, rows_per_expert: int, hidden: int, width: i
     for name, (x, w) in arrays.items():
         x, w = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
         fns = {"batched": functools.partial(batched, x, w), "flat": functools.partial(flat, x, w)}
-        times = {k: [] for k in fns}
         for f in fns.values():
-            f().block_until_ready()
-        for _ in range(repeats):
-            for k, f in fns.items():
-                turn = []
-                for call in range(BURST):
-                    t0 = time.perf_counter()
-                    f().block_until_ready()
-                    if call:
-                        turn.append(time.perf_counter() - t0)
-                times[k].append(statistics.median(turn))
-        r = sorted(a / b for a, b in zip(times["batched"], times["flat"]))
-        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-        out[name] = {"median": round(q[1], 3), "quartiles": [round(q[0], 3), round(q[2], 3)],
+            f().block_until_ready()  # compiles
+        times = take_turns(fns, repeats)
+        out[name] = {**turn_ratio(times["batched"], times["flat"]),
                      "seconds": {k: statistics.median(v) for k, v in times.items()}}
     return {"experts": e, "rows_per_expert": c, **out}
 
@@ -178,26 +196,11 @@ def run(args) -> dict:
     fns[fitted_name] = compiled(fitted_mod, default_impl())
     fns["dense_active_width"] = compiled(dense_mod)
     outs = {name: np.asarray(f(tokens).block_until_ready()) for name, f in fns.items()}  # compiles
-    # the variants take turns (a neighbour's load on a shared machine slows each alike); each turn is
-    # BURST calls, the first one untimed: it finds the caches full of the previous variant's weights
-    times = {name: [] for name in fns}  # [turn][call]
-    for _ in range(args.repeats):
-        for name, f in fns.items():
-            turn = []
-            for call in range(BURST):
-                t0 = time.perf_counter()
-                f(tokens).block_until_ready()
-                if call:
-                    turn.append(time.perf_counter() - t0)
-            times[name].append(statistics.median(turn))
+    times = take_turns({name: functools.partial(f, tokens) for name, f in fns.items()}, args.repeats)
     rows = {name: statistics.median(t) for name, t in times.items()}
 
     def ratio(a, b):
-        """The median over turns of a turn's a / b (neighbouring in time, so a slow spell of the
-        machine cancels) and its quartiles."""
-        r = sorted(x / y for x, y in zip(times[a], times[b]))
-        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
-        return {"median": round(q[1], 3), "quartiles": [round(q[0], 3), round(q[2], 3)]}
+        return turn_ratio(times[a], times[b])
 
     outs = {impl: outs[f"moe_{impl}"] for impl in impls}  # not the fitted bias's: it routes otherwise
     same = all(np.allclose(outs[i], outs[impls[0]], rtol=1e-3, atol=1e-3) for i in impls)

@@ -718,19 +718,16 @@ def run_program(program: str | Program, limits: Limits = DEFAULT_LIMITS) -> Exec
                     if pipes.output_total > output_cap:
                         status = OUTPUT
                         break
-                    if proc.poll() is not None:
-                        # forks that no check saw (the program forked and exited between two polls,
-                        # as on a loaded machine) outlive it: each survivor was forked by a member of
-                        # the session alive at that moment, so the session had at least one more
-                        left = sum(1 for m in session_processes(proc.pid) if m[1] != "Z")
-                        if left:
-                            seen = max(seen, left + 1)
-                        if seen > limits.max_processes:
-                            status = FORKED
-                        break
-                    seen = max(seen, sum(1 for m in session_processes(proc.pid) if m[1] != "Z"))
+                    exited = proc.poll() is not None
+                    alive = sum(1 for m in session_processes(proc.pid) if m[1] != "Z")
+                    # after the exit, forks that no check saw (made between two polls, as on a loaded
+                    # machine) outlive the program: each was forked by a member of the session alive
+                    # then, so the session had at least one more than it has now
+                    seen = max(seen, alive + 1 if exited and alive else alive)
                     if seen > limits.max_processes:
                         status = FORKED
+                        break
+                    if exited:
                         break
                     if time.monotonic() - start > limits.timeout_s:
                         status = TIMEOUT
