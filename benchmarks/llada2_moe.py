@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 
-from benchmarks.output import check_out, save
+from benchmarks.output import check_out, prog, save
 from benchmarks.output import run as run_benchmark
 
 MODULE = "benchmarks.llada2_moe"
@@ -138,20 +138,11 @@ def expert_products(*, experts: int, rows_per_expert: int, hidden: int, width: i
     return {"experts": e, "rows_per_expert": c, **out}
 
 
-def run(args) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
+def configs(args):
+    """(the MoE LLaDA2Config, the dense one of its active width) of the command line; ValueError names
+    what does not fit (e.g. --experts not a multiple of --groups)."""
     from srsmc_jax.models.llada2 import LLaDA2Config
-    from srsmc_jax.models.llada2.moe import capacity, default_impl
 
-    from benchmarks.vs_reference import cpu_features, cpu_model
-    from srsmc_jax import models
-
-    common = dict(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                  num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 2),
-                  max_position_embeddings=max(args.length, 64), use_bias=False, mask_token_id=args.vocab - 1)
     if args.preset == "mini":  # LLaDA2.0-mini's shapes (models.llada2.LLADA2_MINI), --layers of them, all MoE
         import dataclasses
 
@@ -159,15 +150,30 @@ def run(args) -> dict:
 
         moe_cfg = dataclasses.replace(LLADA2_MINI, num_hidden_layers=args.layers, first_k_dense_replace=0,
                                       max_position_embeddings=max(args.length, 64))
-        args.vocab = moe_cfg.vocab_size
-        common = {k: getattr(moe_cfg, k) for k in common}
     else:
-        moe_cfg = LLaDA2Config(**common, num_experts=args.experts, num_experts_per_tok=args.topk,
+        moe_cfg = LLaDA2Config(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                               num_attention_heads=args.heads, num_key_value_heads=max(1, args.heads // 2),
+                               max_position_embeddings=max(args.length, 64), use_bias=False,
+                               mask_token_id=args.vocab - 1, num_experts=args.experts, num_experts_per_tok=args.topk,
                                n_group=args.groups, topk_group=max(1, args.groups // 2),
                                moe_intermediate_size=args.expert_width, num_shared_experts=1, first_k_dense_replace=0)
     active_width = moe_cfg.num_experts_per_tok * int(moe_cfg.moe_intermediate_size) + moe_cfg.shared_width
-    dense_cfg = dataclasses_replace(moe_cfg, num_experts=None, intermediate_size=active_width)
-    tokens = jnp.asarray(np.random.default_rng(0).integers(0, args.vocab - 1, (args.batch, args.length)), jnp.int32)
+    return moe_cfg, dataclasses_replace(moe_cfg, num_experts=None, intermediate_size=active_width)
+
+
+def run(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from srsmc_jax.models.llada2.moe import capacity, default_impl
+
+    from benchmarks.vs_reference import cpu_features, cpu_model
+    from srsmc_jax import models
+
+    moe_cfg, dense_cfg = configs(args)
+    vocab, active_width = moe_cfg.vocab_size, dense_cfg.intermediate_size
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab - 1, (args.batch, args.length)), jnp.int32)
 
     def compiled(mod, impl=None):
         mod = nnx.merge(*nnx.split(mod))  # a copy: impl is set on it
@@ -210,10 +216,11 @@ def run(args) -> dict:
         "preset": args.preset, "dtype": args.dtype,
         "busiest_expert_over_mean_rows": busiest,
         "busiest_expert_over_mean_rows_fitted_bias": busiest_fitted,
-        "shape": {"batch": args.batch, "length": args.length, "hidden": args.hidden, "layers": args.layers,
+        "shape": {"batch": args.batch, "length": args.length, "hidden": moe_cfg.hidden_size,
+                  "layers": moe_cfg.num_hidden_layers,
                   "experts": moe_cfg.num_experts, "experts_per_token": moe_cfg.num_experts_per_tok,
                   "expert_width": moe_cfg.moe_intermediate_size,
-                  "shared_width": moe_cfg.shared_width, "dense_width": active_width, "vocab": args.vocab},
+                  "shared_width": moe_cfg.shared_width, "dense_width": active_width, "vocab": vocab},
         "params": {"moe_total": models.param_count("llada2", moe_cfg),
                    "dense_active_size": models.param_count("llada2", dense_cfg)},
         "seconds": rows,
@@ -226,30 +233,36 @@ def run(args) -> dict:
         # each expert's products batched vs one product over as many rows, at the "loop" capacity of
         # this shape (the rows every expert runs in its batched part)
         "expert_product_batched_over_flat": expert_products(
-            experts=moe_cfg.num_experts, hidden=common["hidden_size"], width=int(moe_cfg.moe_intermediate_size),
+            experts=moe_cfg.num_experts, hidden=moe_cfg.hidden_size, width=int(moe_cfg.moe_intermediate_size),
             rows_per_expert=capacity(args.batch * args.length * moe_cfg.num_experts_per_tok, moe_cfg.num_experts),
             repeats=args.repeats),
     }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--length", type=int, default=256)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=1024)
-    p.add_argument("--experts", type=int, default=32)
-    p.add_argument("--groups", type=int, default=4)
-    p.add_argument("--topk", type=int, default=4)
-    p.add_argument("--expert-width", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=20)
+    from srsmc_jax.app.flags import positive_int
+
+    p = argparse.ArgumentParser(prog=prog(MODULE), description=__doc__.splitlines()[0])
+    p.add_argument("--length", type=positive_int, default=256)
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--hidden", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--vocab", type=positive_int, default=1024)
+    p.add_argument("--experts", type=positive_int, default=32)
+    p.add_argument("--groups", type=positive_int, default=4)
+    p.add_argument("--topk", type=positive_int, default=4)
+    p.add_argument("--expert-width", type=positive_int, default=128)
+    p.add_argument("--repeats", type=positive_int, default=20)
     p.add_argument("--preset", choices=("tiny", "mini"), default="tiny",
                    help="mini: LLaDA2.0-mini's layer shapes (--layers of them; for a GPU / TPU, bf16)")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--out", default="benchmarks/results/llada2_moe.json")
     args = p.parse_args(argv)
+    try:
+        configs(args)
+    except ValueError as e:  # before any model work
+        p.error(f"the MoE shape (--experts, --groups, --topk, --heads): {e}")
     check_out(args.out, module=MODULE, flag="--out")
     res = run(args)
     save(args.out, res, module=MODULE, flag="--out")

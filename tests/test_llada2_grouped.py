@@ -187,3 +187,23 @@ def test_moe_benchmark_runs_tiny_and_records_its_cpu(tmp_path):
     for product in ("gate_up", "down"):
         lo, hi = floor[product]["quartiles"]
         assert lo <= floor[product]["median"] <= hi and set(floor[product]["seconds"]) == {"batched", "flat"}
+
+
+SHAPE = "the MoE shape (--experts, --groups, --topk, --heads): "
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--experts", "0"], "argument --experts: expected an integer >= 1, got 0"),
+    (["--experts", "30"], SHAPE + "num_experts 30 is not a multiple of n_group 4"),
+    (["--topk", "40"], SHAPE + "num_experts_per_tok 40 exceeds"),
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+])
+def test_moe_benchmark_bad_flags_are_one_line_errors_before_any_work(argv, message, tmp_path, capsys):
+    from benchmarks import llada2_moe
+
+    out = tmp_path / "moe.json"
+    with pytest.raises(SystemExit) as e:
+        llada2_moe.main([*argv, "--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m benchmarks.llada2_moe: error: ") and message in err, err
